@@ -1,0 +1,172 @@
+"""The agent: network construction, the train-state pytree, `train_step` and `policy` (pure)."""
+from __future__ import annotations
+
+from typing import Any
+
+import chex
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from dreamer import behavior, world_model
+from dreamer import rssm as rssm_lib
+from dreamer.distributions import symlog_bins
+from dreamer.nets import MLP, Decoder, Encoder, count_params
+from dreamer.optim import GROUPS, make_optimizer
+from dreamer.parallel import mean_over
+
+Batch = dict[str, jax.Array]
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """Everything that changes between updates."""
+
+    params: dict[str, Any]        # {'wm': {enc, rssm, dec, rew, con}, 'actor': ..., 'critic': ...}
+    slow_critic: Any              # EMA of params['critic'] (paper Sec. 3, critic regulariser)
+    opt_state: Any
+    retnorm: dict[str, jax.Array]  # EMA of the 5th/95th return percentiles
+    step: jax.Array               # updates done
+
+
+def build_nets(cfg: Any, obs_space: dict, act_space: Any) -> world_model.Nets:
+    """Module definitions from the config and the environment's spaces."""
+    m, dtype = cfg.model, jnp.dtype(cfg.jax.compute_dtype)
+    common = {"norm": m.norm, "act": m.act, "dtype": dtype}
+    shapes = {k: tuple(space.shape) for k, space in obs_space.items()}
+    cnn = {"depth": m.depth, "mults": tuple(m.mults), "kernel": m.kernel, "units": m.units}
+    act_dim = act_space.n if act_space.discrete else act_space.shape[-1]
+    policy_out = act_dim if act_space.discrete else 2 * act_dim
+    return world_model.Nets(
+        enc=Encoder(layers=m.enc_layers, **cnn, **common),
+        rssm=rssm_lib.RSSM(m.deter, m.hidden, m.stoch, m.classes, m.blocks, m.img_layers,
+                           m.obs_layers, m.dyn_layers, m.unimix, **common),
+        dec=Decoder(shapes, layers=m.dec_layers, bspace=m.bspace, **cnn, **common),
+        rew=MLP(m.head_layers, m.units, m.bins, outscale=0.0, **common),
+        con=MLP(m.head_layers, m.units, 1, outscale=1.0, **common),
+        actor=MLP(cfg.ac.layers, m.units, policy_out, outscale=cfg.ac.policy_outscale, **common),
+        critic=MLP(cfg.ac.layers, m.units, m.bins, outscale=0.0, **common),
+        bins=symlog_bins(m.bins),
+        discrete=bool(act_space.discrete),
+    )
+
+
+class Agent:
+    """DreamerV3. `train_step` and `policy` are pure functions of their arguments.
+
+    `axis_name` names the device axis when the step runs under pmap/shard_map; gradients,
+    metrics and return statistics are then averaged (or gathered) over it.
+    """
+
+    def __init__(self, cfg: Any, obs_space: dict, act_space: Any, axis_name: str | None = None):
+        self.cfg = cfg
+        self.obs_space = obs_space
+        self.act_space = act_space
+        self.act_dim = act_space.n if act_space.discrete else act_space.shape[-1]
+        self.nets = build_nets(cfg, obs_space, act_space)
+        self.opt = make_optimizer(cfg.opt)
+        self.axis_name = axis_name
+
+    # ----------------------------------------------------------------------------- init
+    def init_params(self, key: jax.Array) -> dict[str, Any]:
+        nets = self.nets
+        keys = dict(zip(("enc", "rssm", "dec", "rew", "con", "actor", "critic", "sample"),
+                        jax.random.split(key, 8)))
+        obs = {k: jnp.zeros((1, *s.shape), s.dtype) for k, s in self.obs_space.items()}
+        embed = nets.enc.init(keys["enc"], obs)["params"]
+        embed_out = nets.enc.apply({"params": embed}, obs)
+        state = rssm_lib.initial(nets.rssm, 1)
+        action = jnp.zeros((1, self.act_dim))
+        feat = rssm_lib.feat(state)
+        wm = {
+            "enc": embed,
+            "rssm": nets.rssm.init(keys["rssm"], state, action, embed_out,
+                                   keys["sample"])["params"],
+            "dec": nets.dec.init(keys["dec"], state["deter"], state["stoch"])["params"],
+            "rew": nets.rew.init(keys["rew"], feat)["params"],
+            "con": nets.con.init(keys["con"], feat)["params"],
+        }
+        return {"wm": wm, "actor": nets.actor.init(keys["actor"], feat)["params"],
+                "critic": nets.critic.init(keys["critic"], feat)["params"]}
+
+    def init(self, key: jax.Array) -> TrainState:
+        params = self.init_params(key)
+        return TrainState(
+            params=params, slow_critic=jax.tree.map(jnp.copy, params["critic"]), opt_state=self.opt.init(params),
+            retnorm={"lo": jnp.zeros([]), "hi": jnp.zeros([])}, step=jnp.zeros([], jnp.int32))
+
+    def param_counts(self, params: dict[str, Any]) -> dict[str, int]:
+        counts = {k: count_params(v) for k, v in params["wm"].items()}
+        counts.update(actor=count_params(params["actor"]), critic=count_params(params["critic"]))
+        counts["total"] = sum(counts.values())
+        return counts
+
+    # ----------------------------------------------------------------------------- training
+    def loss(self, params: dict[str, Any], state: TrainState, batch: Batch, key: jax.Array):
+        """Sum of world-model, actor, critic (and replay-value) losses; gradients separate by
+        construction since the actor-critic sees only stopped world-model outputs."""
+        cfg, nets = self.cfg, self.nets
+        k_wm, k_ac = jax.random.split(key)
+        wm_loss, (metrics, out) = world_model.loss(nets, params["wm"], batch, k_wm, cfg)
+        b, t = batch["is_first"].shape
+        start = jax.tree.map(lambda x: x.reshape((b * t, *x.shape[2:])), out.states)
+        start_cont = 1.0 - batch["is_terminal"].reshape(-1).astype(jnp.float32)
+        view = {**params["wm"], "actor": params["actor"], "critic": params["critic"]}
+        ac_loss, (ac_metrics, retnorm, ret0) = behavior.actor_critic_loss(
+            nets, view, state.slow_critic, state.retnorm, start, start_cont, k_ac, cfg,
+            self.axis_name)
+        metrics.update(ac_metrics)
+        total = wm_loss + ac_loss
+        if cfg.ac.repval > 0:
+            rep = behavior.repval_loss(nets, view, state.slow_critic, out.feat, batch,
+                                       ret0.reshape(b, t), cfg)
+            metrics["loss/repval"] = rep
+            total = total + cfg.ac.repval * rep
+        metrics["loss/wm"] = wm_loss
+        metrics["loss/total"] = total
+        return total, (metrics, retnorm)
+
+    def train_step(self, state: TrainState, batch: Batch, key: jax.Array):
+        """One update: (state, batch [B, T, ...], key) -> (state, metrics)."""
+        b, t = batch["is_first"].shape
+        chex.assert_shape(batch["action"], (b, t, self.act_dim))
+        grads, (metrics, retnorm) = jax.grad(self.loss, has_aux=True)(
+            state.params, state, batch, key)
+        grads = mean_over(grads, self.axis_name)
+        updates, opt_state = self.opt.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        rate = self.cfg.ac.slow_rate
+        slow = jax.tree.map(lambda s, p: (1 - rate) * s + rate * p,
+                            state.slow_critic, params["critic"])
+        for group in GROUPS:
+            metrics[f"grad_norm/{group}"] = optax.global_norm(grads[group])
+            metrics[f"param_norm/{group}"] = optax.global_norm(params[group])
+        metrics = mean_over(metrics, self.axis_name)
+        state = TrainState(params=params, slow_critic=slow, opt_state=opt_state,
+                           retnorm=retnorm, step=state.step + 1)
+        return state, metrics
+
+    # ----------------------------------------------------------------------------- acting
+    def policy_initial(self, batch: int):
+        """Initial policy carry for `batch` environments: (model state, previous action)."""
+        return rssm_lib.initial(self.nets.rssm, batch), jnp.zeros((batch, self.act_dim))
+
+    def policy(self, params: dict[str, Any], carry: Any, obs: Batch, key: jax.Array,
+               mode: str = "sample"):
+        """One acting step for N environments.
+
+        obs: image [N, H, W, C] / vector [N, V], is_first [N]. Returns (carry, action [N, A]):
+        one-hot for discrete actions, unclipped continuous actions otherwise. `mode` is
+        'sample' (training and evaluation, as in the paper) or 'mode' (greedy).
+        """
+        nets = self.nets
+        k_obs, k_act = jax.random.split(key)
+        state, prev_action = rssm_lib.reset_state(*carry, obs["is_first"])
+        embed = world_model.encode(nets, params["wm"], world_model.obs_of(obs))
+        rssm_params = {"params": params["wm"]["rssm"]}
+        proj = nets.rssm.apply(rssm_params, embed, method="embed_proj")
+        state, _ = nets.rssm.apply(rssm_params, state, prev_action, proj, k_obs,
+                                   method="obs_step")
+        dist = behavior.policy_dist(nets, params["actor"], rssm_lib.feat(state), self.cfg)
+        action = dist.sample(k_act) if mode == "sample" else dist.mode()
+        return (state, action), action

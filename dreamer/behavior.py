@@ -1,0 +1,148 @@
+"""Actor-critic learning in imagination (DreamerV3 Sec. 3).
+
+Trajectories are imagined from every posterior state of the replayed batch under stop-gradient:
+the actor learns by REINFORCE with normalised advantages and an entropy bonus, the critic by
+two-hot regression onto λ-returns with a regulariser towards its slow (EMA) copy.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from dreamer import rssm as rssm_lib
+from dreamer.distributions import Policy, TwoHot, sg
+
+
+def lambda_return(reward: jax.Array, cont: jax.Array, boot: jax.Array,
+                  lam: jax.Array | float) -> jax.Array:
+    """TD(λ) returns by a reverse scan (paper Eq. 7), arrays [N, T] -> returns [N, T-1].
+
+    R_t = r_{t+1} + c_{t+1} ((1 - λ_{t+1}) v_{t+1} + λ_{t+1} R_{t+1}), with R_{T-1} = v_{T-1},
+    where `reward` r_t is received on entering step t, `cont` c_t = γ (1 - terminal_t) and
+    `boot` v_t are the bootstrap values. `lam` may vary per step (0 cuts at episode ends).
+    """
+    chex.assert_equal_shape([reward, cont, boot])
+    lam = jnp.broadcast_to(jnp.asarray(lam, jnp.float32), reward.shape)
+
+    def step(ret_next, inputs):
+        r, c, v, lm = inputs
+        ret = r + c * ((1 - lm) * v + lm * ret_next)
+        return ret, ret
+
+    xs = [x[:, 1:].T for x in (reward, cont, boot, lam)]
+    _, rets = jax.lax.scan(step, boot[:, -1], xs, reverse=True)
+    return rets.T
+
+
+def gather(x: jax.Array, axis_name: str | None) -> jax.Array:
+    """All values of `x` across devices (flattened), or `x` itself on one device."""
+    x = x.reshape(-1)
+    return jax.lax.all_gather(x, axis_name, tiled=True) if axis_name else x
+
+
+def update_retnorm(stats: dict[str, jax.Array], ret: jax.Array, cfg: Any,
+                   axis_name: str | None = None):
+    """Percentile return normalisation (paper Eq. 11): EMA of the 5th and 95th percentiles.
+
+    Returns (new stats, scale) with scale = max(limit, hi - lo); dividing advantages by it keeps
+    the entropy bonus meaningful across reward scales while not amplifying tiny returns.
+    """
+    values = gather(ret, axis_name)
+    lo = jnp.quantile(values, cfg.retnorm_lo)
+    hi = jnp.quantile(values, cfg.retnorm_hi)
+    decay = cfg.retnorm_decay
+    stats = {"lo": decay * stats["lo"] + (1 - decay) * lo,
+             "hi": decay * stats["hi"] + (1 - decay) * hi}
+    return stats, jnp.maximum(cfg.retnorm_limit, stats["hi"] - stats["lo"])
+
+
+def policy_dist(nets: Any, actor_params: Any, feat: jax.Array, cfg: Any) -> Policy:
+    out = nets.actor.apply({"params": actor_params}, feat)
+    return Policy(out, nets.discrete, cfg.model.unimix, cfg.ac.minstd, cfg.ac.maxstd)
+
+
+def value_dist(nets: Any, critic_params: Any, feat: jax.Array) -> TwoHot:
+    return TwoHot(nets.critic.apply({"params": critic_params}, feat), nets.bins)
+
+
+def rollout(nets: Any, params: Any, start: dict[str, jax.Array], key: jax.Array, cfg: Any):
+    """Imagine `cfg.ac.horizon` steps from start states [N, ...] (no gradients flow back).
+
+    Returns feat [N, H+1, F], action [N, H+1, A], reward [N, H+1] and cont [N, H+1]
+    (continue probabilities; index 0 belongs to the start state and is replaced by the caller).
+    """
+    params, start = sg(params), sg(start)
+
+    def policy(state, k):
+        return policy_dist(nets, params["actor"], rssm_lib.feat(state), cfg).sample(k)
+
+    states, action = rssm_lib.imagine(
+        nets.rssm, params["rssm"], start, policy, cfg.ac.horizon, key)
+    feat = rssm_lib.feat(states)
+    reward = TwoHot(nets.rew.apply({"params": params["rew"]}, feat), nets.bins).mean()
+    cont = jax.nn.sigmoid(nets.con.apply({"params": params["con"]}, feat)[..., 0])
+    return sg(feat), sg(action), sg(reward), sg(cont)
+
+
+def critic_loss(nets: Any, critic_params: Any, slow_params: Any, feat: jax.Array,
+                target: jax.Array, slowreg: float) -> jax.Array:
+    """Two-hot regression onto `target` plus a pull towards the slow critic's prediction."""
+    dist = value_dist(nets, critic_params, feat)
+    slow = sg(value_dist(nets, slow_params, feat).mean())
+    return -dist.log_prob(sg(target)) - slowreg * dist.log_prob(slow)
+
+
+def actor_critic_loss(nets: Any, params: Any, slow_critic: Any, retnorm: dict[str, jax.Array],
+                      start: dict[str, jax.Array], start_cont: jax.Array, key: jax.Array,
+                      cfg: Any, axis_name: str | None = None):
+    """Imagination losses from start states [N, ...] with data continue flags `start_cont` [N].
+
+    Returns (scalar loss, (metrics, new retnorm stats, λ-return of each start [N])).
+    """
+    feat, action, reward, cont = rollout(nets, params, start, key, cfg)
+    cont = cont.at[:, 0].set(start_cont)
+    gamma = 1.0 - 1.0 / cfg.ac.discount_horizon
+    value = sg(value_dist(nets, params["critic"], feat).mean())
+    ret = lambda_return(reward, gamma * cont, value, cfg.ac.lam)  # [N, H]
+    # Imagined steps after a predicted episode end should not count: weight by the discounted
+    # probability of still being alive.
+    weight = sg(jnp.cumprod(gamma * cont, 1) / gamma)[:, :-1]
+    retnorm, scale = update_retnorm(retnorm, ret, cfg.ac, axis_name)
+    adv = sg((ret - value[:, :-1]) / scale)
+
+    dist = policy_dist(nets, params["actor"], feat[:, :-1], cfg)
+    logpi = dist.log_prob(action[:, :-1])
+    entropy = dist.entropy()
+    actor = -weight * (logpi * adv + cfg.ac.entropy * entropy)
+    critic = weight * critic_loss(nets, params["critic"], slow_critic, feat[:, :-1], ret,
+                                  cfg.ac.slowreg)
+    total = cfg.ac.policy_scale * actor.mean() + cfg.ac.value_scale * critic.mean()
+    metrics = {
+        "loss/policy": actor.mean(), "loss/value": critic.mean(),
+        "ac/entropy": entropy.mean(), "ac/return": ret.mean(), "ac/value": value.mean(),
+        "ac/adv_std": adv.std(), "ac/retnorm_scale": scale, "ac/retnorm_lo": retnorm["lo"],
+        "ac/retnorm_hi": retnorm["hi"], "ac/imag_reward": reward[:, 1:].mean(),
+        "ac/imag_cont": cont[:, 1:].mean(),
+    }
+    return total, (metrics, retnorm, ret[:, 0])
+
+
+def repval_loss(nets: Any, params: Any, slow_critic: Any, feat: jax.Array,
+                batch: dict[str, jax.Array], boot: jax.Array, cfg: Any) -> jax.Array:
+    """Critic loss on λ-returns of the replayed sequences (2024 code), bootstrapped from the
+    imagined returns of each step. feat [B, T, F]; boot [B, T]. Returns the scalar loss."""
+    gamma = 1.0 - 1.0 / cfg.ac.discount_horizon
+    is_last = batch["is_last"].astype(jnp.float32)
+    cont = gamma * (1.0 - batch["is_terminal"].astype(jnp.float32))
+    feat = sg(feat)
+    # Returns are cut where an episode ends inside the sequence (λ = 0 there, so the step's own
+    # bootstrap is used) and the last step of an episode, whose successor belongs to another
+    # episode, gets no weight.
+    ret = lambda_return(batch["reward"], cont, sg(boot), cfg.ac.lam * (1.0 - is_last))
+    weight = 1.0 - is_last[:, :-1]
+    loss = weight * critic_loss(nets, params["critic"], slow_critic, feat[:, :-1], ret,
+                                cfg.ac.slowreg)
+    return loss.mean()

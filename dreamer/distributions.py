@@ -1,0 +1,144 @@
+"""Output distributions and transforms of DreamerV3 (Hafner et al. 2023, Sec. 2 and App. B).
+
+All functions are pure and shape-polymorphic over leading batch dimensions.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+sg = jax.lax.stop_gradient
+
+
+def symlog(x: jax.Array) -> jax.Array:
+    """sign(x) log(1 + |x|): compresses large magnitudes for targets of any scale (paper Eq. 1)."""
+    return jnp.sign(x) * jnp.log1p(jnp.abs(x))
+
+
+def symexp(x: jax.Array) -> jax.Array:
+    """Inverse of `symlog`."""
+    return jnp.sign(x) * jnp.expm1(jnp.abs(x))
+
+
+def symlog_bins(num: int, limit: float = 20.0) -> jax.Array:
+    """[num] bin centres evenly spaced in symlog space on [-limit, limit] (paper Sec. 2)."""
+    return jnp.linspace(-limit, limit, num, dtype=jnp.float32)
+
+
+def twohot(x: jax.Array, bins: jax.Array) -> jax.Array:
+    """Two-hot encoding of `x` [...] over sorted `bins` [K] -> [..., K] (paper Eq. 9).
+
+    The two neighbouring bins share the weight so that `sum(enc * bins) == x` inside the range;
+    values outside the range put all weight on the nearest end bin.
+    """
+    k = bins.shape[0]
+    below = jnp.sum((bins <= x[..., None]).astype(jnp.int32), -1) - 1
+    above = k - jnp.sum((bins > x[..., None]).astype(jnp.int32), -1)
+    below = jnp.clip(below, 0, k - 1)
+    above = jnp.clip(above, 0, k - 1)
+    equal = below == above
+    dist_below = jnp.where(equal, 1.0, jnp.abs(bins[below] - x))
+    dist_above = jnp.where(equal, 1.0, jnp.abs(bins[above] - x))
+    total = dist_below + dist_above
+    w_below = dist_above / total
+    w_above = dist_below / total
+    return (jax.nn.one_hot(below, k) * w_below[..., None]
+            + jax.nn.one_hot(above, k) * w_above[..., None])
+
+
+class TwoHot:
+    """Categorical over symlog-spaced bins; predicts `symexp(E[bin])` (reward and value heads)."""
+
+    def __init__(self, logits: jax.Array, bins: jax.Array):
+        self.logits = logits.astype(jnp.float32)
+        self.bins = bins
+
+    def mean(self) -> jax.Array:
+        """[...] expected value in the original (symexp) space."""
+        probs = jax.nn.softmax(self.logits, -1)
+        return symexp(jnp.sum(probs * self.bins, -1))
+
+    def log_prob(self, target: jax.Array) -> jax.Array:
+        """[...] log-likelihood of `target` [...] under the two-hot target distribution."""
+        target = twohot(symlog(target), self.bins)
+        return jnp.sum(target * jax.nn.log_softmax(self.logits, -1), -1)
+
+
+def unimix_logits(logits: jax.Array, unimix: float) -> jax.Array:
+    """Mix 1% uniform into a categorical so its KL and log-probs stay bounded (paper Sec. 2)."""
+    if unimix <= 0:
+        return jax.nn.log_softmax(logits, -1)
+    probs = jax.nn.softmax(logits.astype(jnp.float32), -1)
+    probs = (1 - unimix) * probs + unimix / logits.shape[-1]
+    return jnp.log(probs)
+
+
+def onehot_straight_through(logits: jax.Array, key: jax.Array) -> jax.Array:
+    """Sample one-hot [..., K] from `logits` with straight-through gradients (Bengio et al. 2013)."""
+    probs = jax.nn.softmax(logits, -1)
+    index = jax.random.categorical(key, logits, -1)
+    sample = jax.nn.one_hot(index, logits.shape[-1], dtype=probs.dtype)
+    return sample + probs - sg(probs)
+
+
+def categorical_kl(lhs_logits: jax.Array, rhs_logits: jax.Array) -> jax.Array:
+    """KL(lhs || rhs) of categoricals [..., S, K], summed over the S latents -> [...]."""
+    lhs_logp = jax.nn.log_softmax(lhs_logits, -1)
+    rhs_logp = jax.nn.log_softmax(rhs_logits, -1)
+    kl = jnp.sum(jnp.exp(lhs_logp) * (lhs_logp - rhs_logp), -1)
+    return jnp.sum(kl, -1)
+
+
+def categorical_entropy(logits: jax.Array) -> jax.Array:
+    """Entropy [...] of categoricals with `logits` [..., K]."""
+    logp = jax.nn.log_softmax(logits, -1)
+    return -jnp.sum(jnp.exp(logp) * logp, -1)
+
+
+def bernoulli_log_prob(logits: jax.Array, target: jax.Array) -> jax.Array:
+    """Log-likelihood of binary `target` under Bernoulli(sigmoid(logits)), elementwise."""
+    return target * jax.nn.log_sigmoid(logits) + (1 - target) * jax.nn.log_sigmoid(-logits)
+
+
+class Policy:
+    """Action distribution of the actor: one-hot categorical (discrete) or bounded normal.
+
+    Discrete: `out` [..., A] logits, with `unimix` uniform mixed in; samples are one-hot [..., A].
+    Continuous: `out` [..., 2A] -> mean tanh(m), std in [minstd, maxstd]; samples [..., A].
+    """
+
+    def __init__(self, out: jax.Array, discrete: bool, unimix: float = 0.01,
+                 minstd: float = 0.1, maxstd: float = 1.0):
+        out = out.astype(jnp.float32)
+        self.discrete = discrete
+        if discrete:
+            self.logits = unimix_logits(out, unimix)
+        else:
+            mean, std = jnp.split(out, 2, -1)
+            self.loc = jnp.tanh(mean)
+            self.std = (maxstd - minstd) * jax.nn.sigmoid(std + 2.0) + minstd
+
+    def sample(self, key: jax.Array) -> jax.Array:
+        if self.discrete:
+            index = jax.random.categorical(key, self.logits, -1)
+            return jax.nn.one_hot(index, self.logits.shape[-1], dtype=jnp.float32)
+        return self.loc + self.std * jax.random.normal(key, self.loc.shape)
+
+    def mode(self) -> jax.Array:
+        if self.discrete:
+            return jax.nn.one_hot(jnp.argmax(self.logits, -1), self.logits.shape[-1])
+        return self.loc
+
+    def log_prob(self, action: jax.Array) -> jax.Array:
+        """[...] log-probability of `action` [..., A] (summed over action dimensions)."""
+        if self.discrete:
+            return jnp.sum(action * jax.nn.log_softmax(self.logits, -1), -1)
+        z = (action - self.loc) / self.std
+        logp = -0.5 * jnp.square(z) - jnp.log(self.std) - 0.5 * jnp.log(2 * jnp.pi)
+        return jnp.sum(logp, -1)
+
+    def entropy(self) -> jax.Array:
+        """[...] entropy (summed over action dimensions)."""
+        if self.discrete:
+            return categorical_entropy(self.logits)
+        return jnp.sum(0.5 * jnp.log(2 * jnp.pi * jnp.e) + jnp.log(self.std), -1)

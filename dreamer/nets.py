@@ -1,0 +1,232 @@
+"""Network building blocks (flax linen): linear layers, norms, MLPs, CNN encoder and decoder.
+
+Layouts follow the DreamerV3 2024 code: every hidden layer is linear -> norm -> activation,
+weights use truncated-normal fan-in initialisation, norms run in float32 while matmuls and
+convolutions run in the configured compute dtype.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dreamer.distributions import symlog
+
+Dtype = Any
+
+
+def winit(scale: float = 1.0) -> Callable:
+    """Truncated-normal fan-in initialiser; `scale` multiplies the standard deviation (0: zeros)."""
+    if scale == 0:
+        return nn.initializers.zeros
+    return nn.initializers.variance_scaling(scale ** 2, "fan_in", "truncated_normal")
+
+
+def get_act(name: str) -> Callable[[jax.Array], jax.Array]:
+    acts = {"silu": jax.nn.silu, "gelu": jax.nn.gelu, "relu": jax.nn.relu, "elu": jax.nn.elu,
+            "tanh": jnp.tanh}
+    return acts[name]
+
+
+class Norm(nn.Module):
+    """RMSNorm or LayerNorm over the last axis with learned scale and shift; computed in float32."""
+
+    impl: str = "rms"
+    eps: float = 1e-4
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.impl == "none":
+            return x
+        dtype = x.dtype
+        x = x.astype(jnp.float32)
+        if self.impl == "rms":
+            x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), -1, keepdims=True) + self.eps)
+        elif self.impl == "layer":
+            x = x - jnp.mean(x, -1, keepdims=True)
+            x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), -1, keepdims=True) + self.eps)
+        else:
+            raise ValueError(f"unknown norm '{self.impl}': use rms, layer or none")
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
+        shift = self.param("shift", nn.initializers.zeros, (x.shape[-1],), jnp.float32)
+        return (x * scale + shift).astype(dtype)
+
+
+class Linear(nn.Module):
+    """Dense layer with fan-in init and `outscale`; runs in `dtype`, keeps float32 params."""
+
+    units: int
+    outscale: float = 1.0
+    bias: bool = True
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return nn.Dense(self.units, use_bias=self.bias, kernel_init=winit(self.outscale),
+                        dtype=self.dtype, param_dtype=jnp.float32, name="dense")(x)
+
+
+class BlockLinear(nn.Module):
+    """Block-diagonal linear layer: `groups` independent [in/g, out/g] matrices (2024 block GRU).
+
+    x [..., I] -> [..., O]; costs I*O/g parameters and FLOPs instead of I*O.
+    """
+
+    units: int
+    groups: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        g = self.groups
+        i, o = x.shape[-1], self.units
+        assert i % g == 0 and o % g == 0, (i, o, g)
+        kernel = self.param("kernel", winit(), (g, i // g, o // g), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (o,), jnp.float32)
+        x = x.reshape((*x.shape[:-1], g, i // g)).astype(self.dtype)
+        y = jnp.einsum("...gi,gio->...go", x, kernel.astype(self.dtype))
+        return y.reshape((*y.shape[:-2], o)) + bias.astype(self.dtype)
+
+
+class Dense(nn.Module):
+    """Linear -> Norm -> activation."""
+
+    units: int
+    norm: str = "rms"
+    act: str = "silu"
+    bias: bool = True
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = Linear(self.units, bias=self.bias, dtype=self.dtype)(x)
+        return get_act(self.act)(Norm(self.norm)(x))
+
+
+class MLP(nn.Module):
+    """`layers` Dense blocks followed by a linear output of size `out` (if out > 0)."""
+
+    layers: int
+    units: int
+    out: int = 0
+    outscale: float = 1.0
+    norm: str = "rms"
+    act: str = "silu"
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.astype(self.dtype)
+        for _ in range(self.layers):
+            x = Dense(self.units, self.norm, self.act, dtype=self.dtype)(x)
+        if self.out:
+            x = Linear(self.out, self.outscale, dtype=self.dtype)(x)
+        return x.astype(jnp.float32)
+
+
+def maxpool2(x: jax.Array) -> jax.Array:
+    """[N, H, W, C] -> [N, H/2, W/2, C] by 2x2 max-pooling."""
+    n, h, w, c = x.shape
+    return x.reshape((n, h // 2, 2, w // 2, 2, c)).max((2, 4))
+
+
+def upsample2(x: jax.Array) -> jax.Array:
+    """[N, H, W, C] -> [N, 2H, 2W, C] by nearest-neighbour repetition."""
+    return jnp.repeat(jnp.repeat(x, 2, -2), 2, -3)
+
+
+class Encoder(nn.Module):
+    """Observation embedding: CNN for `image`, symlog MLP for `vector`; outputs are concatenated.
+
+    image [N, H, W, C] uint8 -> [N, (H/2^S)(W/2^S) depth*mults[-1]]; vector [N, D] -> [N, units].
+    """
+
+    depth: int
+    mults: tuple[int, ...]
+    kernel: int
+    units: int
+    layers: int
+    norm: str = "rms"
+    act: str = "silu"
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, obs: dict[str, jax.Array]) -> jax.Array:
+        outs = []
+        if "vector" in obs:
+            outs.append(MLP(self.layers, self.units, norm=self.norm, act=self.act,
+                            dtype=self.dtype, name="mlp")(symlog(obs["vector"])))
+        if "image" in obs:
+            x = obs["image"].astype(self.dtype) / 255.0 - 0.5
+            for i, mult in enumerate(self.mults):
+                x = nn.Conv(self.depth * mult, (self.kernel, self.kernel), padding="SAME",
+                            kernel_init=winit(), dtype=self.dtype, param_dtype=jnp.float32,
+                            name=f"conv{i}")(x)
+                x = get_act(self.act)(Norm(self.norm, name=f"conv{i}norm")(maxpool2(x)))
+            outs.append(x.reshape((x.shape[0], -1)).astype(jnp.float32))
+        return jnp.concatenate(outs, -1)
+
+
+class Decoder(nn.Module):
+    """Reconstructs observations from the model state (2024 layout).
+
+    deter [N, D], stoch [N, S*K] -> {'image': [N, H, W, C] in [0, 1], 'vector': [N, V] (symlog)}.
+    """
+
+    shapes: dict[str, tuple[int, ...]]
+    depth: int
+    mults: tuple[int, ...]
+    kernel: int
+    units: int
+    layers: int
+    bspace: int = 8
+    norm: str = "rms"
+    act: str = "silu"
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, deter: jax.Array, stoch: jax.Array) -> dict[str, jax.Array]:
+        out = {}
+        feat = jnp.concatenate([deter, stoch], -1)
+        if "vector" in self.shapes:
+            out["vector"] = MLP(self.layers, self.units, self.shapes["vector"][-1],
+                                norm=self.norm, act=self.act, dtype=self.dtype, name="mlp")(feat)
+        if "image" in self.shapes:
+            out["image"] = self._image(deter, stoch, feat)
+        return out
+
+    def _image(self, deter, stoch, feat):
+        height, width, channels = self.shapes["image"]
+        stages = len(self.mults)
+        h, w, c = height >> stages, width >> stages, self.depth * self.mults[-1]
+        act, kw = get_act(self.act), {"dtype": self.dtype}
+        if self.bspace:
+            # Block projection of the deterministic state into spatial features, plus a dense
+            # projection of the stochastic state: far fewer parameters than one dense layer.
+            g = self.bspace
+            x0 = BlockLinear(h * w * c, g, name="sp0", **kw)(deter.astype(self.dtype))
+            x0 = x0.reshape((-1, g, h, w, c // g)).transpose((0, 2, 3, 1, 4))
+            x0 = x0.reshape((-1, h, w, c))
+            x1 = Dense(2 * self.units, self.norm, self.act, name="sp1", **kw)(stoch)
+            x1 = Linear(h * w * c, name="sp2", **kw)(x1).reshape((-1, h, w, c))
+            x = act(Norm(self.norm, name="spnorm")(x0 + x1))
+        else:
+            x = Dense(h * w * c, self.norm, self.act, name="space", **kw)(feat)
+            x = x.reshape((-1, h, w, c))
+        for i in reversed(range(stages - 1)):
+            x = nn.Conv(self.depth * self.mults[i], (self.kernel, self.kernel), padding="SAME",
+                        kernel_init=winit(), param_dtype=jnp.float32, name=f"conv{i}",
+                        **kw)(upsample2(x))
+            x = act(Norm(self.norm, name=f"conv{i}norm")(x))
+        x = nn.Conv(channels, (self.kernel, self.kernel), padding="SAME", kernel_init=winit(),
+                    param_dtype=jnp.float32, name="imgout", **kw)(upsample2(x))
+        return jax.nn.sigmoid(x.astype(jnp.float32))
+
+
+def count_params(params: Any) -> int:
+    """Number of scalars in a parameter tree."""
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(params))

@@ -1,0 +1,202 @@
+"""Recurrent state-space model (DreamerV3 Sec. 2, block GRU of the 2024 code).
+
+The model state is a dict `{'deter': [N, D], 'stoch': [N, S*K]}`: a deterministic recurrent
+state and a flattened one-hot sample of S categorical latents with K classes each.
+
+`RSSM` holds the parameters and the single-step pieces; `observe` and `imagine` unroll them with
+`lax.scan`. Work that does not depend on the recurrence is moved out of the scan: the embedding's
+share of the posterior layer is one large matmul over all steps before the scan, and the prior
+of observed sequences is computed after it from the stacked deterministic states.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dreamer.distributions import onehot_straight_through, sg, unimix_logits
+from dreamer.nets import BlockLinear, Dense, Dtype, Linear, Norm, get_act
+
+State = dict[str, jax.Array]
+
+
+class RSSM(nn.Module):
+    deter: int
+    hidden: int
+    stoch: int
+    classes: int
+    blocks: int = 8
+    img_layers: int = 2
+    obs_layers: int = 1
+    dyn_layers: int = 1
+    unimix: float = 0.01
+    norm: str = "rms"
+    act: str = "silu"
+    dtype: Dtype = jnp.float32
+
+    def setup(self):
+        kw = {"norm": self.norm, "act": self.act, "dtype": self.dtype}
+        self.dynin = [Dense(self.hidden, name=f"dynin{i}", **kw) for i in range(3)]
+        self.dynhid = [BlockLinear(self.deter, self.blocks, dtype=self.dtype, name=f"dynhid{i}")
+                       for i in range(self.dyn_layers)]
+        self.dynhid_norm = [Norm(self.norm, name=f"dynhid{i}norm") for i in range(self.dyn_layers)]
+        self.dyngru = BlockLinear(3 * self.deter, self.blocks, dtype=self.dtype, name="dyngru")
+        self.prior_layers = [Dense(self.hidden, name=f"prior{i}", **kw)
+                             for i in range(self.img_layers)]
+        self.prior_logit = Linear(self.stoch * self.classes, dtype=self.dtype, name="priorlogit")
+        # The first posterior layer sees [deter, embed]; its two halves are separate matrices so
+        # the embedding half can be applied to a whole sequence at once (`embed_proj`).
+        self.obs_deter = Linear(self.hidden, dtype=self.dtype, name="obs0deter")
+        self.obs_embed = Linear(self.hidden, bias=False, dtype=self.dtype, name="obs0embed")
+        self.obs_norm = Norm(self.norm, name="obs0norm")
+        self.obs_layers_rest = [Dense(self.hidden, name=f"obs{i}", **kw)
+                                for i in range(1, self.obs_layers)]
+        self.obs_logit = Linear(self.stoch * self.classes, dtype=self.dtype, name="obslogit")
+
+    def __call__(self, state: State, action: jax.Array, embed: jax.Array, key: jax.Array):
+        """Touches every parameter (used for `init`)."""
+        state, _ = self.obs_step(state, action, self.embed_proj(embed), key)
+        return self.prior(state["deter"])
+
+    def core(self, state: State, action: jax.Array) -> jax.Array:
+        """Block GRU: (deter [N, D], stoch [N, SK], action [N, A]) -> next deter [N, D]."""
+        g, deter = self.blocks, state["deter"]
+        action = action / sg(jnp.maximum(1.0, jnp.abs(action)))
+        inputs = [layer(x) for layer, x in zip(self.dynin, (deter, state["stoch"], action))]
+        x = jnp.concatenate(inputs, -1)
+        x = jnp.broadcast_to(x[..., None, :], (*x.shape[:-1], g, x.shape[-1]))
+        x = jnp.concatenate([deter.reshape((*deter.shape[:-1], g, -1)).astype(x.dtype), x], -1)
+        x = x.reshape((*x.shape[:-2], -1))
+        for layer, norm in zip(self.dynhid, self.dynhid_norm):
+            x = get_act(self.act)(norm(layer(x)))
+        x = self.dyngru(x).astype(jnp.float32)
+        x = x.reshape((*x.shape[:-1], g, 3, -1))
+        reset, cand, update = [x[..., i, :].reshape(deter.shape) for i in range(3)]
+        reset = jax.nn.sigmoid(reset)
+        cand = jnp.tanh(reset * cand)
+        update = jax.nn.sigmoid(update - 1.0)  # bias towards keeping the state
+        return update * cand + (1 - update) * deter
+
+    def prior(self, deter: jax.Array) -> jax.Array:
+        """deter [..., D] -> prior logits [..., S, K] (unimix applied)."""
+        x = deter
+        for layer in self.prior_layers:
+            x = layer(x)
+        return self._logits(self.prior_logit(x))
+
+    def embed_proj(self, embed: jax.Array) -> jax.Array:
+        """embed [..., E] -> [..., hidden]: the embedding's share of the first posterior layer."""
+        return self.obs_embed(embed).astype(jnp.float32)
+
+    def posterior(self, deter: jax.Array, embed_proj: jax.Array) -> jax.Array:
+        """(deter [N, D], projected embed [N, H]) -> posterior logits [N, S, K]."""
+        x = self.obs_deter(deter) + embed_proj.astype(self.dtype)
+        x = get_act(self.act)(self.obs_norm(x))
+        for layer in self.obs_layers_rest:
+            x = layer(x)
+        return self._logits(self.obs_logit(x))
+
+    def _logits(self, x: jax.Array) -> jax.Array:
+        x = x.astype(jnp.float32).reshape((*x.shape[:-1], self.stoch, self.classes))
+        return unimix_logits(x, self.unimix)
+
+    def sample(self, logits: jax.Array, key: jax.Array) -> jax.Array:
+        """logits [N, S, K] -> flat straight-through one-hot sample [N, S*K]."""
+        sample = onehot_straight_through(logits, key)
+        return sample.reshape((*sample.shape[:-2], -1))
+
+    def obs_step(self, state: State, action: jax.Array, embed_proj: jax.Array, key: jax.Array):
+        """One filtering step: returns (posterior state, posterior logits [N, S, K])."""
+        deter = self.core(state, action)
+        logits = self.posterior(deter, embed_proj)
+        return {"deter": deter, "stoch": self.sample(logits, key)}, logits
+
+    def img_step(self, state: State, action: jax.Array, key: jax.Array):
+        """One prediction step: returns (prior state, prior logits [N, S, K])."""
+        deter = self.core(state, action)
+        logits = self.prior(deter)
+        return {"deter": deter, "stoch": self.sample(logits, key)}, logits
+
+
+def initial(rssm: RSSM, batch: int) -> State:
+    """All-zero model state for `batch` sequences (the state at every episode start)."""
+    return {"deter": jnp.zeros((batch, rssm.deter), jnp.float32),
+            "stoch": jnp.zeros((batch, rssm.stoch * rssm.classes), jnp.float32)}
+
+
+def reset_state(state: State, action: jax.Array, is_first: jax.Array):
+    """Zero the state and previous action where an episode starts (is_first [N])."""
+    keep = 1.0 - is_first.astype(jnp.float32)
+    state = jax.tree.map(lambda x: x * keep[:, None], state)
+    return state, action * keep[:, None]
+
+
+def observe(rssm: RSSM, params: Any, state: State, prev_action: jax.Array, embed: jax.Array,
+            is_first: jax.Array, key: jax.Array):
+    """Filter a batch of sequences.
+
+    state: initial {'deter': [B, D], 'stoch': [B, SK]}; prev_action [B, T, A] (action taken
+    before step t); embed [B, T, E]; is_first [B, T].
+    Returns (last state, states {'deter': [B, T, D], 'stoch': [B, T, SK]},
+    posterior logits [B, T, S, K], prior logits [B, T, S, K]).
+    """
+    b, t = is_first.shape
+    chex.assert_shape(prev_action, (b, t, None))
+    chex.assert_shape(embed, (b, t, None))
+    apply = _method(rssm, params)
+    proj = apply("embed_proj", embed)
+    keys = jax.random.split(key, t)
+
+    def step(state, inputs):
+        action, proj_t, first, k = inputs
+        state, action = reset_state(state, action, first)
+        state, logits = apply("obs_step", state, action, proj_t, k)
+        return state, (state, logits)
+
+    xs = (_swap(prev_action), _swap(proj), _swap(is_first), keys)
+    last, (states, post) = jax.lax.scan(step, state, xs)
+    states, post = _swap(states), _swap(post)
+    prior = apply("prior", states["deter"])
+    return last, states, post, prior
+
+
+def imagine(rssm: RSSM, params: Any, start: State, policy: Callable, horizon: int,
+            key: jax.Array):
+    """Roll the prior forward from `start` ({'deter': [N, D], 'stoch': [N, SK]}).
+
+    `policy(state, key) -> action [N, A]` picks each action from the state it is taken in.
+    Returns (states [N, H+1, ...] including the start, actions [N, H+1, A]), where action h is
+    taken in state h (the last one is sampled for completeness but never executed).
+    """
+    apply = _method(rssm, params)
+
+    def step(state, k):
+        k1, k2 = jax.random.split(k)
+        action = policy(state, k1)
+        next_state, _ = apply("img_step", state, action, k2)
+        return next_state, (state, action)
+
+    keys = jax.random.split(key, horizon + 1)
+    last, (states, actions) = jax.lax.scan(step, start, keys[:-1])
+    last_action = policy(last, keys[-1])
+    states = jax.tree.map(lambda xs, x: jnp.concatenate([xs, x[None]], 0), states, last)
+    actions = jnp.concatenate([actions, last_action[None]], 0)
+    return _swap(states), _swap(actions)
+
+
+def feat(state: State) -> jax.Array:
+    """Model state -> feature vector [..., D + S*K] used by all heads."""
+    return jnp.concatenate([state["deter"], state["stoch"]], -1)
+
+
+def _method(module: nn.Module, params: Any):
+    return lambda name, *args: module.apply({"params": params}, *args, method=name)
+
+
+def _swap(tree):
+    """Swap the first two axes of every leaf ([B, T, ...] <-> [T, B, ...])."""
+    return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), tree)

@@ -1,0 +1,189 @@
+"""The single-process training loop: prefill, train ratio, evaluation and logging."""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from dreamer.agent import Agent
+from dreamer.config import Config
+from dreamer.envs import Env, make_env
+from dreamer.logging import Logger, make_logger
+from dreamer.replay import Replay
+
+Policy = Callable[[dict[str, np.ndarray]], np.ndarray]
+
+
+def to_env_action(action: np.ndarray, discrete: bool) -> np.ndarray:
+    """Agent action [A] (one-hot or continuous) -> what the environment takes."""
+    if discrete:
+        return np.int32(np.argmax(action))
+    return np.clip(action, -1.0, 1.0).astype(np.float32)
+
+
+class Collector:
+    """Steps N environments together and reports finished episodes.
+
+    Each step record holds the observation, the action chosen after seeing it, the reward
+    received on arriving there and the episode flags, which is the replay's layout.
+    """
+
+    def __init__(self, envs: list[Env], act_dim: int):
+        self.envs = envs
+        self.act_dim = act_dim
+        self.discrete = envs[0].act_space.discrete
+        self.obs = [env.reset() for env in envs]
+        self.score = np.zeros(len(envs))
+        self.length = np.zeros(len(envs), np.int64)
+
+    def batch_obs(self) -> dict[str, np.ndarray]:
+        return {k: np.stack([o[k] for o in self.obs]) for k in self.obs[0]}
+
+    def step(self, actions: np.ndarray) -> tuple[list[dict], list[dict]]:
+        """Apply actions [N, A]; returns (step records, finished episode stats)."""
+        records, episodes = [], []
+        for i, env in enumerate(self.envs):
+            record = {**self.obs[i], "action": actions[i].astype(np.float32)}
+            records.append(record)
+            if record["is_last"]:
+                episodes.append({"score": self.score[i], "length": self.length[i]})
+                self.score[i], self.length[i] = 0.0, 0
+                self.obs[i] = env.reset()
+            else:
+                self.obs[i] = env.step(to_env_action(actions[i], self.discrete))
+                self.score[i] += float(self.obs[i]["reward"])
+                self.length[i] += 1
+        return records, episodes
+
+    def random_actions(self, rng: np.random.Generator) -> np.ndarray:
+        n = len(self.envs)
+        if self.discrete:
+            return np.eye(self.act_dim, dtype=np.float32)[rng.integers(0, self.act_dim, n)]
+        return rng.uniform(-1, 1, (n, self.act_dim)).astype(np.float32)
+
+
+class AgentPolicy:
+    """Jitted acting for N environments: keeps the recurrent carry between calls."""
+
+    def __init__(self, agent: Agent, num_envs: int, seed: int):
+        self.agent = agent
+        self.num_envs = num_envs
+        self._step = jax.jit(agent.policy, static_argnames="mode")
+        self.key = jax.random.PRNGKey(seed)
+        self.reset()
+
+    def reset(self) -> None:
+        self.carry = self.agent.policy_initial(self.num_envs)
+
+    def __call__(self, params: Any, obs: dict[str, np.ndarray], mode: str = "sample"):
+        self.key, key = jax.random.split(self.key)
+        inputs = {k: v for k, v in obs.items() if k in ("image", "vector", "is_first")}
+        self.carry, action = self._step(params, self.carry, inputs, key, mode=mode)
+        return np.asarray(action)
+
+
+def evaluate(policy: AgentPolicy, params: Any, env: Env, episodes: int) -> dict[str, float]:
+    """Mean score and length of `episodes` episodes with the sampling policy (paper)."""
+    collector = Collector([env], policy.agent.act_dim)
+    done = []
+    while len(done) < episodes:
+        action = policy(params, collector.batch_obs())
+        done += collector.step(action)[1]
+    return {"eval/score": float(np.mean([e["score"] for e in done])),
+            "eval/length": float(np.mean([e["length"] for e in done]))}
+
+
+def prepare_logdir(cfg: Config) -> Path:
+    if cfg.logdir:
+        logdir = Path(cfg.logdir).expanduser()
+    else:
+        logdir = Path("runs") / f"{cfg.env.task}-{time.strftime('%Y%m%d-%H%M%S')}"
+    logdir.mkdir(parents=True, exist_ok=True)
+    cfg.update({"logdir": str(logdir)}).save(logdir / "config.yaml")
+    return logdir
+
+
+class Averages:
+    """Accumulates metric values between log writes."""
+
+    def __init__(self):
+        self.values = defaultdict(list)
+
+    def add(self, metrics: dict[str, Any], prefix: str = "") -> None:
+        for key, value in metrics.items():
+            self.values[prefix + key].append(float(value))
+
+    def flush(self) -> dict[str, float]:
+        out = {k: float(np.mean(v)) for k, v in self.values.items()}
+        self.values.clear()
+        return out
+
+
+def run(cfg: Config, logger: Logger | None = None) -> dict[str, float]:
+    """Train an agent as configured; returns the last evaluation metrics."""
+    logdir = prepare_logdir(cfg)
+    logger = logger or make_logger(logdir, int(cfg.run.steps))
+    repeat = cfg.env.action_repeat
+    envs = [make_env(cfg.env, cfg.seed * 1000 + i) for i in range(cfg.run.envs)]
+    eval_env = make_env(cfg.env, cfg.seed * 1000 + 999)
+    agent = Agent(cfg, envs[0].obs_space, envs[0].act_space)
+    replay = Replay(cfg.replay.capacity, cfg.batch_length, logdir / "replay", cfg.replay.chunk,
+                    cfg.replay.recency, cfg.replay.recency_window, cfg.seed)
+    key = jax.random.PRNGKey(cfg.seed)
+    key, init_key = jax.random.split(key)
+    state = agent.init(init_key)
+    train_step = jax.jit(agent.train_step, donate_argnums=0)
+    policy = AgentPolicy(agent, len(envs), cfg.seed + 1)
+    eval_policy = AgentPolicy(agent, 1, cfg.seed + 2)
+    collector = Collector(envs, agent.act_dim)
+    rng = np.random.default_rng(cfg.seed)
+
+    agent_steps, updates, last_eval = 0, 0, 0
+    batch_steps = cfg.batch_size * cfg.batch_length
+    averages, last_log, last_log_steps, last_log_updates = Averages(), time.time(), 0, 0
+    evals: dict[str, float] = {}
+    try:
+        while agent_steps * repeat < cfg.run.steps:
+            if agent_steps * repeat < cfg.run.prefill:
+                actions = collector.random_actions(rng)
+            else:
+                actions = policy(state.params, collector.batch_obs())
+            records, episodes = collector.step(actions)
+            for worker, record in enumerate(records):
+                replay.add(record, worker)
+            agent_steps += len(records)
+            for ep in episodes:
+                averages.add({"episode/score": ep["score"], "episode/length": ep["length"] * repeat})
+            if agent_steps * repeat >= cfg.run.prefill and len(replay) >= cfg.batch_length:
+                owed = int((agent_steps - cfg.run.prefill / repeat) * cfg.run.train_ratio
+                           / batch_steps) + 1 - updates
+                for _ in range(max(0, owed)):
+                    key, step_key = jax.random.split(key)
+                    state, metrics = train_step(state, replay.sample(cfg.batch_size), step_key)
+                    averages.add(jax.device_get(metrics), "train/")
+                    updates += 1
+            if cfg.run.eval_every and agent_steps * repeat - last_eval >= cfg.run.eval_every:
+                last_eval = agent_steps * repeat
+                evals = evaluate(eval_policy, state.params, eval_env, cfg.run.eval_episodes)
+                logger.write(agent_steps * repeat, evals)
+            now = time.time()
+            if now - last_log >= cfg.run.log_every:
+                elapsed = now - last_log
+                logger.write(agent_steps * repeat, {
+                    **averages.flush(), **replay.stats, "train/updates": updates,
+                    "fps/env": (agent_steps - last_log_steps) * repeat / elapsed,
+                    "fps/train": (updates - last_log_updates) * batch_steps / elapsed})
+                last_log, last_log_steps, last_log_updates = now, agent_steps, updates
+        evals = evaluate(eval_policy, state.params, eval_env, cfg.run.eval_episodes)
+        logger.write(agent_steps * repeat, {**averages.flush(), **evals, "train/updates": updates})
+    finally:
+        replay.save()
+        logger.close()
+        for env in [*envs, eval_env]:
+            env.close()
+    return evals

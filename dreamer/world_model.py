@@ -1,0 +1,116 @@
+"""World-model loss: reconstruction, reward, continue and balanced KL (DreamerV3 Sec. 2, Eq. 5)."""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from dreamer import rssm as rssm_lib
+from dreamer.distributions import (
+    TwoHot,
+    bernoulli_log_prob,
+    categorical_entropy,
+    categorical_kl,
+    sg,
+    symlog,
+)
+from dreamer.nets import MLP, Decoder, Encoder
+
+OBS_KEYS = ("image", "vector")
+
+
+class Nets(NamedTuple):
+    """Module definitions (no parameters); parameters live in the train state."""
+
+    enc: Encoder
+    rssm: rssm_lib.RSSM
+    dec: Decoder
+    rew: MLP
+    con: MLP
+    actor: MLP
+    critic: MLP
+    bins: jax.Array
+    discrete: bool
+
+
+def obs_of(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    return {k: batch[k] for k in OBS_KEYS if k in batch}
+
+
+def encode(nets: Nets, params: Any, obs: dict[str, jax.Array]) -> jax.Array:
+    """Observations with any leading dims [...] -> embeddings [..., E]."""
+    lead = next(iter(obs.values())).shape[:-3 if "image" in obs else -1]
+    flat = {k: v.reshape((-1, *v.shape[len(lead):])) for k, v in obs.items()}
+    embed = nets.enc.apply({"params": params["enc"]}, flat)
+    return embed.reshape((*lead, embed.shape[-1]))
+
+
+def kl_losses(post: jax.Array, prior: jax.Array, free_nats: float):
+    """Balanced KL with free bits (paper Eq. 5): logits [..., S, K] -> (dyn [...], rep [...]).
+
+    dyn trains the prior towards the (fixed) posterior; rep regularises the posterior towards the
+    (fixed) prior. Both are clipped below at `free_nats` so that a KL already small does not get
+    pushed further at the expense of prediction.
+    """
+    dyn = categorical_kl(sg(post), prior)
+    rep = categorical_kl(post, sg(prior))
+    return jnp.maximum(dyn, free_nats), jnp.maximum(rep, free_nats)
+
+
+class WMOut(NamedTuple):
+    states: dict[str, jax.Array]  # posterior states, [B, T, ...]
+    feat: jax.Array               # [B, T, F]
+
+
+def loss(nets: Nets, params: Any, batch: dict[str, jax.Array], key: jax.Array, cfg: Any):
+    """World-model loss on a replayed batch.
+
+    batch: image [B, T, H, W, C] uint8 and/or vector [B, T, V], action [B, T, A] (taken after
+    observing step t), reward [B, T], is_first [B, T], is_terminal [B, T].
+    Returns (scalar loss, (metrics, WMOut)).
+    """
+    b, t = batch["is_first"].shape
+    chex.assert_shape(batch["action"], (b, t, None))
+    chex.assert_shape([batch["reward"], batch["is_terminal"]], (b, t))
+    obs = obs_of(batch)
+    embed = encode(nets, params, obs)
+    prev_action = jnp.concatenate(
+        [jnp.zeros_like(batch["action"][:, :1]), batch["action"][:, :-1]], 1)
+    start = rssm_lib.initial(nets.rssm, b)
+    _, states, post, prior = rssm_lib.observe(
+        nets.rssm, params["rssm"], start, prev_action, embed, batch["is_first"], key)
+    feat = rssm_lib.feat(states)
+
+    losses = {}
+    flat = jax.tree.map(lambda x: x.reshape((b * t, *x.shape[2:])), states)
+    recon = nets.dec.apply({"params": params["dec"]}, flat["deter"], flat["stoch"])
+    if "image" in recon:
+        target = obs["image"].astype(jnp.float32) / 255.0
+        pred = recon["image"].reshape(target.shape)
+        losses["image"] = jnp.sum(jnp.square(pred - target), (-3, -2, -1))
+    if "vector" in recon:
+        pred = recon["vector"].reshape(obs["vector"].shape)
+        losses["vector"] = jnp.sum(jnp.square(pred - symlog(obs["vector"])), -1)
+    rew_logits = nets.rew.apply({"params": params["rew"]}, feat)
+    losses["reward"] = -TwoHot(rew_logits, nets.bins).log_prob(batch["reward"])
+    con_logits = nets.con.apply({"params": params["con"]}, feat)[..., 0]
+    cont = 1.0 - batch["is_terminal"].astype(jnp.float32)
+    losses["cont"] = -bernoulli_log_prob(con_logits, cont)
+    losses["dyn"], losses["rep"] = kl_losses(post, prior, cfg.model.free_nats)
+
+    scales = {"image": cfg.model.rec_scale, "vector": cfg.model.rec_scale,
+              "reward": cfg.model.rew_scale, "cont": cfg.model.con_scale,
+              "dyn": cfg.model.dyn_scale, "rep": cfg.model.rep_scale}
+    total = sum(scales[k] * v for k, v in losses.items())
+    chex.assert_shape(total, (b, t))
+    metrics = {f"loss/{k}": v.mean() for k, v in losses.items()}
+    metrics.update({
+        "wm/post_ent": categorical_entropy(post).sum(-1).mean(),
+        "wm/prior_ent": categorical_entropy(prior).sum(-1).mean(),
+        "wm/kl": categorical_kl(post, prior).mean(),
+        "wm/reward_err": jnp.abs(TwoHot(rew_logits, nets.bins).mean() - batch["reward"]).mean(),
+        "wm/cont_acc": ((con_logits > 0) == (cont > 0.5)).mean(),
+    })
+    return total.mean(), (metrics, WMOut(states, feat))

@@ -1,0 +1,275 @@
+import pickle
+
+import pytest
+import yaml
+
+from dreamer.config import (
+    Config,
+    ConfigError,
+    available_presets,
+    default_configs_dir,
+    load_config,
+    parse_args,
+)
+
+SIZES = ["size1m", "size12m", "size25m", "size50m", "size100m", "size200m", "size400m"]
+TASKS = ["atari100k", "debug", "dmc_proprio", "dmc_vision", "gym"]
+
+
+def test_defaults_have_the_types_written_in_defaults_yaml():
+    cfg = Config()
+    assert cfg.seed == 0 and cfg.logdir == ""
+    assert cfg.model.deter == 8192 and cfg["model.deter"] == 8192
+    assert cfg.run.steps == 1_000_000 and type(cfg.run.steps) is int  # written 1e6
+    assert cfg.replay.capacity == 5_000_000 and type(cfg.replay.capacity) is int
+    assert cfg.ac.entropy == pytest.approx(3e-4) and type(cfg.ac.entropy) is float  # written 3e-4
+    assert cfg.opt.eps == 1e-20
+    assert cfg.model.mults == (2, 3, 4, 4)
+    assert cfg.env.size == (64, 64)
+    assert cfg.jax.jit is True and cfg.env.sticky is True
+    assert isinstance(cfg.model, Config) and cfg["model"] == cfg.model
+
+
+def test_mapping_views():
+    cfg = Config()
+    assert "model.deter" in cfg and "model.detr" not in cfg and "model" in cfg
+    assert list(cfg)[:2] == ["seed", "logdir"]
+    assert cfg.to_dict()["model"]["mults"] == [2, 3, 4, 4]
+    flat = cfg.flat()
+    assert flat["model.deter"] == 8192 and flat["env.size"] == [64, 64]
+    assert len(flat) == sum(len(v) if isinstance(v, Config) else 1 for v in cfg.values())
+
+
+def test_frozen_and_hashable():
+    cfg = Config()
+    with pytest.raises(AttributeError, match="immutable"):
+        cfg.seed = 1
+    with pytest.raises(AttributeError, match="immutable"):
+        cfg.model.deter = 1
+    with pytest.raises(TypeError):
+        cfg["seed"] = 1
+    assert hash(cfg) == hash(Config())
+    assert cfg == Config() and cfg != cfg.update({"seed": 1})
+    assert {cfg: 1}[Config()] == 1
+    assert cfg.update({"seed": 1}).seed == 1 and cfg.seed == 0  # update returns a new config
+
+
+def test_pickle_round_trip():
+    cfg = load_config(["debug"], {"seed": 3})
+    again = pickle.loads(pickle.dumps(cfg))
+    assert again == cfg and hash(again) == hash(cfg) and again.model.mults == (2, 2)
+    with pytest.raises(AttributeError):
+        again.seed = 1
+
+
+def test_presets_apply_in_order():
+    assert load_config(["size1m", "size12m"]).model.deter == 2048
+    assert load_config(["size12m", "size1m"]).model.deter == 512
+    # A preset changes only what it names.
+    cfg = load_config(["dmc_vision", "size1m"])
+    assert cfg.env.task == "dmc_walker_walk" and cfg.run.train_ratio == 256
+    assert cfg.model.deter == 512 and cfg.model.stoch == 32
+    # Overrides come after every preset.
+    assert load_config(["debug"], {"model.deter": 64}).model.deter == 64
+
+
+def test_size_presets_match_dreamerv3():
+    expected = {  # deter, hidden, classes, depth, units (DreamerV3 2024 code)
+        "size1m": (512, 64, 4, 4, 64), "size12m": (2048, 256, 16, 16, 256),
+        "size25m": (3072, 384, 24, 24, 384), "size50m": (4096, 512, 32, 32, 512),
+        "size100m": (6144, 768, 48, 48, 768), "size200m": (8192, 1024, 64, 64, 1024),
+        "size400m": (12288, 1536, 96, 96, 1536),
+    }
+    for name, values in expected.items():
+        m = load_config([name]).model
+        assert (m.deter, m.hidden, m.classes, m.depth, m.units) == values, name
+    assert load_config(["size200m"]) == Config()
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_every_preset_combines_with_every_size(task):
+    assert set(available_presets()) == set(SIZES + TASKS)
+    for size in SIZES:
+        cfg = load_config([task, size])
+        assert cfg.model.deter == load_config([size]).model.deter
+        assert cfg.env.task == load_config([task]).env.task
+
+
+def test_debug_preset_is_consistent():
+    cfg = load_config(["debug"])
+    assert cfg.env.size[0] >> len(cfg.model.mults) == 4  # the decoder's 4x4 starting resolution
+    assert cfg.model.deter % cfg.model.blocks == 0
+    assert cfg.run.prefill < cfg.run.steps
+
+
+@pytest.mark.parametrize(
+    ("key", "text", "expected"),
+    [
+        ("run.steps", "1e6", 1_000_000),  # int key, exponent notation
+        ("run.steps", "2.5e5", 250_000),  # integral float for an int key
+        ("run.steps", 1e6, 1_000_000),
+        ("run.steps", "1_000", 1000),
+        ("seed", "-3", -3),
+        ("opt.model_lr", "3e-4", 3e-4),  # float key (PyYAML alone would read a string)
+        ("opt.model_lr", "1", 1.0),  # int accepted for a float key
+        ("ac.entropy", 0, 0.0),
+        ("jax.jit", "false", False),
+        ("jax.jit", "True", True),
+        ("env.sticky", False, False),
+        ("env.size", "32,32", (32, 32)),  # comma list
+        ("env.size", "[48, 48]", (48, 48)),  # YAML list
+        ("env.size", [16, 16], (16, 16)),
+        ("model.mults", "2", (2,)),
+        ("model.mults", "[1,2]", (1, 2)),
+        ("env.task", "gym_CartPole-v1", "gym_CartPole-v1"),
+        ("env.task", "1e6", "1e6"),  # strings stay as written
+        ("logdir", "", ""),
+    ],
+)
+def test_override_types(key, text, expected):
+    value = Config().update({key: text})[key]
+    assert value == expected and type(value) is type(expected)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("run.steps", "1.5", "int"),
+        ("run.steps", 2.5, "int"),
+        ("run.steps", "abc", "int"),
+        ("run.steps", True, "int"),
+        ("opt.model_lr", "fast", "float"),
+        ("jax.jit", "yes", "bool"),  # only true/false are booleans
+        ("jax.jit", 1, "bool"),
+        ("env.task", 3, "str"),
+        ("env.size", "32,x", "list of int"),
+        ("env.size", 32, "list of int"),
+        ("model.mults", [1.5], "list of int"),
+    ],
+)
+def test_wrong_type_names_key_value_and_type(key, value, expected):
+    with pytest.raises(ConfigError) as info:
+        Config().update({key: value})
+    message = str(info.value)
+    assert repr(key) in message and f"expected {expected}" in message
+    assert str(value) in message
+
+
+def test_unknown_key_suggests_close_keys():
+    with pytest.raises(ConfigError, match=r"unknown config key 'model.detr'.*'model.deter'"):
+        Config().update({"model.detr": 5})
+    with pytest.raises(ConfigError, match=r"'model.deter'"):  # a key without its section
+        Config().update({"deter": 5})
+    with pytest.raises(ConfigError, match=r"'run.steps'"):
+        Config().update({"run.steps.x": 5})
+    with pytest.raises(ConfigError, match=r"unknown config key 'zzz'.*seed, logdir"):
+        Config().update({"zzz": 5})
+    with pytest.raises(ConfigError, match=r"unknown config key 'model.model'"):
+        Config().update({"model": {"model": {"deter": 5}}})
+    with pytest.raises(ValueError):  # ConfigError is a ValueError
+        load_config([], {"model.detr": 5})
+
+
+def test_sections_and_values_do_not_mix():
+    with pytest.raises(ConfigError, match="'model' is a section"):
+        Config().update({"model": 5})
+    with pytest.raises(ConfigError, match="'seed' is a value, not a section"):
+        Config().update({"seed": {"x": 1}})
+    assert Config().update({"model": {"deter": 5}}).model.deter == 5
+
+
+def test_section_update_keeps_section_prefix():
+    model = Config().model.update({"deter": 7})
+    assert model.deter == 7 and model.hidden == 1024
+    with pytest.raises(ConfigError, match="'model.detr'"):
+        Config().model.update({"detr": 7})
+
+
+def test_unknown_preset_lists_choices():
+    with pytest.raises(ConfigError) as info:
+        load_config(["dmc_visoin"])
+    message = str(info.value)
+    assert "'dmc_visoin'" in message and "did you mean 'dmc_vision'" in message
+    for name in available_presets():
+        assert name in message
+
+
+def test_preset_errors_name_the_preset(tmp_path):
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "defaults.yaml").write_text((default_configs_dir() / "defaults.yaml").read_text())
+    (configs / "broken.yaml").write_text("model:\n  detr: 3\n")
+    (configs / "badtype.yaml").write_text("env:\n  sticky: no\n")
+    assert available_presets(configs) == ["badtype", "broken"]
+    with pytest.raises(ConfigError, match=r"model.detr.*preset 'broken'.*model.deter"):
+        load_config(["broken"], configs_dir=configs)
+    with pytest.raises(ConfigError, match=r"env.sticky.*bool.*preset 'badtype'"):
+        load_config(["badtype"], configs_dir=configs)
+
+
+def test_preset_file_path(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("run.steps: 5e3\nmodel: {deter: 16}\n")
+    cfg = load_config(["debug", str(path)])
+    assert cfg.run.steps == 5000 and cfg.model.deter == 16
+
+
+def test_save_load_round_trip(tmp_path):
+    cfg = load_config(["debug"], {"env.task": "1e6", "logdir": "yes", "opt.eps": 1e-8,
+                                  "ac.entropy": 1e30})
+    path = tmp_path / "config.yaml"
+    cfg.save(path)
+    assert yaml.safe_load(path.read_text())["model"]["mults"] == [2, 2]
+    assert Config.load(path) == cfg
+    # A partial file loads on top of the defaults and is validated.
+    path.write_text("seed: 4\n")
+    assert Config.load(path) == Config().update({"seed": 4})
+    path.write_text("seed: four\n")
+    with pytest.raises(ConfigError, match="'seed'"):
+        Config.load(path)
+
+
+def test_parse_args_grammar(tmp_path):
+    cfg, extra = parse_args([
+        "--configs", "debug", "size1m", "--run.steps=1e6", "--env.size=32,32", "--seed", "1",
+        "--logdir", str(tmp_path), "--jax.jit=false", "--ac.entropy", "-1e-3",
+        "--model.mults=[1,2]",
+    ])
+    assert cfg.model.deter == 512  # size1m after debug
+    assert cfg.batch_size == 4  # from debug
+    assert cfg.run.steps == 1_000_000 and cfg.env.size == (32, 32) and cfg.seed == 1
+    assert cfg.logdir == str(tmp_path) and cfg.jax.jit is False and cfg.ac.entropy == -1e-3
+    assert cfg.model.mults == (1, 2)
+    assert extra["presets"] == ["debug", "size1m"]
+    assert extra["overrides"]["run.steps"] == "1e6"
+    assert parse_args(["--configs=debug,size1m"])[0] == load_config(["debug", "size1m"])
+    assert parse_args([])[0] == Config()
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--model.detr=5"], "did you mean 'model.deter'"),
+        (["--configs", "nope"], "available presets"),
+        (["--configs"], "at least one preset"),
+        (["--seed"], "missing value for --seed"),
+        (["--seed", "--run.steps=3"], "missing value for --seed"),
+        (["debug"], "unexpected argument 'debug'"),
+        (["--run.steps=fast"], "expected int"),
+        (["--model=3"], "'model' is a section"),
+    ],
+)
+def test_parse_args_errors(argv, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_args(argv)
+
+
+def test_help_lists_presets_and_exits_zero(capsys):
+    with pytest.raises(SystemExit) as info:
+        parse_args(["--configs", "debug", "-h"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage:" in out and "--configs" in out
+    for name in available_presets():
+        assert name in out
+

@@ -1,0 +1,385 @@
+"""Tests for dreamer.envs: the step-dict contract of every suite and the generic wrappers."""
+
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dreamer.envs import MAKERS, SUITES, EnvError, Space, make_env
+from dreamer.envs.base import rescale_action
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+FLAGS = ("is_first", "is_last", "is_terminal")
+
+
+def config(task, **overrides):
+    """An ``env`` config section as the launcher passes it, with small images."""
+    cfg = {
+        "task": task,
+        "obs": "image",
+        "size": (16, 16),
+        "action_repeat": 1,
+        "time_limit": 0,
+        "gray": False,
+        "sticky": True,
+        "noops": 30,
+        "lives": False,
+    }
+    return types.SimpleNamespace(**(cfg | overrides))
+
+
+def random_action(space, rng):
+    if space.discrete:
+        return np.int32(rng.integers(space.n))
+    return rng.uniform(-1, 1, space.shape).astype(np.float32)
+
+
+def check_step(out, env, first):
+    """Keys, shapes and strict dtypes of one step dict."""
+    assert set(out) == set(env.obs_space) | {"reward", *FLAGS}
+    for key, space in env.obs_space.items():
+        assert out[key].dtype == space.dtype, key
+        assert out[key].shape == space.shape, key
+    assert out["reward"].dtype == np.float32
+    for flag in FLAGS:
+        assert isinstance(out[flag], np.bool_), flag
+    assert bool(out["is_first"]) == first
+    if first:
+        assert out["reward"] == 0 and not out["is_last"] and not out["is_terminal"]
+    if out["is_terminal"]:
+        assert out["is_last"]
+
+
+def rollout(env, steps, seed=0):
+    """Steps with random actions until ``is_last`` or ``steps``; checks every step dict."""
+    rng = np.random.default_rng(seed)
+    outs = [env.reset()]
+    check_step(outs[0], env, first=True)
+    for _ in range(steps):
+        outs.append(env.step(random_action(env.act_space, rng)))
+        check_step(outs[-1], env, first=False)
+        if outs[-1]["is_last"]:
+            break
+    return outs
+
+
+def episode_length(env, seed=0):
+    outs = rollout(env, 10_000, seed)
+    assert outs[-1]["is_last"]
+    return len(outs) - 1, outs[-1]
+
+
+# ---------------------------------------------------------------- spaces and shapes per suite
+
+
+def test_space_properties():
+    discrete = Space(np.int32, (), 0, 5)
+    assert discrete.discrete and discrete.n == 6
+    continuous = Space(np.float32, (3,), -1.0, 1.0)
+    assert not continuous.discrete
+    with pytest.raises(ValueError, match="not a bounded discrete space"):
+        _ = continuous.n
+
+
+@pytest.mark.parametrize("task", ["builtin_catch", "builtin_reach"])
+@pytest.mark.parametrize("obs", ["image", "vector", "both"])
+def test_builtin_shapes(task, obs):
+    env = make_env(config(task, obs=obs, size=(12, 20)), seed=0)
+    if obs != "vector":
+        assert env.obs_space["image"] == Space(np.uint8, (12, 20, 3), 0, 255)
+    assert ("vector" in env.obs_space) == (obs != "image")
+    rollout(env, 100)
+    assert env.act_space == (
+        Space(np.int32, (), 0, 2) if task == "builtin_catch" else Space(np.float32, (2,), -1, 1)
+    )
+
+
+def test_builtin_images_show_bright_objects_on_dark_background():
+    image = make_env(config("builtin_catch", size=(64, 64)), seed=0).reset()["image"]
+    assert np.median(image) < 64 and image.max() >= 200
+    image = make_env(config("builtin_reach", size=(8, 8)), seed=0).reset()["image"]
+    red = (image[..., 0] > 200) & (image[..., 1] < 100)
+    assert red.any(), "the point stays visible at 8x8"
+    with pytest.raises(EnvError, match="8x8"):
+        make_env(config("builtin_catch", size=(4, 4)), seed=0)
+
+
+@pytest.mark.parametrize("obs", ["image", "vector"])
+def test_dmc_shapes(obs):
+    env = make_env(config("dmc_cartpole_balance", obs=obs, size=(64, 64)), seed=0)
+    assert env.act_space == Space(np.float32, (1,), -1.0, 1.0)
+    if obs == "image":
+        assert env.obs_space == {"image": Space(np.uint8, (64, 64, 3), 0, 255)}
+    else:
+        # cartpole: position (cos, sin, x) and velocity (2).
+        assert env.obs_space == {"vector": Space(np.float32, (5,))}
+    outs = rollout(env, 3)
+    if obs == "image":
+        assert outs[-1]["image"].std() > 0
+    env.close()
+
+
+def test_dmc_domain_with_underscores():
+    env = make_env(config("dmc_ball_in_cup_catch", obs="vector"), seed=0)
+    assert env.obs_space["vector"].shape == (8,) and env.act_space.shape == (2,)
+    rollout(env, 2)
+
+
+def test_gym_discrete_shapes():
+    env = make_env(config("gym_CartPole-v1", obs="vector"), seed=0)
+    assert env.act_space == Space(np.int32, (), 0, 1)
+    assert env.obs_space == {"vector": Space(np.float32, (4,))}
+    rollout(env, 20)
+
+
+@pytest.mark.parametrize("obs", ["vector", "both"])
+def test_gym_continuous_shapes(obs):
+    # A MuJoCo task: classic-control rendering would need pygame.
+    env = make_env(config("gym_InvertedPendulum-v5", obs=obs, size=(24, 32)), seed=0)
+    assert env.act_space == Space(np.float32, (1,), -1.0, 1.0)
+    if obs == "both":
+        assert env.obs_space["image"].shape == (24, 32, 3)
+    outs = rollout(env, 3)
+    if obs == "both":
+        assert outs[-1]["image"].std() > 0
+    env.close()
+
+
+def atari_env(**overrides):
+    ale_py = pytest.importorskip("ale_py", reason="ale-py is not installed")
+    from ale_py import roms
+
+    game = overrides.pop("game", "pong")
+    if roms.get_rom_path(game) is None:
+        pytest.skip(f"the {game} ROM is not available to ale-py")
+    del ale_py
+    return make_env(config(f"atari_{game}", **overrides), seed=0)
+
+
+@pytest.mark.parametrize("gray", [False, True])
+def test_atari_shapes(gray):
+    env = atari_env(gray=gray, size=(32, 32), action_repeat=4, noops=5)
+    assert env.obs_space == {"image": Space(np.uint8, (32, 32, 1 if gray else 3), 0, 255)}
+    assert env.act_space == Space(np.int32, (), 0, 5)  # Pong's minimal action set
+    outs = rollout(env, 5)
+    assert outs[-1]["image"].std() > 0
+    env.close()
+
+
+def test_atari_life_loss_is_terminal_and_continues_the_game():
+    env = atari_env(game="breakout", lives=True, action_repeat=4, size=(16, 16), noops=0)
+    length, last = episode_length(env)
+    assert last["is_terminal"] and length < 2000
+    ale = env._ale
+    lives = ale.lives()
+    assert 0 < lives < 5
+    env.reset()
+    assert ale.lives() == lives, "a life-loss episode does not restart the game"
+    env.close()
+
+
+# ---------------------------------------------------------------- termination and truncation
+
+
+def test_catch_terminates_after_four_balls():
+    length, last = episode_length(make_env(config("builtin_catch"), seed=0))
+    assert length == 28 and last["is_terminal"]
+
+
+def test_reach_is_truncated_by_its_default_limit():
+    length, last = episode_length(make_env(config("builtin_reach"), seed=0))
+    assert length == 50 and not last["is_terminal"]
+    # The default limit counts agent steps, whatever the action repeat.
+    length, _ = episode_length(make_env(config("builtin_reach", action_repeat=3), seed=0))
+    assert length == 50
+
+
+@pytest.mark.parametrize("task", ["builtin_reach", "builtin_catch", "gym_Pendulum-v1"])
+def test_time_limit_truncates(task):
+    env = make_env(config(task, obs="vector", time_limit=5, action_repeat=2), seed=0)
+    outs = rollout(env, 100)
+    assert len(outs) == 6
+    assert outs[-1]["is_last"] and not outs[-1]["is_terminal"]
+    env.reset()  # the limit restarts with the episode
+    assert len(rollout(env, 100)) == 6
+
+
+def test_time_limit_replaces_a_shorter_suite_limit():
+    # Pendulum-v1 registers a 200-step limit and never terminates.
+    length, last = episode_length(make_env(config("gym_Pendulum-v1", obs="vector"), seed=0))
+    assert length == 200 and not last["is_terminal"]
+    env = make_env(config("gym_Pendulum-v1", obs="vector", time_limit=300), seed=0)
+    length, last = episode_length(env)
+    assert length == 300 and not last["is_terminal"]
+
+
+def test_dmc_time_limit_truncates():
+    env = make_env(config("dmc_cartpole_balance", obs="vector", time_limit=3), seed=0)
+    outs = rollout(env, 10)
+    assert len(outs) == 4 and not outs[-1]["is_terminal"]
+
+
+# ---------------------------------------------------------------- action repeat and determinism
+
+
+@pytest.mark.parametrize("task", ["builtin_catch", "builtin_reach"])
+def test_action_repeat_sums_rewards(task):
+    repeat = 3
+    env = make_env(config(task, obs="both", action_repeat=repeat), seed=7)
+    ref = make_env(config(task, obs="both", time_limit=1000), seed=7)
+    rng = np.random.default_rng(1)
+    out, expected = env.reset(), ref.reset()
+    np.testing.assert_array_equal(out["image"], expected["image"])
+    while not out["is_last"]:
+        action = random_action(env.act_space, rng)
+        out = env.step(action)
+        total = 0.0
+        for _ in range(repeat):
+            expected = ref.step(action)
+            total += float(expected["reward"])
+            if expected["is_last"]:
+                break
+        assert out["reward"] == pytest.approx(total, abs=1e-5)
+        np.testing.assert_array_equal(out["image"], expected["image"])
+        np.testing.assert_array_equal(out["vector"], expected["vector"])
+    assert out["is_terminal"] == (task == "builtin_catch")
+
+
+@pytest.mark.parametrize(
+    "task,obs",
+    [
+        ("builtin_catch", "both"),
+        ("builtin_reach", "both"),
+        ("dmc_walker_walk", "vector"),
+        ("gym_Pendulum-v1", "vector"),
+    ],
+)
+def test_seed_determines_the_episode(task, obs):
+    def trajectory(seed):
+        env = make_env(config(task, obs=obs), seed)
+        outs = rollout(env, 30) + rollout(env, 30)  # the second episode too
+        return np.concatenate([np.ravel(o[k]).astype(np.float64) for o in outs for k in sorted(o)])
+
+    first = trajectory(3)
+    np.testing.assert_array_equal(first, trajectory(3))
+    assert not np.array_equal(first, trajectory(4))
+
+
+# ---------------------------------------------------------------- actions
+
+
+def test_rescale_action_by_hand():
+    low, high = np.array([0.0, -2.0, -np.inf]), np.array([10.0, 2.0, np.inf])
+    np.testing.assert_allclose(rescale_action(np.array([-1.0, 0.5, 0.3]), low, high), [0, 1, 0.3])
+    np.testing.assert_allclose(rescale_action(np.array([1.0, 2.0, -7.0]), low, high), [10, 2, -1])
+
+
+def test_gym_continuous_actions_are_rescaled():
+    env = make_env(config("gym_Pendulum-v1", obs="vector"), seed=0)  # torque bounds [-2, 2]
+    env.reset()
+    for action, torque in [(0.5, 1.0), (-1.0, -2.0), (3.0, 2.0)]:
+        env.step(np.array([action], np.float32))
+        assert env._env.unwrapped.last_u == pytest.approx(torque)
+
+
+def test_reach_moves_a_tenth_of_the_action():
+    env = make_env(config("builtin_reach", obs="vector"), seed=0)
+    start = env.reset()["vector"][:2]
+    action = np.array([0.5, -0.25], np.float32)
+    moved = env.step(action)["vector"][:2]
+    expected = np.clip(start + 0.1 * action, 0, 1)
+    np.testing.assert_allclose(moved, expected, atol=1e-6)
+
+
+# ---------------------------------------------------------------- scores quoted in the docstrings
+
+
+def mean_score(task, episodes, policy):
+    env = make_env(config(task, obs="vector"), seed=0)
+    rng = np.random.default_rng(0)
+    scores = []
+    for _ in range(episodes):
+        out, score = env.reset(), 0.0
+        while not out["is_last"]:
+            out = env.step(policy(out["vector"], rng))
+            score += float(out["reward"])
+        scores.append(score)
+    return np.mean(scores)
+
+
+def test_catch_scores():
+    random = mean_score("builtin_catch", 2000, lambda v, rng: np.int32(rng.integers(3)))
+    assert random == pytest.approx(-2.86, abs=0.12)
+    # Ball and paddle columns are scaled by 1/6; move towards the ball.
+    greedy = mean_score("builtin_catch", 50, lambda v, rng: np.int32(1 + np.sign(v[1] - v[2])))
+    assert greedy == 4.0
+
+
+def test_reach_scores():
+    random = mean_score("builtin_reach", 300, lambda v, rng: rng.uniform(-1, 1, 2))
+    assert random == pytest.approx(11.2, abs=1.2)
+    greedy = mean_score("builtin_reach", 300, lambda v, rng: np.clip((v[2:] - v[:2]) / 0.1, -1, 1))
+    assert greedy == pytest.approx(48.7, abs=0.5)
+
+
+# ---------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    "task,suggestion",
+    [
+        ("dmc_walker_wlak", "dmc_walker_walk"),
+        ("dcm_walker_walk", "dmc_walker_walk"),
+        ("walker_walk", "dmc_walker_walk"),
+        ("builtin_cach", "builtin_catch"),
+        ("gym_CartPole-v9", "gym_CartPole-v1"),
+        ("atari_pongg", "atari_pong"),
+    ],
+)
+def test_unknown_task_names_close_choices_and_suites(task, suggestion):
+    with pytest.raises(EnvError) as info:
+        make_env(config(task), seed=0)
+    message = str(info.value)
+    assert repr(task) in message and suggestion in message
+    for suite in SUITES:
+        assert f"{suite}_*" in message
+    assert isinstance(info.value, ValueError)
+
+
+def test_bad_obs_mode():
+    with pytest.raises(EnvError, match="image, vector, both"):
+        make_env(config("builtin_catch", obs="pixels"), seed=0)
+
+
+def test_suites_and_makers_agree():
+    assert tuple(MAKERS) == SUITES
+
+
+def test_render_failure_names_backend_and_packages():
+    code = (
+        "from types import SimpleNamespace as S\n"
+        "from dreamer.envs import EnvError, make_env\n"
+        'cfg = S(task="dmc_cartpole_balance", obs="image", size=(8, 8), action_repeat=1,\n'
+        "        time_limit=0, gray=False, sticky=True, noops=0, lives=False)\n"
+        "try:\n"
+        "    make_env(cfg, 0)\n"
+        "except EnvError as err:\n"
+        "    print(err)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "MUJOCO_GL": "nonexistent", "PYTHONPATH": str(root)}
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    for needle in ("MUJOCO_GL", "libegl1 libegl-mesa0 libgl1-mesa-dri", "libosmesa6"):
+        assert needle in result.stdout, result.stdout + result.stderr

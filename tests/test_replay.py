@@ -1,0 +1,305 @@
+"""Tests for dreamer.replay: sequences stay within one stream, eviction, recency, persistence."""
+
+import os
+
+import numpy as np
+import pytest
+
+from dreamer.replay import Replay
+
+
+def make_step(worker: int, t: int, episode: int, first: bool) -> dict[str, np.ndarray]:
+    """A step whose `vector` encodes (worker, index in the worker's stream, episode id)."""
+    return {
+        "image": np.full((2, 2, 1), (7 * worker + t) % 256, np.uint8),
+        "vector": np.array([worker, t, episode], np.float32),
+        "action": np.eye(3, dtype=np.float32)[t % 3],
+        "reward": np.float32(t / 10),
+        "is_first": np.bool_(first),
+        "is_last": np.bool_(False),
+        "is_terminal": np.bool_(False),
+    }
+
+
+def fill(replay: Replay, workers: int, steps: int, seed: int = 0,
+         start: int = 0) -> dict[tuple[int, int], dict[str, np.ndarray]]:
+    """Interleaves `steps` steps of each worker in a random order with random episode lengths.
+
+    Returns the added steps by (worker, index in the worker's stream).
+    """
+    added = {}
+    rng = np.random.default_rng(seed)
+    t = [start] * workers
+    left = [0] * workers
+    episode = [0] * workers
+    order = np.repeat(np.arange(workers), steps)
+    rng.shuffle(order)
+    for w in order:
+        first = left[w] == 0
+        if first:
+            left[w] = int(rng.integers(1, 9))
+            episode[w] += 1
+        added[int(w), t[w]] = make_step(int(w), t[w], 100 * int(w) + episode[w], first)
+        replay.add(added[int(w), t[w]], worker=int(w))
+        t[w] += 1
+        left[w] -= 1
+    return added
+
+
+def check_windows(batch: dict[str, np.ndarray]) -> None:
+    """Each window comes from one worker, has consecutive indices, and marks every new episode."""
+    vec = batch["vector"]
+    assert (vec[:, :, 0] == vec[:, :1, 0]).all()
+    assert (np.diff(vec[:, :, 1], axis=1) == 1).all()
+    new_episode = vec[:, 1:, 2] != vec[:, :-1, 2]
+    assert batch["is_first"][:, 1:][new_episode].all()
+    w, t = vec[..., 0].astype(int), vec[..., 1].astype(int)
+    assert (batch["image"][..., 0, 0, 0] == (7 * w + t) % 256).all()
+    assert (batch["action"].argmax(-1) == t % 3).all()
+
+
+def starts(batch: dict[str, np.ndarray]) -> list[tuple[int, int]]:
+    return [(int(w), int(t)) for w, t in batch["vector"][:, 0, :2]]
+
+
+def test_shapes_and_dtypes():
+    replay = Replay(capacity=100, length=5, chunk=4)
+    fill(replay, workers=2, steps=10)
+    batch = replay.sample(3)
+    expected = {"image": ((2, 2, 1), np.uint8), "vector": ((3,), np.float32),
+                "action": ((3,), np.float32), "reward": ((), np.float32),
+                "is_first": ((), np.bool_), "is_last": ((), np.bool_),
+                "is_terminal": ((), np.bool_)}
+    assert batch.keys() == expected.keys()
+    for key, (shape, dtype) in expected.items():
+        assert batch[key].shape == (3, 5, *shape), key
+        assert batch[key].dtype == dtype, key
+    assert len(replay) == 20
+    assert {"replay/size", "replay/chunks", "replay/inserts", "replay/samples"} <= set(
+        replay.stats)
+    assert replay.stats["replay/samples"] == 3
+
+
+def test_windows_stay_in_one_stream_and_mark_episode_starts():
+    replay = Replay(capacity=1000, length=7, chunk=4)
+    fill(replay, workers=3, steps=40, seed=1)
+    for _ in range(20):
+        check_windows(replay.sample(16))
+
+
+def test_sample_covers_all_starts_across_chunks():
+    replay = Replay(capacity=1000, length=6, chunk=4)
+    fill(replay, workers=2, steps=9)
+    seen = {s for _ in range(50) for s in starts(replay.sample(16))}
+    assert seen == {(w, t) for w in range(2) for t in range(9 - 6 + 1)}
+
+
+def test_too_little_data_names_the_length():
+    replay = Replay(capacity=100, length=8, chunk=4)
+    with pytest.raises(ValueError, match="8 consecutive steps"):
+        replay.sample(2)
+    fill(replay, workers=3, steps=7)
+    with pytest.raises(ValueError, match="8 consecutive steps.*holds 7"):
+        replay.sample(2)
+
+
+def test_capacity_evicts_oldest_chunks():
+    replay = Replay(capacity=24, length=3, chunk=4)
+    fill(replay, workers=2, steps=50, seed=2)
+    assert 24 - 4 < len(replay) <= 24 + 2 * 4
+    stats = replay.stats
+    assert stats["replay/size"] == len(replay)
+    assert stats["replay/evicted"] == 100 - len(replay)
+    seen = set()
+    for _ in range(30):
+        batch = replay.sample(16)
+        check_windows(batch)
+        seen |= {(int(w), int(t)) for w, t in batch["vector"][:, :, :2].reshape(-1, 2)}
+    # Per worker, the kept steps are a suffix of its stream: eviction drops the oldest chunks.
+    for w in range(2):
+        kept = sorted(t for v, t in seen if v == w)
+        assert kept[-1] == 49 and kept == list(range(kept[0], 50))
+    assert len(seen) == len(replay)
+
+
+def test_recency_one_draws_only_newest_starts():
+    length, window = 3, 5
+    replay = Replay(capacity=1000, length=length, chunk=4, recency=1.0, recency_window=window)
+    for t in range(30):  # round robin: step t of worker w is the (2 t + w)-th insert
+        for w in range(2):
+            replay.add(make_step(w, t, 0, t == 0), worker=w)
+    valid = [(w, t) for t in range(30 - length + 1) for w in range(2)]
+    newest = set(sorted(valid, key=lambda s: 2 * s[1] + s[0])[-window:])
+    seen = {s for _ in range(40) for s in starts(replay.sample(8))}
+    assert seen == newest
+
+
+def test_recency_skips_streams_too_short_to_sample():
+    replay = Replay(capacity=1000, length=4, chunk=4, recency=1.0, recency_window=3)
+    for t in range(10):
+        replay.add(make_step(0, t, 0, t == 0), worker=0)
+    for t in range(2):
+        replay.add(make_step(1, t, 0, t == 0), worker=1)
+    seen = {s for _ in range(20) for s in starts(replay.sample(8))}
+    assert seen == {(0, 4), (0, 5), (0, 6)}
+
+
+def test_recency_fraction_is_rounded():
+    replay = Replay(capacity=1000, length=2, chunk=8, recency=0.3, recency_window=4)
+    fill(replay, workers=1, steps=200)
+    newest = {(0, t) for t in range(195, 199)}
+    old = 0
+    for _ in range(30):
+        drawn = starts(replay.sample(10))
+        assert set(drawn[-3:]) <= newest  # round(0.3 * 10) = 3 recent rows, last in the batch
+        old += sum(s not in newest for s in drawn[:-3])
+    assert old > 150
+
+
+def test_same_seed_same_samples():
+    def draws(seed):
+        replay = Replay(capacity=30, length=4, chunk=4, recency=0.5, seed=seed)
+        fill(replay, workers=3, steps=20, seed=3)
+        return [replay.sample(6)["vector"] for _ in range(5)]
+
+    for a, b in zip(draws(1), draws(1)):
+        np.testing.assert_array_equal(a, b)
+    assert any((a != b).any() for a, b in zip(draws(1), draws(2)))
+
+
+def test_rejects_mismatched_steps():
+    replay = Replay(capacity=10, length=2)
+    replay.add(make_step(0, 0, 0, True))
+    step = make_step(0, 1, 0, False)
+    for bad in ({k: v for k, v in step.items() if k != "reward"},
+                {**step, "vector": np.zeros(4, np.float32)},
+                {**step, "_stamp": np.int64(0)}):
+        with pytest.raises(ValueError, match="differ from the stored"):
+            replay.add(bad)
+    assert len(replay) == 1
+
+
+def stored(directory) -> dict[tuple[int, int], dict[str, np.ndarray]]:
+    """The steps a replay loaded from `directory` holds, by (worker, index), via length-1 draws."""
+    replay = Replay(capacity=10_000, length=1, directory=directory, seed=5)
+    replay.load()
+    batch = replay.sample(50 * len(replay))  # covers every step with overwhelming probability
+    steps = {}
+    for b, (w, t, _) in enumerate(batch["vector"][:, 0]):
+        steps[int(w), int(t)] = {k: v[b, 0] for k, v in batch.items()}
+    assert len(steps) == len(replay)
+    return steps
+
+
+def assert_same_steps(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for index, step in a.items():
+        for key, value in step.items():
+            assert value.dtype == b[index][key].dtype
+            np.testing.assert_array_equal(value, b[index][key])
+
+
+def test_save_load_round_trip(tmp_path):
+    replay = Replay(capacity=1000, length=5, directory=tmp_path, chunk=4, recency=0.25, seed=4)
+    added = fill(replay, workers=3, steps=13, seed=4)
+    assert replay.save() == 3 * 4  # per worker: 3 full chunks and 1 partial
+    loaded = Replay(capacity=1000, length=5, directory=tmp_path, chunk=4, recency=0.25, seed=4)
+    assert loaded.load() == 39
+    assert len(loaded) == len(replay) == 39
+    assert loaded.stats["replay/chunks"] == replay.stats["replay/chunks"] == 12
+    for _ in range(5):
+        a, b = replay.sample(8), loaded.sample(8)
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+    assert_same_steps(stored(tmp_path), added)
+    # After a load every worker writes a new stream, never joined to the loaded ones.
+    fill(loaded, workers=3, steps=6, seed=5, start=100)
+    for _ in range(20):
+        check_windows(loaded.sample(16))
+
+
+def test_steps_added_after_load_are_the_most_recent(tmp_path):
+    kwargs = {"capacity": 1000, "length": 2, "directory": tmp_path, "chunk": 4,
+              "recency": 1.0, "recency_window": 3}
+    replay = Replay(**kwargs)
+    fill(replay, workers=1, steps=10)
+    replay.save()
+    loaded = Replay(**kwargs)
+    loaded.load()
+    fill(loaded, workers=1, steps=5, start=100)
+    seen = {s for _ in range(20) for s in starts(loaded.sample(8))}
+    assert seen == {(0, 101), (0, 102), (0, 103)}
+
+
+def test_load_keeps_newest_capacity_steps(tmp_path):
+    replay = Replay(capacity=1000, length=2, directory=tmp_path, chunk=4)
+    fill(replay, workers=1, steps=20)
+    replay.save()
+    loaded = Replay(capacity=10, length=2, directory=tmp_path, chunk=4)
+    assert loaded.load() == 8
+    assert {int(t) for t in loaded.sample(400)["vector"][:, :, 1].ravel()} == set(range(12, 20))
+
+
+def test_save_is_incremental(tmp_path):
+    replay = Replay(capacity=1000, length=3, directory=tmp_path, chunk=4)
+    added = fill(replay, workers=2, steps=6)  # per worker: one full chunk and a partial one of 2 steps
+    assert replay.save() == 4
+    sealed = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*-4.npz")}
+    assert len(sealed) == 2
+    assert replay.save() == 0
+    added |= {(0, t): make_step(0, t, 9, t == 6) for t in range(6, 9)}
+    replay.add(added[0, 6], worker=0)  # grows worker 0's partial chunk
+    assert replay.save() == 1
+    replay.add(added[0, 7], worker=0)
+    replay.add(added[0, 8], worker=0)  # fills it and opens a new chunk
+    assert replay.save() == 2
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*-4.npz")
+            if p.name in sealed} == sealed
+    assert len(list(tmp_path.glob("*.npz"))) == 5  # the replaced partial files are gone
+    assert not list(tmp_path.glob("*.tmp"))
+    assert_same_steps(stored(tmp_path), added)
+
+
+def test_load_does_not_join_across_a_missing_chunk(tmp_path):
+    replay = Replay(capacity=1000, length=3, directory=tmp_path, chunk=4)
+    fill(replay, workers=1, steps=16)
+    replay.save()
+    files = sorted(tmp_path.glob("*.npz"))
+    files[1].unlink()  # steps 4..7
+    loaded = Replay(capacity=1000, length=3, directory=tmp_path, chunk=4)
+    assert loaded.load() == 12
+    assert loaded.stats["replay/streams"] == 2
+    for _ in range(20):
+        check_windows(loaded.sample(16))
+
+
+def test_eviction_removes_stale_partial_file(tmp_path):
+    replay = Replay(capacity=4, length=2, directory=tmp_path, chunk=4)
+    fill(replay, workers=1, steps=2)
+    replay.save()  # a partial file of 2 steps
+    fill(replay, workers=1, steps=4, start=2)  # fills that chunk, evicts it unrewritten
+    assert replay.save() == 1  # the successor chunk, naming the evicted one as predecessor
+    loaded = Replay(capacity=100, length=2, directory=tmp_path, chunk=4)
+    assert loaded.load() == len(replay)
+    for _ in range(10):
+        check_windows(loaded.sample(8))
+
+
+def test_load_ignores_temp_files_and_reports_corrupt_ones(tmp_path):
+    replay = Replay(capacity=100, length=2, directory=tmp_path, chunk=4)
+    fill(replay, workers=1, steps=6)
+    replay.save()
+    (tmp_path / (min(os.listdir(tmp_path)) + ".tmp")).write_bytes(b"half written")
+    assert Replay(capacity=100, length=2, directory=tmp_path).load() == 6
+    path = max(tmp_path.glob("*.npz"))
+    intact = path.read_bytes()
+    for broken in (intact[:40], b"not a zip archive", intact[:60] + bytes(40) + intact[100:]):
+        path.write_bytes(broken)
+        with pytest.raises(ValueError, match=f"corrupt replay chunk .*{path.name}.*delete or"):
+            Replay(capacity=100, length=2, directory=tmp_path).load()
+
+
+def test_load_of_missing_directory_is_empty(tmp_path):
+    assert Replay(capacity=10, length=2, directory=tmp_path / "none").load() == 0
+    with pytest.raises(ValueError, match="directory"):
+        Replay(capacity=10, length=2).save()
