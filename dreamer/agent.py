@@ -139,8 +139,8 @@ class Agent:
         slow = jax.tree.map(lambda s, p: (1 - rate) * s + rate * p,
                             state.slow_critic, params["critic"])
         for group in GROUPS:
-            metrics[f"grad_norm/{group}"] = optax.global_norm(grads[group])
-            metrics[f"param_norm/{group}"] = optax.global_norm(params[group])
+            metrics[f"grad_norm/{group}"] = optax.tree.norm(grads[group])
+            metrics[f"param_norm/{group}"] = optax.tree.norm(params[group])
         metrics = mean_over(metrics, self.axis_name)
         state = TrainState(params=params, slow_critic=slow, opt_state=opt_state,
                            retnorm=retnorm, step=state.step + 1)

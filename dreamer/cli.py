@@ -6,10 +6,14 @@ import sys
 from dreamer.config import ConfigError, parse_args
 from dreamer.envs import EnvError
 
+DEFAULT_PRESET = "demo"  # a pixel task that learns within minutes on a laptop CPU
+
 
 def train_main(argv: list[str] | None = None) -> int:
     """`dreamer-train --configs debug --run.steps=1e4 --logdir runs/x` (see README)."""
     argv = sys.argv[1:] if argv is None else argv
+    if not any(arg == "--configs" or arg.startswith("--configs=") for arg in argv):
+        argv = ["--configs", DEFAULT_PRESET, *argv]
     try:
         cfg, _ = parse_args(argv)
     except ConfigError as e:

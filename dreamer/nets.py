@@ -13,6 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dreamer.distributions import symlog
 
@@ -92,6 +93,31 @@ class BlockLinear(nn.Module):
         return y.reshape((*y.shape[:-2], o)) + bias.astype(self.dtype)
 
 
+class GroupedInputLinear(nn.Module):
+    """`BlockLinear` whose input per group is [own_g, shared]: own [..., I] split into g groups,
+    plus inputs shared by every group [..., S] (the 2024 block GRU's first layer).
+
+    Same parameters as a BlockLinear on the concatenated, broadcast input ([g, I/g + S, O/g]),
+    but the shared part is one dense matmul instead of g copies of the broadcast input.
+    """
+
+    units: int
+    groups: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, own: jax.Array, shared: jax.Array) -> jax.Array:
+        g, i, o = self.groups, own.shape[-1], self.units
+        kernel = self.param("kernel", winit(), (g, i // g + shared.shape[-1], o // g),
+                            jnp.float32).astype(self.dtype)
+        bias = self.param("bias", nn.initializers.zeros, (o,), jnp.float32)
+        own = own.reshape((*own.shape[:-1], g, i // g)).astype(self.dtype)
+        y = jnp.einsum("...gi,gio->...go", own, kernel[:, : i // g])
+        y = y.reshape((*y.shape[:-2], o))
+        shared_kernel = kernel[:, i // g:].transpose((1, 0, 2)).reshape((-1, o))
+        return y + shared.astype(self.dtype) @ shared_kernel + bias.astype(self.dtype)
+
+
 class Dense(nn.Module):
     """Linear -> Norm -> activation."""
 
@@ -137,6 +163,48 @@ def maxpool2(x: jax.Array) -> jax.Array:
 def upsample2(x: jax.Array) -> jax.Array:
     """[N, H, W, C] -> [N, 2H, 2W, C] by nearest-neighbour repetition."""
     return jnp.repeat(jnp.repeat(x, 2, -2), 2, -3)
+
+
+def _phase_fold(kernel: int) -> np.ndarray:
+    """[2, Kf, K] 0/1 map from the K taps of a conv on a 2x-upsampled input to the Kf taps of
+    the equivalent conv on the original input, for output phase 0 and 1 along one axis."""
+    p = kernel // 2
+    q = (p + 1) // 2
+    fold = np.zeros((2, 2 * q + 1, kernel), np.float32)
+    for phase in range(2):
+        for dy in range(-p, p + 1):
+            fold[phase, (phase + dy) // 2 + q, dy + p] = 1.0
+    return fold
+
+
+class UpConv(nn.Module):
+    """Nearest 2x upsampling followed by a KxK 'SAME' convolution, computed without upsampling.
+
+    Every output pixel of a conv on a repeated image reads only (K+1)/2-ish distinct input
+    pixels, so each of the four output phases is a small conv on the low-resolution input with
+    summed taps. The result equals `conv(upsample2(x))` with the same [K, K, Cin, Cout] kernel,
+    at 36/100 of the FLOPs for K=5. x [N, H, W, Cin] -> [N, 2H, 2W, Cout].
+    """
+
+    features: int
+    kernel: int = 5
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k, cin, cout = self.kernel, x.shape[-1], self.features
+        kernel = self.param("kernel", winit(), (k, k, cin, cout), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (cout,), jnp.float32)
+        fold = _phase_fold(k)
+        folded = jnp.einsum("aiy,bjx,yxco->ijcabo", fold, fold, kernel)
+        kf = folded.shape[0]
+        folded = folded.reshape((kf, kf, cin, 4 * cout)).astype(self.dtype)
+        y = jax.lax.conv_general_dilated(
+            x.astype(self.dtype), folded, (1, 1), "SAME",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        n, h, w, _ = y.shape
+        y = y.reshape((n, h, w, 2, 2, cout)).transpose((0, 1, 3, 2, 4, 5))
+        return y.reshape((n, 2 * h, 2 * w, cout)) + bias.astype(self.dtype)
 
 
 class Encoder(nn.Module):
@@ -218,12 +286,9 @@ class Decoder(nn.Module):
             x = Dense(h * w * c, self.norm, self.act, name="space", **kw)(feat)
             x = x.reshape((-1, h, w, c))
         for i in reversed(range(stages - 1)):
-            x = nn.Conv(self.depth * self.mults[i], (self.kernel, self.kernel), padding="SAME",
-                        kernel_init=winit(), param_dtype=jnp.float32, name=f"conv{i}",
-                        **kw)(upsample2(x))
+            x = UpConv(self.depth * self.mults[i], self.kernel, name=f"conv{i}", **kw)(x)
             x = act(Norm(self.norm, name=f"conv{i}norm")(x))
-        x = nn.Conv(channels, (self.kernel, self.kernel), padding="SAME", kernel_init=winit(),
-                    param_dtype=jnp.float32, name="imgout", **kw)(upsample2(x))
+        x = UpConv(channels, self.kernel, name="imgout", **kw)(x)
         return jax.nn.sigmoid(x.astype(jnp.float32))
 
 

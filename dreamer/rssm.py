@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from dreamer.distributions import onehot_straight_through, sg, unimix_logits
-from dreamer.nets import BlockLinear, Dense, Dtype, Linear, Norm, get_act
+from dreamer.nets import BlockLinear, Dense, Dtype, GroupedInputLinear, Linear, Norm, get_act
 
 State = dict[str, jax.Array]
 
@@ -41,8 +41,10 @@ class RSSM(nn.Module):
     def setup(self):
         kw = {"norm": self.norm, "act": self.act, "dtype": self.dtype}
         self.dynin = [Dense(self.hidden, name=f"dynin{i}", **kw) for i in range(3)]
-        self.dynhid = [BlockLinear(self.deter, self.blocks, dtype=self.dtype, name=f"dynhid{i}")
-                       for i in range(self.dyn_layers)]
+        self.dynhid = [
+            (GroupedInputLinear if i == 0 else BlockLinear)(
+                self.deter, self.blocks, dtype=self.dtype, name=f"dynhid{i}")
+            for i in range(self.dyn_layers)]
         self.dynhid_norm = [Norm(self.norm, name=f"dynhid{i}norm") for i in range(self.dyn_layers)]
         self.dyngru = BlockLinear(3 * self.deter, self.blocks, dtype=self.dtype, name="dyngru")
         self.prior_layers = [Dense(self.hidden, name=f"prior{i}", **kw)
@@ -67,11 +69,10 @@ class RSSM(nn.Module):
         g, deter = self.blocks, state["deter"]
         action = action / sg(jnp.maximum(1.0, jnp.abs(action)))
         inputs = [layer(x) for layer, x in zip(self.dynin, (deter, state["stoch"], action))]
-        x = jnp.concatenate(inputs, -1)
-        x = jnp.broadcast_to(x[..., None, :], (*x.shape[:-1], g, x.shape[-1]))
-        x = jnp.concatenate([deter.reshape((*deter.shape[:-1], g, -1)).astype(x.dtype), x], -1)
-        x = x.reshape((*x.shape[:-2], -1))
-        for layer, norm in zip(self.dynhid, self.dynhid_norm):
+        # Each of the g blocks sees its slice of deter and all three embedded inputs.
+        x = self.dynhid[0](deter, jnp.concatenate(inputs, -1))
+        x = get_act(self.act)(self.dynhid_norm[0](x))
+        for layer, norm in zip(self.dynhid[1:], self.dynhid_norm[1:]):
             x = get_act(self.act)(norm(layer(x)))
         x = self.dyngru(x).astype(jnp.float32)
         x = x.reshape((*x.shape[:-1], g, 3, -1))

@@ -13,7 +13,7 @@ from dreamer.config import (
 )
 
 SIZES = ["size1m", "size12m", "size25m", "size50m", "size100m", "size200m", "size400m"]
-TASKS = ["atari100k", "debug", "dmc_proprio", "dmc_vision", "gym"]
+TASKS = ["atari100k", "debug", "demo", "dmc_proprio", "dmc_vision", "gym"]
 
 
 def test_defaults_have_the_types_written_in_defaults_yaml():

@@ -1,0 +1,120 @@
+"""Benchmarks behind `launch/bench.py`: parameter counts and train-step speed.
+
+Every command returns a JSON-serialisable dict; the launcher prints it as the last line.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dreamer.agent import Agent
+from dreamer.config import Config, load_config
+from dreamer.envs import Space
+
+SIZES = ("size1m", "size12m", "size25m", "size50m", "size100m", "size200m", "size400m")
+# DMC walker spaces: 24-D proprioception, 64x64 RGB, 6-D continuous action.
+WALKER_OBS = {"proprio": {"vector": Space(np.float32, (24,))},
+              "vision": {"image": Space(np.uint8, (64, 64, 3))}}
+WALKER_ACT = Space(np.float32, (6,), -1.0, 1.0)
+
+
+def param_counts() -> dict[str, Any]:
+    """Trainable parameters per size preset for DMC walker spaces (no memory is allocated)."""
+    out = {}
+    for size in SIZES:
+        cfg = load_config([size])
+        out[size] = {}
+        for kind, obs in WALKER_OBS.items():
+            agent = Agent(cfg, obs, WALKER_ACT)
+            shapes = jax.eval_shape(agent.init_params, jax.random.PRNGKey(0))
+            out[size][kind] = agent.param_counts(shapes)["total"]
+    return out
+
+
+def spaces_of(cfg: Config) -> tuple[dict[str, Space], Space]:
+    """Observation and action spaces of the configured task (makes and closes one env)."""
+    from dreamer.envs import make_env
+
+    env = make_env(cfg.env, 0)
+    try:
+        return dict(env.obs_space), env.act_space
+    finally:
+        env.close()
+
+
+def random_batch(obs_space: dict[str, Space], act_dim: int, b: int, t: int,
+                 seed: int = 0) -> dict[str, np.ndarray]:
+    """A synthetic replay batch [B, T, ...] with the replay's dtypes and some episode starts."""
+    rng = np.random.default_rng(seed)
+    batch = {}
+    for key, space in obs_space.items():
+        if space.dtype == np.uint8:
+            batch[key] = rng.integers(0, 256, (b, t, *space.shape), dtype=np.uint8)
+        else:
+            batch[key] = rng.normal(size=(b, t, *space.shape)).astype(np.float32)
+    batch["action"] = rng.uniform(-1, 1, (b, t, act_dim)).astype(np.float32)
+    batch["reward"] = rng.normal(size=(b, t)).astype(np.float32)
+    batch["is_first"] = rng.random((b, t)) < 0.01
+    batch["is_last"] = np.roll(batch["is_first"], -1, 1)
+    batch["is_terminal"] = np.zeros((b, t), bool)
+    return batch
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+    """Measured float32 matmul FLOP/s of the default device (median of `repeats`)."""
+    x = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    f(x).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        f(x).block_until_ready()
+        times.append(time.perf_counter() - start)
+    return 2 * n ** 3 / float(np.median(times))
+
+
+def train_step(cfg: Config, updates: int = 5, warmup: int = 2) -> dict[str, Any]:
+    """Median seconds per update of the jitted train step on a synthetic batch."""
+    obs_space, act_space = spaces_of(cfg)
+    agent = Agent(cfg, obs_space, act_space)
+    batch = random_batch(obs_space, agent.act_dim, cfg.batch_size, cfg.batch_length)
+    batch = jax.device_put(batch)
+    state = agent.init(jax.random.PRNGKey(0))
+    start = time.perf_counter()
+    compiled = jax.jit(agent.train_step, donate_argnums=0).lower(
+        state, batch, jax.random.PRNGKey(0)).compile()
+    compile_s = time.perf_counter() - start
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+    times = []
+    for i in range(warmup + updates):
+        start = time.perf_counter()
+        state, metrics = compiled(state, batch, jax.random.PRNGKey(i))
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - start)
+    median = float(np.median(times[warmup:]))
+    peak = matmul_peak()
+    return {
+        "seconds_per_update": median,
+        "updates_timed": updates,
+        "replayed_steps_per_s": cfg.batch_size * cfg.batch_length / median,
+        "flops_per_update": flops,
+        "flops_per_s": flops / median,
+        "matmul_peak_flops_per_s": peak,
+        "fraction_of_peak": flops / median / peak,
+        "compile_s": compile_s,
+        "params": agent.param_counts(state.params)["total"],
+        "batch": [cfg.batch_size, cfg.batch_length],
+        "compute_dtype": cfg.jax.compute_dtype,
+        "device": str(jax.devices()[0].device_kind),
+        "cpu_cores": os.cpu_count(),
+        "machine": platform.machine(),
+        "loss_finite": bool(np.isfinite(float(metrics["loss/total"]))),
+    }

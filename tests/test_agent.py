@@ -1,0 +1,220 @@
+"""Tests for dreamer.agent: parameter counts of the size presets, where gradients flow, the
+jitted train step and the acting policy."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from dreamer import world_model
+from dreamer.agent import Agent
+from dreamer.config import load_config
+from dreamer.envs import base
+
+WM_MODULES = ("enc", "rssm", "dec", "rew", "con")
+
+
+def norm(tree) -> float:
+    return float(np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64)))
+                             for x in jax.tree.leaves(tree))))
+
+
+@jax.jit
+def distance(lhs, rhs) -> jax.Array:
+    """Euclidean distance between two trees (one compile instead of an eager op per leaf)."""
+    return optax.tree.norm(jax.tree.map(jnp.subtract, lhs, rhs))
+
+
+@jax.jit
+def ema(slow, fast, rate):
+    return jax.tree.map(lambda s, p: (1 - rate) * s + rate * p, slow, fast)
+
+
+def assert_all_zero(tree, what: str) -> None:
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        assert not np.asarray(leaf).any(), f"{what}{jax.tree_util.keystr(path)} has gradient"
+
+
+# ------------------------------------------------------------------------------ sizes
+
+WALKER_OBS = {"vision": {"image": base.Space(np.uint8, (64, 64, 3), 0, 255)},
+              "proprio": {"vector": base.Space(np.float32, (24,))}}
+
+
+@pytest.mark.parametrize("preset, obs, millions", [
+    ("size1m", "vision", 0.69), ("size12m", "vision", 10.5),
+    ("size1m", "proprio", 0.64), ("size12m", "proprio", 9.7),
+])
+def test_parameter_counts_match_dreamerv3(preset, obs, millions):
+    """Walker (6-D continuous actions) parameter counts of the DreamerV3 size presets."""
+    agent = Agent(load_config([preset]), WALKER_OBS[obs], base.continuous_space(6))
+    shapes = jax.eval_shape(agent.init_params, jax.random.key(0))
+    counts = agent.param_counts(shapes)
+    assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
+    assert counts["total"] == pytest.approx(millions * 1e6, rel=0.1), counts
+
+
+# ------------------------------------------------------------------------------ gradients
+
+
+def test_imagination_loss_trains_actor_without_entropy(imagination):
+    """With the entropy bonus off, the actor still learns from the advantage-weighted
+    log-probabilities of its (non-differentiable) sampled actions."""
+    metrics = imagination["ac_aux"][0]
+    assert float(metrics["ac/adv_std"]) > 0
+    grads = imagination["ac_grads"]
+    chex.assert_tree_all_finite(grads)
+    assert norm(grads["actor"]) > 1e-4
+    for path, leaf in jax.tree_util.tree_leaves_with_path(grads["actor"]):
+        assert np.asarray(leaf).any(), f"actor{jax.tree_util.keystr(path)} gets no gradient"
+
+
+def test_imagination_loss_does_not_train_the_world_model(imagination):
+    """Imagination starts from the world model's posterior states and uses its dynamics, reward
+    and continue heads, but none of them may receive gradient from the actor-critic loss."""
+    grads = imagination["ac_grads"]
+    assert set(grads["wm"]) == set(WM_MODULES)
+    for module in WM_MODULES:
+        assert_all_zero(grads["wm"][module], f"wm/{module}")
+    assert norm(grads["critic"]) > 1e-4
+
+
+@pytest.fixture(scope="module")
+def full_grads(continuous_case, perturb_heads):
+    """Gradients of the full `Agent.loss` and of the world-model loss alone, without entropy
+    bonus and with random reward/critic output layers (non-zero advantages).
+
+    Continuous actions and vector inputs here; the train-step tests below differentiate the
+    full loss for discrete actions and images.
+    """
+    case = continuous_case
+    agent = Agent(case.agent.cfg.update({"ac.entropy": 0.0}), case.agent.obs_space,
+                  case.agent.act_space)
+    key = jax.random.key(2)
+    k_wm, _ = jax.random.split(key)  # the world model's share of the key inside Agent.loss
+
+    @jax.jit
+    def grads(params):
+        full = jax.grad(lambda p: agent.loss(p, case.state, case.batch, key)[0])(params)
+        wm = jax.grad(lambda p: world_model.loss(agent.nets, p["wm"], case.batch, k_wm,
+                                                 agent.cfg)[0])(params)
+        return full, wm
+
+    return grads(perturb_heads(case.state.params, jax.random.key(8)))
+
+
+def test_full_loss_trains_actor_without_entropy(full_grads):
+    full, _ = full_grads
+    chex.assert_tree_all_finite(full)
+    for group in ("wm", "actor", "critic"):
+        assert norm(full[group]) > 1e-4, group
+
+
+def test_world_model_loss_trains_only_the_world_model(full_grads):
+    full, wm = full_grads
+    chex.assert_tree_all_finite(wm)
+    for module in WM_MODULES:
+        assert norm(wm["wm"][module]) > 0, module
+    assert_all_zero(wm["actor"], "actor")
+    assert_all_zero(wm["critic"], "critic")
+    # Conversely the actor-critic terms of the full loss add nothing to the world model's
+    # gradients.
+    chex.assert_trees_all_close(full["wm"], wm["wm"], rtol=1e-5, atol=1e-7)
+
+
+# ------------------------------------------------------------------------------ train step
+
+
+def test_train_step_metrics_and_state(discrete_case):
+    case = discrete_case
+    state_in = case.fresh_state()
+    state, metrics = case.train_step(state_in, case.batch, jax.random.key(4))
+    # The state was donated: its buffers now hold the new state.
+    assert all(leaf.is_deleted() for leaf in jax.tree.leaves(state_in.params))
+    chex.assert_tree_all_finite((state, metrics))
+    for name in ("loss/wm", "loss/total", "loss/policy", "loss/value", "loss/repval",
+                 "loss/image", "loss/reward", "loss/cont", "loss/dyn", "loss/rep"):
+        chex.assert_shape(metrics[name], ())
+    # Gradients of the full loss (with the entropy bonus) reach every group.
+    for group in ("wm", "actor", "critic"):
+        assert float(metrics[f"grad_norm/{group}"]) > 0, group
+    assert int(state.step) == int(case.state.step) + 1 == 1
+    chex.assert_trees_all_equal_structs(state, case.state)
+    # First LaProp update: the bias-corrected second moment is g^2 and the first moment g, so
+    # every parameter with a gradient moves by exactly its group's learning rate. (Some get no
+    # gradient at first: the critic's hidden layers, behind an output layer that starts at 0.)
+    lrs = {"wm": case.agent.cfg.opt.model_lr, "actor": case.agent.cfg.opt.actor_lr,
+           "critic": case.agent.cfg.opt.critic_lr}
+    assert case.agent.cfg.opt.warmup == 0
+    for group, lr in lrs.items():
+        step = np.abs(np.concatenate([
+            (np.asarray(new, np.float64) - np.asarray(old, np.float64)).ravel()
+            for new, old in zip(jax.tree.leaves(state.params[group]),
+                                jax.tree.leaves(case.state.params[group]), strict=True)]))
+        moved = step > lr / 2
+        assert moved.any(), group
+        np.testing.assert_allclose(step[moved], lr, rtol=1e-2, err_msg=group)
+        assert (step[~moved] < 1e-9).all(), group
+    # The slow critic moves towards the updated critic at the configured rate.
+    expected = ema(case.state.slow_critic, state.params["critic"], case.agent.cfg.ac.slow_rate)
+    assert float(distance(state.slow_critic, expected)) < 1e-6
+    assert float(distance(state.slow_critic, case.state.slow_critic)) > 0
+    # Return statistics move from zero towards the batch's return percentiles.
+    assert float(state.retnorm["hi"]) >= float(state.retnorm["lo"])
+    # The caller's undonated state stays usable for the next step.
+    state2, _ = case.train_step(state, case.batch, jax.random.key(5))
+    assert int(state2.step) == 2
+
+
+def test_train_step_rejects_wrong_action_shape(discrete_case, make_batch, image_obs_space):
+    batch = make_batch(image_obs_space, base.discrete_space(4))
+    with pytest.raises(AssertionError, match="shape"):
+        discrete_case.agent.train_step(discrete_case.state, batch, jax.random.key(0))
+
+
+# ------------------------------------------------------------------------------ policy
+
+
+def random_carry(agent: Agent, n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    rssm = agent.nets.rssm
+    stoch = np.eye(rssm.classes, dtype=np.float32)[rng.integers(0, rssm.classes,
+                                                                 (n, rssm.stoch))]
+    state = {"deter": rng.normal(size=(n, rssm.deter)).astype(np.float32),
+             "stoch": stoch.reshape(n, -1)}
+    return state, rng.uniform(-1, 1, (n, agent.act_dim)).astype(np.float32)
+
+
+def test_policy_actions_and_reset(case):
+    agent, params = case.agent, case.state.params
+    n = 3
+    obs = {k: v[:n, 0] for k, v in case.batch.items() if k in ("image", "vector")}
+    key = jax.random.key(6)
+    initial = agent.policy_initial(n)
+    carry_a, carry_b = random_carry(agent, n, 0), random_carry(agent, n, 1)
+
+    first = {**obs, "is_first": np.ones(n, bool)}
+    out0, action0 = case.policy(params, initial, first, key)
+    out_a, action_a = case.policy(params, carry_a, first, key)
+    out_b, _ = case.policy(params, carry_b, first, key)
+    chex.assert_shape(action0, (n, agent.act_dim))
+    chex.assert_tree_all_finite((out0, action0))
+    chex.assert_trees_all_close(out_a, out0, atol=1e-6)
+    chex.assert_trees_all_close(out_b, out0, atol=1e-6)
+    chex.assert_trees_all_close(action_a, action0, atol=1e-6)
+    chex.assert_trees_all_close(out0[1], action0)  # the carry remembers the action
+    chex.assert_shape(out0[0]["deter"], (n, agent.nets.rssm.deter))
+    if agent.act_space.discrete:
+        np.testing.assert_array_equal(np.sort(np.asarray(action0), -1),
+                                      np.tile([0.0, 0.0, 1.0], (n, 1)))
+
+    # Without is_first the carried state matters; a mixed batch resets only its first rows.
+    mixed = {**obs, "is_first": np.array([True, False, False])}
+    out_a, _ = case.policy(params, carry_a, mixed, key)
+    out_b, _ = case.policy(params, carry_b, mixed, key)
+    chex.assert_trees_all_close(out_a[0]["deter"][0], out0[0]["deter"][0], atol=1e-6)
+    chex.assert_trees_all_close(out_b[0]["deter"][0], out0[0]["deter"][0], atol=1e-6)
+    diff = np.abs(np.asarray(out_a[0]["deter"] - out_b[0]["deter"]))
+    assert diff[1:].min(-1).max() > 0 and diff[1:].max() > 1e-3

@@ -1,0 +1,155 @@
+"""Tests for dreamer.behavior: λ-returns against the recursion, percentile return normalisation,
+and the actor-critic and replayed-value losses on a tiny agent."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dreamer import behavior
+
+lambda_return = jax.jit(behavior.lambda_return)
+
+
+def loop_lambda_return(reward, cont, boot, lam):
+    """R_t = r_{t+1} + c_{t+1} ((1 - λ_{t+1}) v_{t+1} + λ_{t+1} R_{t+1}), R_{T-1} = v_{T-1}."""
+    reward, cont, boot = (np.asarray(x, np.float64) for x in (reward, cont, boot))
+    lam = np.broadcast_to(np.asarray(lam, np.float64), reward.shape)
+    n, t = reward.shape
+    out = np.zeros((n, t - 1))
+    for i in range(n):
+        ret = boot[i, t - 1]
+        for s in reversed(range(t - 1)):
+            ret = reward[i, s + 1] + cont[i, s + 1] * (
+                (1 - lam[i, s + 1]) * boot[i, s + 1] + lam[i, s + 1] * ret)
+            out[i, s] = ret
+    return out
+
+
+def random_inputs(seed, n=5, t=9):
+    rng = np.random.default_rng(seed)
+    reward = rng.normal(size=(n, t)).astype(np.float32)
+    cont = (0.99 * (rng.uniform(size=(n, t)) > 0.15)).astype(np.float32)
+    boot = rng.normal(0, 5, size=(n, t)).astype(np.float32)
+    return reward, cont, boot
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.5, 0.95, 1.0])
+def test_lambda_return_matches_loop_scalar_lambda(lam):
+    reward, cont, boot = random_inputs(0)
+    got = lambda_return(reward, cont, boot, lam)
+    chex.assert_shape(got, (5, 8))
+    expected = loop_lambda_return(reward, cont, boot, lam)
+    chex.assert_trees_all_close(got, expected.astype(np.float32), rtol=1e-5, atol=1e-5)
+
+
+def test_lambda_return_matches_loop_per_step_lambda():
+    reward, cont, boot = random_inputs(1)
+    rng = np.random.default_rng(2)
+    lam = rng.uniform(size=reward.shape).astype(np.float32)
+    lam[rng.uniform(size=lam.shape) < 0.2] = 0.0
+    got = lambda_return(reward, cont, boot, lam)
+    expected = loop_lambda_return(reward, cont, boot, lam)
+    chex.assert_trees_all_close(got, expected.astype(np.float32), rtol=1e-5, atol=1e-5)
+
+
+# Hand case: r_1..3 = 1, 2, 3 (r_0 is never used), c = 0.5, v_1..3 = 10, 20, 40.
+HAND = (np.array([[9.0, 1.0, 2.0, 3.0]], np.float32), np.full((1, 4), 0.5, np.float32),
+        np.array([[-7.0, 10.0, 20.0, 40.0]], np.float32))
+
+
+def test_lambda_return_one_is_discounted_sum_plus_bootstrap():
+    # R_2 = 3 + .5 * 40 = 23; R_1 = 2 + .5 * 23 = 13.5; R_0 = 1 + .5 * 13.5 = 7.75.
+    chex.assert_trees_all_close(lambda_return(*HAND, 1.0), np.array([[7.75, 13.5, 23.0]]))
+    reward, cont, boot = random_inputs(3)
+    expected = np.zeros((5, 8))
+    for s in range(8):
+        discount = 1.0
+        for k in range(s + 1, 9):
+            expected[:, s] += discount * reward[:, k]
+            discount = discount * cont[:, k]
+        expected[:, s] += discount * boot[:, 8]
+    chex.assert_trees_all_close(lambda_return(reward, cont, boot, 1.0),
+                                expected.astype(np.float32), rtol=1e-5, atol=1e-5)
+
+
+def test_lambda_return_zero_is_one_step_td_target():
+    # R_t = r_{t+1} + c_{t+1} v_{t+1}: 1 + 5, 2 + 10, 3 + 20.
+    chex.assert_trees_all_close(lambda_return(*HAND, 0.0), np.array([[6.0, 12.0, 23.0]]))
+    reward, cont, boot = random_inputs(4)
+    expected = reward[:, 1:] + cont[:, 1:] * boot[:, 1:]
+    chex.assert_trees_all_close(lambda_return(reward, cont, boot, 0.0), expected, rtol=1e-6)
+
+
+def test_lambda_return_terminal_cuts_the_future():
+    reward = np.array([[0.0, 1.0, 1.0, 1.0]], np.float32)
+    cont = np.array([[1.0, 1.0, 0.0, 1.0]], np.float32)  # step 2 is terminal
+    boot = np.array([[0.0, 0.0, 100.0, 100.0]], np.float32)
+    # Returns before the terminal step see its reward but nothing after it.
+    chex.assert_trees_all_close(lambda_return(reward, cont, boot, 1.0)[0, :2],
+                                np.array([2.0, 1.0]))
+
+
+# ------------------------------------------------------------------------------ return norm
+
+
+def test_retnorm_percentiles_match_numpy(tiny_cfg):
+    cfg = tiny_cfg.ac.update({"retnorm_decay": 0.0})
+    ret = np.random.default_rng(5).normal(0, 10, size=(32, 15)).astype(np.float32)
+    zero = {"lo": jnp.zeros([]), "hi": jnp.zeros([])}
+    stats, scale = behavior.update_retnorm(zero, jnp.asarray(ret), cfg)
+    lo, hi = np.quantile(ret, 0.05), np.quantile(ret, 0.95)
+    chex.assert_trees_all_close(stats, {"lo": np.float32(lo), "hi": np.float32(hi)}, rtol=1e-5)
+    chex.assert_trees_all_close(scale, np.float32(hi - lo), rtol=1e-5)
+
+
+def test_retnorm_ema_by_hand(tiny_cfg):
+    cfg = tiny_cfg.ac
+    assert (cfg.retnorm_decay, cfg.retnorm_lo, cfg.retnorm_hi) == (0.99, 0.05, 0.95)
+    # Percentiles of 0..100 are 5 and 95: lo = .99 * 2 + .01 * 5, hi = .99 * 5 + .01 * 95.
+    ret = jnp.arange(101.0).reshape(1, 101)
+    stats, scale = behavior.update_retnorm({"lo": jnp.array(2.0), "hi": jnp.array(5.0)}, ret, cfg)
+    chex.assert_trees_all_close(stats, {"lo": jnp.array(2.03), "hi": jnp.array(5.9)}, rtol=1e-6)
+    chex.assert_trees_all_close(scale, jnp.array(3.87), rtol=1e-5)
+
+
+def test_retnorm_scale_floored_at_limit(tiny_cfg):
+    cfg = tiny_cfg.ac
+    assert cfg.retnorm_limit == 1.0
+    ret = 1e-3 * jnp.arange(101.0).reshape(1, 101)
+    zero = {"lo": jnp.zeros([]), "hi": jnp.zeros([])}
+    stats, scale = behavior.update_retnorm(zero, ret, cfg)
+    assert float(stats["hi"] - stats["lo"]) < 0.01
+    assert float(scale) == 1.0
+    _, scale = behavior.update_retnorm(zero, ret, cfg.update({"retnorm_limit": 1e-4}))
+    chex.assert_trees_all_close(scale, stats["hi"] - stats["lo"], rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------ losses
+
+
+def test_actor_critic_loss_finite_with_shapes(case, imagination):
+    b, t = case.batch["is_first"].shape
+    loss = imagination["ac_loss"]
+    metrics, retnorm, ret0 = imagination["ac_aux"]
+    chex.assert_shape(loss, ())
+    chex.assert_shape(ret0, (b * t,))
+    chex.assert_shape([retnorm["lo"], retnorm["hi"]], ())
+    chex.assert_tree_all_finite((loss, metrics, retnorm, ret0))
+    for name in ("loss/policy", "loss/value", "ac/entropy", "ac/return", "ac/retnorm_scale"):
+        chex.assert_shape(metrics[name], ())
+    assert float(metrics["ac/retnorm_scale"]) >= case.agent.cfg.ac.retnorm_limit
+    # Random reward and critic heads make the returns and advantages non-trivial.
+    assert float(metrics["ac/adv_std"]) > 0
+
+
+def test_repval_loss_finite_and_trains_only_the_critic(imagination):
+    chex.assert_shape(imagination["repval_loss"], ())
+    chex.assert_tree_all_finite(imagination["repval_loss"])
+    grads = imagination["repval_grads"]
+    chex.assert_tree_all_finite(grads)
+    assert float(np.sum([np.abs(g).sum() for g in jax.tree.leaves(grads["critic"])])) > 0
+    for group in ("wm", "actor"):
+        for leaf in jax.tree.leaves(grads[group]):
+            assert not np.asarray(leaf).any(), group
