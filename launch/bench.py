@@ -9,8 +9,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dreamer import benchmark  # noqa: E402
-from dreamer.config import ConfigError, parse_args  # noqa: E402
+from dreamer import benchmark
+from dreamer.config import ConfigError, parse_args
 
 COMMANDS = ("params", "train-step")
 
