@@ -87,15 +87,16 @@ class AgentPolicy:
         return np.asarray(action)
 
 
-def evaluate(policy: AgentPolicy, params: Any, env: Env, episodes: int) -> dict[str, float]:
-    """Mean score and length of `episodes` episodes with the sampling policy (paper)."""
+def evaluate(policy: AgentPolicy, params: Any, env: Env, episodes: int,
+             repeat: int = 1) -> dict[str, float]:
+    """Mean score and length (env steps) of `episodes` episodes with the sampling policy."""
     collector = Collector([env], policy.agent.act_dim)
     done = []
     while len(done) < episodes:
         action = policy(params, collector.batch_obs())
         done += collector.step(action)[1]
     return {"eval/score": float(np.mean([e["score"] for e in done])),
-            "eval/length": float(np.mean([e["length"] for e in done]))}
+            "eval/length": float(np.mean([e["length"] for e in done])) * repeat}
 
 
 def prepare_logdir(cfg: Config) -> Path:
@@ -169,7 +170,7 @@ def run(cfg: Config, logger: Logger | None = None) -> dict[str, float]:
                     updates += 1
             if cfg.run.eval_every and agent_steps * repeat - last_eval >= cfg.run.eval_every:
                 last_eval = agent_steps * repeat
-                evals = evaluate(eval_policy, state.params, eval_env, cfg.run.eval_episodes)
+                evals = evaluate(eval_policy, state.params, eval_env, cfg.run.eval_episodes, repeat)
                 logger.write(agent_steps * repeat, evals)
             now = time.time()
             if now - last_log >= cfg.run.log_every:
@@ -179,7 +180,7 @@ def run(cfg: Config, logger: Logger | None = None) -> dict[str, float]:
                     "fps/env": (agent_steps - last_log_steps) * repeat / elapsed,
                     "fps/train": (updates - last_log_updates) * batch_steps / elapsed})
                 last_log, last_log_steps, last_log_updates = now, agent_steps, updates
-        evals = evaluate(eval_policy, state.params, eval_env, cfg.run.eval_episodes)
+        evals = evaluate(eval_policy, state.params, eval_env, cfg.run.eval_episodes, repeat)
         logger.write(agent_steps * repeat, {**averages.flush(), **evals, "train/updates": updates})
     finally:
         replay.save()
