@@ -26,7 +26,9 @@ def train_main(argv: list[str] | None = None) -> int:
     from dreamer import runner
 
     try:
-        runner.run(cfg)
+        logdir = runner.prepare_logdir(cfg)
+        print(f"dreamer-train: logging to {logdir}", file=sys.stderr)
+        runner.run(cfg.update({"logdir": str(logdir)}))
     except (ConfigError, EnvError) as e:
         print(f"dreamer-train: {e}", file=sys.stderr)
         return 2
