@@ -16,6 +16,9 @@ from dreamer import rssm as rssm_lib
 from dreamer.distributions import Policy, TwoHot, sg
 
 
+ACTOR_GRADS = ("reinforce", "dynamics")
+
+
 def lambda_return(reward: jax.Array, cont: jax.Array, boot: jax.Array,
                   lam: jax.Array | float) -> jax.Array:
     """TD(λ) returns by a reverse scan (paper Eq. 7), arrays [N, T] -> returns [N, T-1].
@@ -68,23 +71,30 @@ def value_dist(nets: Any, critic_params: Any, feat: jax.Array) -> TwoHot:
     return TwoHot(nets.critic.apply({"params": critic_params}, feat), nets.bins)
 
 
-def rollout(nets: Any, params: Any, start: dict[str, jax.Array], key: jax.Array, cfg: Any):
-    """Imagine `cfg.ac.horizon` steps from start states [N, ...] (no gradients flow back).
+def rollout(nets: Any, params: Any, start: dict[str, jax.Array], key: jax.Array, cfg: Any,
+            grad: bool = False):
+    """Imagine `cfg.ac.horizon` steps from start states [N, ...].
 
     Returns feat [N, H+1, F], action [N, H+1, A], reward [N, H+1] and cont [N, H+1]
     (continue probabilities; index 0 belongs to the start state and is replaced by the caller).
+    World-model parameters and start states never receive gradients. With `grad`, gradients
+    flow from the outputs through the frozen model's dynamics into the actor (reparameterised or
+    straight-through action samples); otherwise everything is stopped.
     """
-    params, start = sg(params), sg(start)
+    start = sg(start)
+    wm = sg({k: params[k] for k in ("rssm", "rew", "con")})
+    actor = params["actor"] if grad else sg(params["actor"])
 
     def policy(state, k):
-        return policy_dist(nets, params["actor"], rssm_lib.feat(state), cfg).sample(k)
+        dist = policy_dist(nets, actor, rssm_lib.feat(state), cfg)
+        return dist.sample(k, straight_through=grad)
 
-    states, action = rssm_lib.imagine(
-        nets.rssm, params["rssm"], start, policy, cfg.ac.horizon, key)
+    states, action = rssm_lib.imagine(nets.rssm, wm["rssm"], start, policy, cfg.ac.horizon, key)
     feat = rssm_lib.feat(states)
-    reward = TwoHot(nets.rew.apply({"params": params["rew"]}, feat), nets.bins).mean()
-    cont = jax.nn.sigmoid(nets.con.apply({"params": params["con"]}, feat)[..., 0])
-    return sg(feat), sg(action), sg(reward), sg(cont)
+    reward = TwoHot(nets.rew.apply({"params": wm["rew"]}, feat), nets.bins).mean()
+    cont = jax.nn.sigmoid(nets.con.apply({"params": wm["con"]}, feat)[..., 0])
+    out = (feat, action, reward, cont)
+    return out if grad else sg(out)
 
 
 def critic_loss(nets: Any, critic_params: Any, slow_params: Any, feat: jax.Array,
@@ -102,21 +112,33 @@ def actor_critic_loss(nets: Any, params: Any, slow_critic: Any, retnorm: dict[st
 
     Returns (scalar loss, (metrics, new retnorm stats, λ-return of each start [N])).
     """
-    feat, action, reward, cont = rollout(nets, params, start, key, cfg)
+    if cfg.ac.actor_grad not in ACTOR_GRADS:
+        raise ValueError(f"ac.actor_grad must be one of {ACTOR_GRADS}, got {cfg.ac.actor_grad!r}")
+    dynamics = cfg.ac.actor_grad == "dynamics"
+    feat, action, reward, cont = rollout(nets, params, start, key, cfg, grad=dynamics)
     cont = cont.at[:, 0].set(start_cont)
     gamma = 1.0 - 1.0 / cfg.ac.discount_horizon
-    value = sg(value_dist(nets, params["critic"], feat).mean())
+    # The critic is frozen inside the actor's objective; with dynamics gradients, values still
+    # pass gradients to the imagined features.
+    value = value_dist(nets, sg(params["critic"]), feat).mean()
     ret = lambda_return(reward, gamma * cont, value, cfg.ac.lam)  # [N, H]
     # Imagined steps after a predicted episode end should not count: weight by the discounted
     # probability of still being alive.
     weight = sg(jnp.cumprod(gamma * cont, 1) / gamma)[:, :-1]
-    retnorm, scale = update_retnorm(retnorm, ret, cfg.ac, axis_name)
+    retnorm, scale = update_retnorm(retnorm, sg(ret), cfg.ac, axis_name)
     adv = sg((ret - value[:, :-1]) / scale)
+    feat, action, reward, cont, value = sg((feat, action, reward, cont, value))
 
     dist = policy_dist(nets, params["actor"], feat[:, :-1], cfg)
-    logpi = dist.log_prob(action[:, :-1])
     entropy = dist.entropy()
-    actor = -weight * (logpi * adv + cfg.ac.entropy * entropy)
+    if dynamics:
+        # Dreamer (2020-2023) continuous control: maximise the λ-return itself by backpropagating
+        # through the frozen world model.
+        objective = ret / sg(scale)
+    else:
+        objective = dist.log_prob(action[:, :-1]) * adv  # REINFORCE (paper Eq. 11)
+    actor = -weight * (objective + cfg.ac.entropy * entropy)
+    ret = sg(ret)
     critic = weight * critic_loss(nets, params["critic"], slow_critic, feat[:, :-1], ret,
                                   cfg.ac.slowreg)
     total = cfg.ac.policy_scale * actor.mean() + cfg.ac.value_scale * critic.mean()

@@ -118,8 +118,12 @@ class Policy:
             self.loc = jnp.tanh(mean)
             self.std = (maxstd - minstd) * jax.nn.sigmoid(std + 2.0) + minstd
 
-    def sample(self, key: jax.Array) -> jax.Array:
+    def sample(self, key: jax.Array, straight_through: bool = False) -> jax.Array:
+        """Continuous samples are reparameterised; discrete ones carry straight-through
+        gradients when asked (for backpropagation through imagined dynamics)."""
         if self.discrete:
+            if straight_through:
+                return onehot_straight_through(self.logits, key)
             index = jax.random.categorical(key, self.logits, -1)
             return jax.nn.one_hot(index, self.logits.shape[-1], dtype=jnp.float32)
         return self.loc + self.std * jax.random.normal(key, self.loc.shape)

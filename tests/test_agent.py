@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from dreamer import world_model
+from dreamer import behavior, world_model
 from dreamer.agent import Agent
 from dreamer.config import load_config
 from dreamer.envs import base
@@ -218,3 +218,29 @@ def test_policy_actions_and_reset(case):
     chex.assert_trees_all_close(out_b[0]["deter"][0], out0[0]["deter"][0], atol=1e-6)
     diff = np.abs(np.asarray(out_a[0]["deter"] - out_b[0]["deter"]))
     assert diff[1:].min(-1).max() > 0 and diff[1:].max() > 1e-3
+
+
+@pytest.mark.parametrize("kind", ["discrete", "continuous"])
+def test_dynamics_gradients_reach_actor_not_world_model(kind, request, perturb_heads):
+    """With `ac.actor_grad=dynamics` the actor maximises the λ-return through the frozen model:
+    the actor gets gradient, the world model none, and the critic only from its own loss."""
+    case = request.getfixturevalue(f"{kind}_case")
+    cfg = case.agent.cfg.update({"ac.entropy": 0.0, "ac.actor_grad": "dynamics"})
+    agent = Agent(cfg, case.agent.obs_space, case.agent.act_space)
+    params = perturb_heads(case.state.params, jax.random.key(3))
+    _, (_, out) = world_model.loss(agent.nets, params["wm"], case.batch, jax.random.key(4), cfg)
+    b, t = case.batch["is_first"].shape
+    start = jax.tree.map(lambda x: x.reshape((b * t, *x.shape[2:])), out.states)
+
+    def actor_only(p):
+        view = {**p["wm"], "actor": p["actor"], "critic": p["critic"]}
+        loss, (metrics, _, _) = behavior.actor_critic_loss(
+            agent.nets, view, case.state.slow_critic, case.state.retnorm, start,
+            jnp.ones(b * t), jax.random.key(5), cfg)
+        return metrics["loss/policy"]
+
+    grads = jax.jit(jax.grad(actor_only))(params)
+    assert norm(grads["actor"]) > 1e-6
+    for module in WM_MODULES:
+        assert_all_zero(grads["wm"][module], f"wm/{module}")
+    assert_all_zero(grads["critic"], "critic")
