@@ -15,7 +15,6 @@ import jax.numpy as jnp
 from dreamer import rssm as rssm_lib
 from dreamer.distributions import Policy, TwoHot, sg
 
-
 ACTOR_GRADS = ("reinforce", "dynamics")
 
 

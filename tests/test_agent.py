@@ -234,7 +234,7 @@ def test_dynamics_gradients_reach_actor_not_world_model(kind, request, perturb_h
 
     def actor_only(p):
         view = {**p["wm"], "actor": p["actor"], "critic": p["critic"]}
-        loss, (metrics, _, _) = behavior.actor_critic_loss(
+        _, (metrics, _, _) = behavior.actor_critic_loss(
             agent.nets, view, case.state.slow_critic, case.state.retnorm, start,
             jnp.ones(b * t), jax.random.key(5), cfg)
         return metrics["loss/policy"]

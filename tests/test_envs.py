@@ -320,6 +320,25 @@ def test_catch_scores():
     assert greedy == 4.0
 
 
+def test_track_scores():
+    random = mean_score("builtin_track", 2000, lambda v, rng: np.int32(rng.integers(3)))
+    assert random == pytest.approx(4.04, abs=0.2)
+    greedy = mean_score("builtin_track", 300, lambda v, rng: np.int32(1 + np.sign(v[1] - v[2])))
+    assert greedy == pytest.approx(22.3, abs=0.4)
+
+
+def test_track_rewards_each_step_under_the_ball():
+    env = make_env(config("builtin_track", obs="vector"), seed=0)
+    out = env.reset()
+    for _ in range(10):
+        ball, paddle = out["vector"][1], out["vector"][2]
+        out = env.step(np.int32(1 + np.sign(ball - paddle)))
+        under = np.isclose(out["vector"][2], ball) and out["vector"][0] > 0
+        assert out["reward"] in (0.0, 1.0)
+        if under:
+            assert out["reward"] == 1.0
+
+
 def test_reach_scores():
     random = mean_score("builtin_reach", 300, lambda v, rng: rng.uniform(-1, 1, 2))
     assert random == pytest.approx(11.2, abs=1.2)
