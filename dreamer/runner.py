@@ -73,7 +73,8 @@ class AgentPolicy:
     def __init__(self, agent: Agent, num_envs: int, seed: int):
         self.agent = agent
         self.num_envs = num_envs
-        self._step = jax.jit(agent.policy, static_argnames="mode")
+        jit = agent.cfg.jax.jit
+        self._step = jax.jit(agent.policy, static_argnames="mode") if jit else agent.policy
         self.key = jax.random.PRNGKey(seed)
         self.reset()
 
@@ -138,7 +139,7 @@ def run(cfg: Config, logger: Logger | None = None) -> dict[str, float]:
     key = jax.random.PRNGKey(cfg.seed)
     key, init_key = jax.random.split(key)
     state = agent.init(init_key)
-    train_step = jax.jit(agent.train_step, donate_argnums=0)
+    train_step = jax.jit(agent.train_step, donate_argnums=0) if cfg.jax.jit else agent.train_step
     policy = AgentPolicy(agent, len(envs), cfg.seed + 1)
     eval_policy = AgentPolicy(agent, 1, cfg.seed + 2)
     collector = Collector(envs, agent.act_dim)
