@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 # Console shows the first of these keys that a write contains.
-LOSS_KEYS = ("train/loss/model", "train/loss")
+LOSS_KEYS = ("train/loss/total", "train/loss")
 
 
 @runtime_checkable

@@ -90,9 +90,9 @@ def test_console_line_contents_and_eta():
     assert console.line(0, {}) == "0/50k (0%) | eta ?"
     clock.now += 100.0  # 12.3k steps in 100 s: 123 steps/s, 37.7k steps left
     line = console.line(12_300, {"fps/env": 123.4, "episode/score": 12.3456,
-                                 "train/loss/model": 0.456789, "train/loss/actor": 9.0})
+                                 "train/loss/total": 0.456789, "train/loss/actor": 9.0})
     assert line == "12.3k/50k (25%) | fps 123 | score 12.35 | loss 0.4568 | eta 5m07s"
-    # The last score persists; a plain train/loss is shown when there is no model loss.
+    # The last score persists; a plain train/loss is shown when there is no total loss.
     clock.now += 100.0
     line = console.line(24_600, {"train/loss": 1.0})
     assert line == "24.6k/50k (49%) | score 12.35 | loss 1 | eta 3m27s"
