@@ -3,7 +3,8 @@
 Every key and its type come from `configs/defaults.yaml`: the type of a key is the type of its
 default value (int, float, bool, str, or a list of one of those). A preset is any other
 `configs/<name>.yaml`: a partial tree of overrides. `load_config` applies the defaults, then the
-presets in order, then explicit overrides; `parse_args` does the same from a command line.
+presets in order, then explicit overrides; `dreamer.cli.parse_args` does the same from a command
+line.
 
 Numbers follow YAML 1.2 rather than PyYAML's YAML 1.1: `3e-4` is a float (PyYAML reads a string),
 and exponent notation without a decimal point and with a non-negative exponent (`1e6`, `5e5`) is an
@@ -17,7 +18,6 @@ import difflib
 import math
 import numbers
 import re
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
@@ -31,8 +31,6 @@ __all__ = [
     "available_presets",
     "default_configs_dir",
     "load_config",
-    "parse_args",
-    "usage",
 ]
 
 
@@ -477,7 +475,7 @@ def default_configs_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "configs"
 
 
-def _configs_dir(configs_dir: str | Path | None) -> Path:
+def configs_dir_of(configs_dir: str | Path | None) -> Path:
     path = Path(configs_dir) if configs_dir is not None else default_configs_dir()
     if not (path / "defaults.yaml").is_file():
         raise ConfigError(f"no defaults.yaml in configs directory {str(path)!r}")
@@ -485,14 +483,14 @@ def _configs_dir(configs_dir: str | Path | None) -> Path:
 
 
 def _defaults(configs_dir: str | Path | None) -> tuple[_Schema, dict[str, Any]]:
-    tree = _read_yaml(_configs_dir(configs_dir) / "defaults.yaml", "defaults")
+    tree = _read_yaml(configs_dir_of(configs_dir) / "defaults.yaml", "defaults")
     schema = _schema_from(tree)
     return schema, _validated(tree, schema)
 
 
 def available_presets(configs_dir: str | Path | None = None) -> list[str]:
     """Names of the presets: every `configs/<name>.yaml` except `defaults.yaml`."""
-    names = [p.stem for p in _configs_dir(configs_dir).glob("*.yaml") if p.stem != "defaults"]
+    names = [p.stem for p in configs_dir_of(configs_dir).glob("*.yaml") if p.stem != "defaults"]
     # Natural order, so that size1m < size12m < size100m.
     return sorted(names, key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)])
 
@@ -513,7 +511,7 @@ def load_config(presets: Sequence[str] = (), overrides: Mapping[str, Any] | None
     """Defaults, then each preset in order (later wins), then `overrides` (dotted keys)."""
     if isinstance(presets, str):
         presets = [presets]
-    directory = _configs_dir(configs_dir)
+    directory = configs_dir_of(configs_dir)
     cfg = Config(configs_dir=directory)
     for name in presets:
         path = _preset_path(name, directory)
@@ -521,80 +519,3 @@ def load_config(presets: Sequence[str] = (), overrides: Mapping[str, Any] | None
     if overrides:
         cfg = cfg.update(overrides, source="overrides")
     return cfg
-
-
-def _description(path: Path) -> str:
-    """The first comment line of a preset file."""
-    for line in path.read_text().splitlines():
-        if line.startswith("#"):
-            return line.lstrip("# ").strip()
-        if line.strip():
-            break
-    return ""
-
-
-def usage(configs_dir: str | Path | None = None) -> str:
-    """The command-line help: grammar, presets, sections."""
-    directory = _configs_dir(configs_dir)
-    presets = available_presets(directory)
-    width = max(map(len, presets), default=0)
-    lines = [
-        "usage: bash launch/train.sh [--configs PRESET [PRESET ...]] [--logdir DIR]",
-        "                            [--KEY=VALUE | --KEY VALUE ...]",
-        "",
-        "Starts from configs/defaults.yaml, applies the presets in order (later wins), then the",
-        "overrides. KEY is a dotted config key; VALUE is parsed as YAML and checked against the",
-        "key's type, e.g. --run.steps=1e6 --env.size=32,32 --model.mults=[2,2] --jax.jit=false",
-        "",
-        "presets:",
-        *(f"  {name:<{width}}  {_description(directory / f'{name}.yaml')}".rstrip()
-          for name in presets),
-        "",
-        "keys: see configs/defaults.yaml; sections: "
-        + ", ".join(k for k, v in Config(configs_dir=directory).items() if isinstance(v, Config)),
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def parse_args(argv: Sequence[str], configs_dir: str | Path | None = None
-               ) -> tuple[Config, dict[str, Any]]:
-    """Parses the launcher's command line into a config.
-
-    Grammar: `--configs NAME [NAME ...]` (presets; also `--configs=a,b`), `--KEY=VALUE` or
-    `--KEY VALUE` for any dotted config key (`--logdir DIR` sets `logdir`), `-h`/`--help`.
-    Help prints the usage and exits with status 0. Returns the config and
-    `{'presets': [...], 'overrides': {key: text}}` as given on the command line.
-    """
-    argv = list(argv)
-    if "-h" in argv or "--help" in argv:
-        sys.stdout.write(usage(configs_dir))
-        raise SystemExit(0)
-    presets: list[str] = []
-    overrides: dict[str, str] = {}
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if not arg.startswith("--") or arg == "--":
-            raise ConfigError(f"unexpected argument {arg!r}; options look like --KEY=VALUE "
-                              "(see --help)")
-        name, eq, value = arg[2:].partition("=")
-        if name == "configs":
-            names = [v for v in value.split(",") if v] if eq else []
-            i += 1
-            while not eq and i < len(argv) and not argv[i].startswith("--"):
-                names += [v for v in argv[i].split(",") if v]
-                i += 1
-            if not names:
-                raise ConfigError("--configs needs at least one preset name")
-            presets += names
-            continue
-        if not eq:
-            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
-                raise ConfigError(f"missing value for --{name} (write --{name}=VALUE)")
-            value = argv[i + 1]
-            i += 1
-        overrides[name] = value
-        i += 1
-    cfg = load_config(presets, configs_dir=configs_dir)
-    cfg = cfg.update(overrides, source="command line")
-    return cfg, {"presets": presets, "overrides": overrides}

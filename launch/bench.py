@@ -10,7 +10,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dreamer import benchmark
-from dreamer.config import ConfigError, parse_args
+from dreamer.cli import parse_args
+from dreamer.config import ConfigError
 
 COMMANDS = ("params", "train-step")
 

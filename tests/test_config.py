@@ -3,13 +3,13 @@ import pickle
 import pytest
 import yaml
 
+from dreamer.cli import parse_args
 from dreamer.config import (
     Config,
     ConfigError,
     available_presets,
     default_configs_dir,
     load_config,
-    parse_args,
 )
 
 SIZES = ["size1m", "size12m", "size25m", "size50m", "size100m", "size200m", "size400m"]
