@@ -11,7 +11,7 @@ import optax
 
 from dreamer import behavior, world_model
 from dreamer import rssm as rssm_lib
-from dreamer.distributions import symlog_bins
+from dreamer.distributions import split_keys, symlog_bins
 from dreamer.nets import MLP, Decoder, Encoder, count_params
 from dreamer.optim import GROUPS, make_optimizer
 from dreamer.parallel import mean_over
@@ -106,10 +106,11 @@ class Agent:
         """Sum of world-model, actor, critic (and replay-value) losses; gradients separate by
         construction since the actor-critic sees only stopped world-model outputs."""
         cfg, nets = self.cfg, self.nets
-        k_wm, k_ac = jax.random.split(key)
-        wm_loss, (metrics, out) = world_model.loss(nets, params["wm"], batch, k_wm, cfg)
         b, t = batch["is_first"].shape
+        k_wm, k_ac = split_keys(self.row_keys(key, b), 2)
+        wm_loss, (metrics, out) = world_model.loss(nets, params["wm"], batch, k_wm, cfg)
         start = jax.tree.map(lambda x: x.reshape((b * t, *x.shape[2:])), out.states)
+        k_ac = jnp.swapaxes(split_keys(k_ac, t), 0, 1).reshape((b * t, *k_ac.shape[1:]))
         start_cont = 1.0 - batch["is_terminal"].reshape(-1).astype(jnp.float32)
         view = {**params["wm"], "actor": params["actor"], "critic": params["critic"]}
         ac_loss, (ac_metrics, retnorm, ret0) = behavior.actor_critic_loss(
@@ -125,6 +126,16 @@ class Agent:
         metrics["loss/wm"] = wm_loss
         metrics["loss/total"] = total
         return total, (metrics, retnorm)
+
+    def row_keys(self, key: jax.Array, rows: int) -> jax.Array:
+        """One key per replayed sequence, derived from its index in the global batch.
+
+        Every random draw of the update comes from these, so N devices that each hold B/N
+        sequences draw exactly what one device holding all B draws."""
+        index = jnp.arange(rows)
+        if self.axis_name is not None:
+            index = index + jax.lax.axis_index(self.axis_name) * rows
+        return jax.vmap(jax.random.fold_in, (None, 0))(key, index)
 
     def train_step(self, state: TrainState, batch: Batch, key: jax.Array):
         """One update: (state, batch [B, T, ...], key) -> (state, metrics)."""

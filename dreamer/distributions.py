@@ -4,6 +4,7 @@ All functions are pure and shape-polymorphic over leading batch dimensions.
 """
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -73,11 +74,41 @@ def unimix_logits(logits: jax.Array, unimix: float) -> jax.Array:
     return jnp.log(probs)
 
 
+def is_row_keys(key: jax.Array) -> bool:
+    """Whether `key` is a batch of PRNG keys (one per row) rather than a single key."""
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key.ndim >= 1
+    return key.ndim >= 2  # raw uint32 keys: [2] or [N, 2]
+
+
+def split_keys(key: jax.Array, num: int) -> jax.Array:
+    """`num` keys along a new leading axis; a batch of row keys [N] gives [num, N]: every row
+    splits its own key, so what a row draws does not depend on the other rows."""
+    if is_row_keys(key):
+        return jnp.swapaxes(jax.vmap(lambda k: jax.random.split(k, num))(key), 0, 1)
+    return jax.random.split(key, num)
+
+
+def noise(sampler, key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """`sampler(key, shape)` (e.g. `jax.random.normal`) from one key, or from one key per row of
+    the leading axis. Row keys make samples independent of how a batch is split over devices."""
+    if is_row_keys(key):
+        chex.assert_axis_dimension(key, 0, shape[0])
+        return jax.vmap(lambda k: sampler(k, shape[1:]))(key)
+    return sampler(key, shape)
+
+
+def sample_categorical(logits: jax.Array, key: jax.Array) -> jax.Array:
+    """Index [...] drawn from categoricals with `logits` [..., K] (Gumbel-max)."""
+    return jnp.argmax(logits + noise(jax.random.gumbel, key, logits.shape), -1)
+
+
 def onehot_straight_through(logits: jax.Array, key: jax.Array) -> jax.Array:
-    """Sample one-hot [..., K] from `logits` with straight-through gradients (Bengio et al. 2013)."""
+    """Sample one-hot [..., K] from `logits` with straight-through gradients (Bengio et al. 2013).
+
+    `key` is one key or one key per row of the leading axis (see `noise`)."""
     probs = jax.nn.softmax(logits, -1)
-    index = jax.random.categorical(key, logits, -1)
-    sample = jax.nn.one_hot(index, logits.shape[-1], dtype=probs.dtype)
+    sample = jax.nn.one_hot(sample_categorical(logits, key), logits.shape[-1], dtype=probs.dtype)
     return sample + probs - sg(probs)
 
 
@@ -120,13 +151,14 @@ class Policy:
 
     def sample(self, key: jax.Array, straight_through: bool = False) -> jax.Array:
         """Continuous samples are reparameterised; discrete ones carry straight-through
-        gradients when asked (for backpropagation through imagined dynamics)."""
+        gradients when asked (for backpropagation through imagined dynamics). `key` is one key
+        or one key per row of the leading axis."""
         if self.discrete:
             if straight_through:
                 return onehot_straight_through(self.logits, key)
-            index = jax.random.categorical(key, self.logits, -1)
+            index = sample_categorical(self.logits, key)
             return jax.nn.one_hot(index, self.logits.shape[-1], dtype=jnp.float32)
-        return self.loc + self.std * jax.random.normal(key, self.loc.shape)
+        return self.loc + self.std * noise(jax.random.normal, key, self.loc.shape)
 
     def mode(self) -> jax.Array:
         if self.discrete:

@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dreamer.distributions import onehot_straight_through, sg, unimix_logits
+from dreamer.distributions import onehot_straight_through, sg, split_keys, unimix_logits
 from dreamer.nets import BlockLinear, Dense, Dtype, GroupedInputLinear, Linear, Norm, get_act
 
 State = dict[str, jax.Array]
@@ -141,7 +141,7 @@ def observe(rssm: RSSM, params: Any, state: State, prev_action: jax.Array, embed
     """Filter a batch of sequences.
 
     state: initial {'deter': [B, D], 'stoch': [B, SK]}; prev_action [B, T, A] (action taken
-    before step t); embed [B, T, E]; is_first [B, T].
+    before step t); embed [B, T, E]; is_first [B, T]; key: one key, or one per row [B].
     Returns (last state, states {'deter': [B, T, D], 'stoch': [B, T, SK]},
     posterior logits [B, T, S, K], prior logits [B, T, S, K]).
     """
@@ -150,7 +150,7 @@ def observe(rssm: RSSM, params: Any, state: State, prev_action: jax.Array, embed
     chex.assert_shape(embed, (b, t, None))
     apply = _method(rssm, params)
     proj = apply("embed_proj", embed)
-    keys = jax.random.split(key, t)
+    keys = split_keys(key, t)
 
     def step(state, inputs):
         action, proj_t, first, k = inputs
@@ -170,18 +170,19 @@ def imagine(rssm: RSSM, params: Any, start: State, policy: Callable, horizon: in
     """Roll the prior forward from `start` ({'deter': [N, D], 'stoch': [N, SK]}).
 
     `policy(state, key) -> action [N, A]` picks each action from the state it is taken in.
+    `key` is one key, or one per start state [N] (then `policy` gets row keys too).
     Returns (states [N, H+1, ...] including the start, actions [N, H+1, A]), where action h is
     taken in state h (the last one is sampled for completeness but never executed).
     """
     apply = _method(rssm, params)
 
     def step(state, k):
-        k1, k2 = jax.random.split(k)
+        k1, k2 = split_keys(k, 2)
         action = policy(state, k1)
         next_state, _ = apply("img_step", state, action, k2)
         return next_state, (state, action)
 
-    keys = jax.random.split(key, horizon + 1)
+    keys = split_keys(key, horizon + 1)
     last, (states, actions) = jax.lax.scan(step, start, keys[:-1])
     last_action = policy(last, keys[-1])
     states = jax.tree.map(lambda xs, x: jnp.concatenate([xs, x[None]], 0), states, last)

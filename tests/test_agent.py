@@ -11,6 +11,7 @@ import pytest
 from dreamer import behavior, world_model
 from dreamer.agent import Agent
 from dreamer.config import load_config
+from dreamer.distributions import split_keys
 from dreamer.envs import base
 
 WM_MODULES = ("enc", "rssm", "dec", "rew", "con")
@@ -93,7 +94,8 @@ def full_grads(continuous_case, perturb_heads):
     agent = Agent(case.agent.cfg.update({"ac.entropy": 0.0}), case.agent.obs_space,
                   case.agent.act_space)
     key = jax.random.key(2)
-    k_wm, _ = jax.random.split(key)  # the world model's share of the key inside Agent.loss
+    # The world model's share of the keys inside Agent.loss: its half of every row's key.
+    k_wm = split_keys(agent.row_keys(key, case.batch["is_first"].shape[0]), 2)[0]
 
     @jax.jit
     def grads(params):

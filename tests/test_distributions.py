@@ -180,6 +180,31 @@ def test_straight_through_sample_value_and_gradient():
     chex.assert_trees_all_close(grad, expected.astype(np.float32), atol=1e-6)
 
 
+@pytest.mark.parametrize("typed", [True, False])
+def test_row_keys_make_draws_independent_of_the_batch_split(typed):
+    root = jax.random.key(7) if typed else jax.random.PRNGKey(7)
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(root, jnp.arange(6))
+    assert d.is_row_keys(keys) and not d.is_row_keys(root)
+    logits = jax.random.normal(jax.random.key(1), (6, 3, 5))
+
+    def draws(k, lg):
+        a, b = d.split_keys(k, 2)
+        return (d.noise(jax.random.normal, a, (lg.shape[0], 4)),
+                d.onehot_straight_through(lg, b))
+
+    whole = draws(keys, logits)
+    halves = [draws(keys[i:i + 3], logits[i:i + 3]) for i in (0, 3)]
+    chex.assert_trees_all_equal(whole, jax.tree.map(lambda *x: jnp.concatenate(x), *halves))
+    # Each row draws from its own key: row 4 alone equals row 4 in the batch.
+    chex.assert_trees_all_equal(draws(keys[4:5], logits[4:5]),
+                                jax.tree.map(lambda x: x[4:5], whole))
+    # Rows differ from each other, and one key for the whole batch still works.
+    assert not np.allclose(whole[0][0], whole[0][1])
+    chex.assert_shape(d.noise(jax.random.normal, root, (6, 4)), (6, 4))
+    with pytest.raises(AssertionError):
+        d.noise(jax.random.normal, keys, (5, 4))
+
+
 def test_categorical_kl_against_numpy():
     rng = np.random.default_rng(2)
     lhs = rng.normal(size=(3, 5, 4, 7)).astype(np.float32)
