@@ -144,7 +144,7 @@ def actor_critic_loss(nets: Any, params: Any, slow_critic: Any, retnorm: dict[st
     metrics = {
         "loss/policy": actor.mean(), "loss/value": critic.mean(),
         "ac/entropy": entropy.mean(), "ac/return": ret.mean(), "ac/value": value.mean(),
-        "ac/adv_std": adv.std(), "ac/retnorm_scale": scale, "ac/retnorm_lo": retnorm["lo"],
+        "ac/adv_abs": jnp.abs(adv).mean(), "ac/retnorm_scale": scale, "ac/retnorm_lo": retnorm["lo"],
         "ac/retnorm_hi": retnorm["hi"], "ac/imag_reward": reward[:, 1:].mean(),
         "ac/imag_cont": cont[:, 1:].mean(),
     }

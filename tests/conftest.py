@@ -20,6 +20,10 @@ from dreamer.agent import Agent, TrainState
 from dreamer.config import Config, load_config
 from dreamer.envs import base
 
+# Fake CPU devices for the data-parallel tests; must be set before JAX starts its backend.
+DEVICES = 4
+jax.config.update("jax_num_cpu_devices", DEVICES)
+
 BATCH, LENGTH = 4, 8
 IMAGE_SHAPE = (16, 16, 3)
 VECTOR_DIM = 5
