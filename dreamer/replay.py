@@ -17,6 +17,7 @@ import bisect
 import dataclasses
 import os
 import re
+import threading
 import time
 import uuid
 import zipfile
@@ -105,6 +106,8 @@ class Replay:
         self._open: dict[int, _Stream] = {}  # worker -> stream it writes to
         self._size = self._next_stamp = self._last_time = 0
         self._counts = {"inserts": 0, "samples": 0, "evicted": 0, "loaded": 0}
+        # add, sample, save and load may be called from different threads (actor receivers).
+        self._lock = threading.RLock()
 
     def __len__(self) -> int:
         return self._size
@@ -117,22 +120,23 @@ class Replay:
 
     def add(self, step: dict[str, np.ndarray], worker: int = 0) -> None:
         """Appends one env step to the stream of `worker`; values have the first step's shapes."""
-        self._check(step, "step")
-        if (stream := self._open.get(worker)) is None:
-            stream = self._open[worker] = self._new_stream()
-        if not stream.chunks or stream.chunks[-1].sealed:
-            stream.append(self._new_chunk(stream.tail))
-        chunk = stream.chunks[-1]
-        for key, value in step.items():
-            chunk.data[key][chunk.length] = value
-        chunk.stamp[chunk.length] = self._next_stamp
-        chunk.length += 1
-        chunk.sealed = chunk.length == len(chunk.stamp)
-        stream.end += 1
-        self._next_stamp += 1
-        self._size += 1
-        self._counts["inserts"] += 1
-        self._evict()
+        with self._lock:
+            self._check(step, "step")
+            if (stream := self._open.get(worker)) is None:
+                stream = self._open[worker] = self._new_stream()
+            if not stream.chunks or stream.chunks[-1].sealed:
+                stream.append(self._new_chunk(stream.tail))
+            chunk = stream.chunks[-1]
+            for key, value in step.items():
+                chunk.data[key][chunk.length] = value
+            chunk.stamp[chunk.length] = self._next_stamp
+            chunk.length += 1
+            chunk.sealed = chunk.length == len(chunk.stamp)
+            stream.end += 1
+            self._next_stamp += 1
+            self._size += 1
+            self._counts["inserts"] += 1
+            self._evict()
 
     def sample(self, batch: int) -> dict[str, np.ndarray]:
         """Draws `batch` sequences: key -> [batch, length, ...] with the stored dtypes.
@@ -140,44 +144,46 @@ class Replay:
         The last round(recency * batch) rows start uniformly among the `recency_window` newest
         valid starts, the others uniformly among all valid starts.
         """
-        streams = sorted((s for s in self._streams if s.chunks), key=lambda s: s.chunks[0].time)
-        sizes = np.array([s.end - s.starts[0] for s in streams], np.int64)
-        counts = np.maximum(sizes - self.length + 1, 0)  # valid starts per stream: [S]
-        if self._spec is None or counts.sum() == 0:
-            longest = max(sizes, default=0)
-            raise ValueError(f"Replay needs {self.length} consecutive steps of one worker stream "
-                             f"to sample, the longest stream holds {longest}")
-        recent = round(self.recency * batch)
-        starts = self._draw(streams, counts, batch - recent)
-        if recent:
-            starts += self._draw(streams, self._recent(streams, counts), recent)
-        out = {k: np.empty((batch, self.length, *shape), dtype)
-               for k, (shape, dtype) in self._spec.items()}
-        for b, (stream, pos) in enumerate(starts):
-            for chunk, i, k, offset in stream.pieces(pos, self.length):
-                for key, value in out.items():
-                    value[b, offset:offset + k - i] = chunk.data[key][i:k]
-        self._counts["samples"] += batch
-        return out
+        with self._lock:
+            streams = sorted((s for s in self._streams if s.chunks), key=lambda s: s.chunks[0].time)
+            sizes = np.array([s.end - s.starts[0] for s in streams], np.int64)
+            counts = np.maximum(sizes - self.length + 1, 0)  # valid starts per stream: [S]
+            if self._spec is None or counts.sum() == 0:
+                longest = max(sizes, default=0)
+                raise ValueError(f"Replay needs {self.length} consecutive steps of one worker stream "
+                                 f"to sample, the longest stream holds {longest}")
+            recent = round(self.recency * batch)
+            starts = self._draw(streams, counts, batch - recent)
+            if recent:
+                starts += self._draw(streams, self._recent(streams, counts), recent)
+            out = {k: np.empty((batch, self.length, *shape), dtype)
+                   for k, (shape, dtype) in self._spec.items()}
+            for b, (stream, pos) in enumerate(starts):
+                for chunk, i, k, offset in stream.pieces(pos, self.length):
+                    for key, value in out.items():
+                        value[b, offset:offset + k - i] = chunk.data[key][i:k]
+            self._counts["samples"] += batch
+            return out
 
     def save(self) -> int:
         """Writes every chunk whose steps are not all on disk yet; returns files written."""
-        directory = self._directory()
-        directory.mkdir(parents=True, exist_ok=True)
-        todo = [c for s in self._streams for c in s.chunks if c.saved != c.length]
-        for c in sorted(todo, key=lambda c: c.time):
-            path = directory / f"{c.time:020d}-{c.uuid}-{c.prev}-{c.length}.npz"
-            tmp = path.with_name(path.name + ".tmp")  # not *.npz: load never reads it
-            with open(tmp, "wb") as f:
-                arrays = {k: v[:c.length] for k, v in c.data.items()}
-                np.savez_compressed(f, **arrays, **{_STAMP: c.stamp[:c.length]})
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            if c.path is not None and c.path != path:
-                c.path.unlink(missing_ok=True)
-            c.path, c.saved = path, c.length
-        return len(todo)
+        with self._lock:
+            directory = self._directory()
+            directory.mkdir(parents=True, exist_ok=True)
+            todo = [c for s in self._streams for c in s.chunks if c.saved != c.length]
+            for c in sorted(todo, key=lambda c: c.time):
+                path = directory / f"{c.time:020d}-{c.uuid}-{c.prev}-{c.length}.npz"
+                tmp = path.with_name(path.name + ".tmp")  # not *.npz: load never reads it
+                with open(tmp, "wb") as f:
+                    arrays = {k: v[:c.length] for k, v in c.data.items()}
+                    np.savez_compressed(f, **arrays, **{_STAMP: c.stamp[:c.length]})
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+                if c.path is not None and c.path != path:
+                    c.path.unlink(missing_ok=True)
+                c.path, c.saved = path, c.length
+            return len(todo)
 
     def load(self) -> int:
         """Reads the newest chunk files of `directory` (at most `capacity` steps), oldest first.
@@ -185,26 +191,27 @@ class Replay:
         Chunks whose predecessor is loaded continue its stream; steps added afterwards start new
         streams. Returns the steps loaded.
         """
-        directory = self._directory()
-        if self._size:
-            raise ValueError("load() fills an empty Replay; call it before adding steps")
-        if not directory.is_dir():
-            return 0
-        newest = sorted(_chunk_files(directory).values(), reverse=True)
-        keep = int(np.searchsorted(np.cumsum([e[3] for e in newest]), self.capacity, "right"))
-        chunks = [_read(*entry) for entry in reversed(newest[:keep])]
-        for chunk in chunks:
-            self._check({k: v[0] for k, v in chunk.data.items()}, f"replay chunk {chunk.path}")
-        tails: dict[str, _Stream] = {}
-        for chunk in chunks:
-            stream = tails.pop(chunk.prev, None) or self._new_stream()
-            stream.append(chunk)
-            tails[chunk.uuid] = stream
-            self._size += chunk.length
-            self._next_stamp = max(self._next_stamp, int(chunk.stamp[-1]) + 1)
-            self._last_time = max(self._last_time, chunk.time)
-        self._counts["loaded"] += self._size
-        return self._size
+        with self._lock:
+            directory = self._directory()
+            if self._size:
+                raise ValueError("load() fills an empty Replay; call it before adding steps")
+            if not directory.is_dir():
+                return 0
+            newest = sorted(_chunk_files(directory).values(), reverse=True)
+            keep = int(np.searchsorted(np.cumsum([e[3] for e in newest]), self.capacity, "right"))
+            chunks = [_read(*entry) for entry in reversed(newest[:keep])]
+            for chunk in chunks:
+                self._check({k: v[0] for k, v in chunk.data.items()}, f"replay chunk {chunk.path}")
+            tails: dict[str, _Stream] = {}
+            for chunk in chunks:
+                stream = tails.pop(chunk.prev, None) or self._new_stream()
+                stream.append(chunk)
+                tails[chunk.uuid] = stream
+                self._size += chunk.length
+                self._next_stamp = max(self._next_stamp, int(chunk.stamp[-1]) + 1)
+                self._last_time = max(self._last_time, chunk.time)
+            self._counts["loaded"] += self._size
+            return self._size
 
     def _directory(self) -> Path:
         if self.directory is None:

@@ -13,6 +13,7 @@ import numpy as np
 from dreamer.agent import Agent
 from dreamer.config import Config
 from dreamer.envs import Env, make_env
+from dreamer.learner import Learner, setup_distributed
 from dreamer.logging import Logger, make_logger
 from dreamer.replay import Replay
 
@@ -128,33 +129,34 @@ class Averages:
 
 def run(cfg: Config, logger: Logger | None = None) -> dict[str, float]:
     """Train an agent as configured; returns the last evaluation metrics."""
+    setup_distributed(cfg)
     logdir = prepare_logdir(cfg)
     logger = logger or make_logger(logdir, int(cfg.run.steps))
     repeat = cfg.env.action_repeat
     envs = [make_env(cfg.env, cfg.seed * 1000 + i) for i in range(cfg.run.envs)]
     eval_env = make_env(cfg.env, cfg.seed * 1000 + 999)
-    agent = Agent(cfg, envs[0].obs_space, envs[0].act_space)
     replay = Replay(cfg.replay.capacity, cfg.batch_length, logdir / "replay", cfg.replay.chunk,
                     cfg.replay.recency, cfg.replay.recency_window, cfg.seed)
     key = jax.random.PRNGKey(cfg.seed)
     key, init_key = jax.random.split(key)
-    state = agent.init(init_key)
-    train_step = jax.jit(agent.train_step, donate_argnums=0) if cfg.jax.jit else agent.train_step
+    learner = Learner(cfg, envs[0].obs_space, envs[0].act_space, init_key)
+    agent = learner.agent
     policy = AgentPolicy(agent, len(envs), cfg.seed + 1)
     eval_policy = AgentPolicy(agent, 1, cfg.seed + 2)
     collector = Collector(envs, agent.act_dim)
     rng = np.random.default_rng(cfg.seed)
 
-    agent_steps, updates, last_eval = 0, 0, 0
-    batch_steps = cfg.batch_size * cfg.batch_length
+    agent_steps, last_eval = 0, 0
+    batch_steps = learner.batch_size * cfg.batch_length
     averages, last_log, last_log_steps, last_log_updates = Averages(), time.time(), 0, 0
+    pending: list[dict[str, jax.Array]] = []  # metrics not yet fetched from the devices
     evals: dict[str, float] = {}
     try:
         while agent_steps * repeat < cfg.run.steps:
             if agent_steps * repeat < cfg.run.prefill:
                 actions = collector.random_actions(rng)
             else:
-                actions = policy(state.params, collector.batch_obs())
+                actions = policy(learner.params(), collector.batch_obs())
             records, episodes = collector.step(actions)
             for worker, record in enumerate(records):
                 replay.add(record, worker)
@@ -163,26 +165,32 @@ def run(cfg: Config, logger: Logger | None = None) -> dict[str, float]:
                 averages.add({"episode/score": ep["score"], "episode/length": ep["length"] * repeat})
             if agent_steps * repeat >= cfg.run.prefill and len(replay) >= cfg.batch_length:
                 owed = int((agent_steps - cfg.run.prefill / repeat) * cfg.run.train_ratio
-                           / batch_steps) + 1 - updates
+                           / batch_steps) + 1 - learner.updates
                 for _ in range(max(0, owed)):
                     key, step_key = jax.random.split(key)
-                    state, metrics = train_step(state, replay.sample(cfg.batch_size), step_key)
-                    averages.add(jax.device_get(metrics), "train/")
-                    updates += 1
+                    pending.append(learner.update(replay.sample(learner.batch_size), step_key))
             if cfg.run.eval_every and agent_steps * repeat - last_eval >= cfg.run.eval_every:
                 last_eval = agent_steps * repeat
-                evals = evaluate(eval_policy, state.params, eval_env, cfg.run.eval_episodes, repeat)
+                evals = evaluate(eval_policy, learner.params(), eval_env, cfg.run.eval_episodes,
+                                 repeat)
                 logger.write(agent_steps * repeat, evals)
             now = time.time()
             if now - last_log >= cfg.run.log_every:
+                for metrics in jax.device_get(pending):
+                    averages.add(metrics, "train/")
+                pending.clear()
                 elapsed = now - last_log
                 logger.write(agent_steps * repeat, {
-                    **averages.flush(), **replay.stats, "train/updates": updates,
+                    **averages.flush(), **replay.stats, "train/updates": learner.updates,
                     "fps/env": (agent_steps - last_log_steps) * repeat / elapsed,
-                    "fps/train": (updates - last_log_updates) * batch_steps / elapsed})
-                last_log, last_log_steps, last_log_updates = now, agent_steps, updates
-        evals = evaluate(eval_policy, state.params, eval_env, cfg.run.eval_episodes, repeat)
-        logger.write(agent_steps * repeat, {**averages.flush(), **evals, "train/updates": updates})
+                    "fps/train": (learner.updates - last_log_updates) * batch_steps / elapsed})
+                last_log, last_log_steps, last_log_updates = now, agent_steps, learner.updates
+        evals = evaluate(eval_policy, learner.params(), eval_env, cfg.run.eval_episodes, repeat)
+        for metrics in jax.device_get(pending):
+            averages.add(metrics, "train/")
+        learner.check_replicas()
+        logger.write(agent_steps * repeat,
+                     {**averages.flush(), **evals, "train/updates": learner.updates})
     finally:
         replay.save()
         logger.close()

@@ -28,6 +28,7 @@ def _optimised_compiles():
 def test_agent_learns_builtin_track_from_pixels(tmp_path):
     cfg = load_config(["demo"], {
         "logdir": str(tmp_path), "seed": 0, "run.steps": 4000, "run.eval_every": 0,
-        "run.eval_episodes": 20, "run.log_every": 0})
+        "run.eval_episodes": 20, "run.log_every": 3600})
     result = runner.run(cfg)
+    print(f"builtin_track eval score after 4000 steps: {result['eval/score']:.2f}")
     assert result["eval/score"] >= THRESHOLD, result

@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from dreamer import runner
 from dreamer.config import Config, load_config
@@ -10,7 +11,7 @@ from dreamer.config import Config, load_config
 def test_debug_run_writes_logdir(tmp_path):
     cfg = load_config(["debug"], {
         "logdir": str(tmp_path), "run.steps": 300, "run.prefill": 100, "run.eval_every": 200,
-        "run.log_every": 0, "run.train_ratio": 16})
+        "run.log_every": 0, "run.train_ratio": 16, "parallel.devices": 1})
     result = runner.run(cfg)
     assert np.isfinite(result["eval/score"]) and result["eval/length"] == 28
 
@@ -27,6 +28,22 @@ def test_debug_run_writes_logdir(tmp_path):
     assert 95 <= updates <= 105
     assert Config.load(tmp_path / "config.yaml").run.steps == 300
     assert sorted((tmp_path / "replay").glob("*.npz"))
+
+
+@pytest.mark.parametrize("backend", ["pmap", "shard_map"])
+def test_debug_run_on_two_devices(tmp_path, backend):
+    """Two fake CPU devices: each update takes batch_size sequences per device."""
+    cfg = load_config(["debug"], {
+        "logdir": str(tmp_path), "run.steps": 200, "run.prefill": 100, "run.eval_every": 0,
+        "run.log_every": 0, "run.train_ratio": 32, "parallel.devices": 2,
+        "parallel.backend": backend})
+    result = runner.run(cfg)
+    assert np.isfinite(result["eval/score"])
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    updates = max(line.get("train/updates", 0) for line in lines)
+    # 100 agent steps after prefill * ratio 32 / (2 devices x 4 x 8 replayed steps per update)
+    assert 49 <= updates <= 51
+    assert all(np.isfinite(line["train/loss/total"]) for line in lines if "train/loss/total" in line)
 
 
 def test_env_action_conversion():

@@ -1,0 +1,72 @@
+"""The learner: the train state on the learner devices, updates on replayed batches, and the
+policy parameters that acting reads (on the CPU, versioned by update count)."""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+from dreamer.agent import Agent
+from dreamer.config import Config
+from dreamer.parallel import AXIS, DataParallel, initialize_distributed, select_devices
+
+
+def setup_distributed(cfg: Config) -> None:
+    """Joins the multi-host run when `parallel.distributed` is on (before any JAX call)."""
+    p = cfg.parallel
+    if p.distributed:
+        initialize_distributed(p.coordinator, p.num_processes, p.process_id)
+
+
+class Learner:
+    """Runs `Agent.train_step` data-parallel over `parallel.devices` devices.
+
+    Each update consumes `batch_size` sequences per local device (`self.batch_size` in all on
+    this host). With `jax.jit=false` the step runs eagerly on one device, for debugging.
+    """
+
+    def __init__(self, cfg: Config, obs_space: dict, act_space: Any, key: jax.Array):
+        self.cfg = cfg
+        self.agent = Agent(cfg, obs_space, act_space)
+        if not cfg.jax.jit:
+            self.devices = [jax.devices()[0]]
+            self._parallel = None
+            self.state = self.agent.init(key)
+        else:
+            self.devices = select_devices(cfg.parallel.devices)
+            parallel_agent = Agent(cfg, obs_space, act_space, axis_name=AXIS)
+            self._parallel = DataParallel(parallel_agent.train_step, self.devices,
+                                          cfg.parallel.backend)
+            with jax.default_device(jax.devices("cpu")[0]):
+                state = jax.jit(self.agent.init)(key)
+            self.state = self._parallel.replicate(state)
+            self._parallel.assert_replicas_equal(self.state, "initial train state")
+        local = [d for d in self.devices if d.process_index == jax.process_index()]
+        self.batch_size = cfg.batch_size * len(local)
+        self.updates = 0
+        self._cpu = jax.devices("cpu")[0]
+        self._params: tuple[int, Any] | None = None
+
+    def update(self, batch: dict[str, np.ndarray], key: jax.Array) -> dict[str, jax.Array]:
+        """One update on `batch` [self.batch_size, T, ...]; returns metrics without waiting for
+        them (the next batch is sampled while the devices compute)."""
+        if self._parallel is None:
+            self.state, metrics = self.agent.train_step(self.state, batch, key)
+        else:
+            self.state, metrics = self._parallel(self.state, self._parallel.shard(batch), key)
+        self.updates += 1
+        return metrics
+
+    def params(self) -> Any:
+        """The current parameters on the CPU for acting; copied at most once per update."""
+        if self._params is None or self._params[0] != self.updates:
+            params = self.state.params
+            if self._parallel is not None:
+                params = self._parallel.unreplicate(params)
+            self._params = (self.updates, jax.device_put(params, self._cpu))
+        return self._params[1]
+
+    def check_replicas(self) -> None:
+        if self._parallel is not None:
+            self._parallel.assert_replicas_equal(self.state)
