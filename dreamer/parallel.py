@@ -23,6 +23,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from dreamer.config import ConfigError
+
 AXIS = "devices"
 BACKENDS = ("pmap", "shard_map")
 
@@ -58,7 +60,7 @@ def select_devices(count: int = 0) -> list[jax.Device]:
         platform = devices[0].platform
         hint = (" For fake CPU devices set XLA_FLAGS=--xla_force_host_platform_device_count="
                 f"{count} before starting Python." if platform == "cpu" else "")
-        raise ValueError(f"parallel.devices={count} but only {len(devices)} {platform} "
+        raise ConfigError(f"parallel.devices={count} but only {len(devices)} {platform} "
                          f"device(s) are available.{hint}")
     return devices[:count] if count else devices
 
@@ -73,7 +75,7 @@ class DataParallel:
     def __init__(self, step: Callable, devices: Sequence[jax.Device], backend: str = "pmap",
                  donate: bool = True):
         if backend not in BACKENDS:
-            raise ValueError(f"unknown parallel backend {backend!r}: use one of {BACKENDS}")
+            raise ConfigError(f"unknown parallel.backend {backend!r}: use one of {BACKENDS}")
         self.devices = list(devices)
         self.size = len(self.devices)
         self.backend = backend

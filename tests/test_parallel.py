@@ -97,5 +97,5 @@ def test_batch_must_split_evenly_and_devices_must_exist():
         parallel.shard({"x": np.zeros((3, 4))})
     with pytest.raises(ValueError, match="xla_force_host_platform_device_count=64"):
         select_devices(64)
-    with pytest.raises(ValueError, match="unknown parallel backend"):
+    with pytest.raises(ValueError, match="unknown parallel.backend"):
         DataParallel(lambda s, b, k: (s, {}), select_devices(2), "vmap")
