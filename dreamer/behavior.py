@@ -97,9 +97,10 @@ def rollout(nets: Any, params: Any, start: dict[str, jax.Array], key: jax.Array,
 
 
 def critic_loss(nets: Any, critic_params: Any, slow_params: Any, feat: jax.Array,
-                target: jax.Array, slowreg: float) -> jax.Array:
-    """Two-hot regression onto `target` plus a pull towards the slow critic's prediction."""
-    dist = value_dist(nets, critic_params, feat)
+                target: jax.Array, slowreg: float, dist: TwoHot | None = None) -> jax.Array:
+    """Two-hot regression onto `target` plus a pull towards the slow critic's prediction.
+    `dist` is the critic's output on `feat` when the caller has it already."""
+    dist = value_dist(nets, critic_params, feat) if dist is None else dist
     slow = sg(value_dist(nets, slow_params, feat).mean())
     return -dist.log_prob(sg(target)) - slowreg * dist.log_prob(slow)
 
@@ -118,8 +119,15 @@ def actor_critic_loss(nets: Any, params: Any, slow_critic: Any, retnorm: dict[st
     cont = cont.at[:, 0].set(start_cont)
     gamma = 1.0 - 1.0 / cfg.ac.discount_horizon
     # The critic is frozen inside the actor's objective; with dynamics gradients, values still
-    # pass gradients to the imagined features.
-    value = value_dist(nets, sg(params["critic"]), feat).mean()
+    # pass gradients to the imagined features. Without them the features are constants, and
+    # the critic's one forward pass serves both its own loss and the (stopped) values.
+    if dynamics:
+        value = value_dist(nets, sg(params["critic"]), feat).mean()
+        critic_dist = None
+    else:
+        full = value_dist(nets, params["critic"], feat)
+        value = sg(full.mean())
+        critic_dist = TwoHot(full.logits[:, :-1], full.bins)
     ret = lambda_return(reward, gamma * cont, value, cfg.ac.lam)  # [N, H]
     # Imagined steps after a predicted episode end should not count: weight by the discounted
     # probability of still being alive.
@@ -139,7 +147,7 @@ def actor_critic_loss(nets: Any, params: Any, slow_critic: Any, retnorm: dict[st
     actor = -weight * (objective + cfg.ac.entropy * entropy)
     ret = sg(ret)
     critic = weight * critic_loss(nets, params["critic"], slow_critic, feat[:, :-1], ret,
-                                  cfg.ac.slowreg)
+                                  cfg.ac.slowreg, critic_dist)
     total = cfg.ac.policy_scale * actor.mean() + cfg.ac.value_scale * critic.mean()
     metrics = {
         "loss/policy": actor.mean(), "loss/value": critic.mean(),

@@ -71,6 +71,15 @@ class Linear(nn.Module):
                         dtype=self.dtype, param_dtype=jnp.float32, name="dense")(x)
 
 
+def block_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """x [..., G*I] times a block-diagonal matrix of G blocks `kernel` [G, I, O] -> [..., G*O].
+
+    One matmul per block: on CPU this runs faster than a batched matmul over the group axis,
+    which XLA lowers with transposes around a strided batch dimension."""
+    g, i, _ = kernel.shape
+    return jnp.concatenate([x[..., k * i:(k + 1) * i] @ kernel[k] for k in range(g)], -1)
+
+
 class BlockLinear(nn.Module):
     """Block-diagonal linear layer: `groups` independent [in/g, out/g] matrices (2024 block GRU).
 
@@ -88,9 +97,7 @@ class BlockLinear(nn.Module):
         assert i % g == 0 and o % g == 0, (i, o, g)
         kernel = self.param("kernel", winit(), (g, i // g, o // g), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (o,), jnp.float32)
-        x = x.reshape((*x.shape[:-1], g, i // g)).astype(self.dtype)
-        y = jnp.einsum("...gi,gio->...go", x, kernel.astype(self.dtype))
-        return y.reshape((*y.shape[:-2], o)) + bias.astype(self.dtype)
+        return block_matmul(x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
 
 
 class GroupedInputLinear(nn.Module):
@@ -111,9 +118,7 @@ class GroupedInputLinear(nn.Module):
         kernel = self.param("kernel", winit(), (g, i // g + shared.shape[-1], o // g),
                             jnp.float32).astype(self.dtype)
         bias = self.param("bias", nn.initializers.zeros, (o,), jnp.float32)
-        own = own.reshape((*own.shape[:-1], g, i // g)).astype(self.dtype)
-        y = jnp.einsum("...gi,gio->...go", own, kernel[:, : i // g])
-        y = y.reshape((*y.shape[:-2], o))
+        y = block_matmul(own.astype(self.dtype), kernel[:, : i // g])
         shared_kernel = kernel[:, i // g:].transpose((1, 0, 2)).reshape((-1, o))
         return y + shared.astype(self.dtype) @ shared_kernel + bias.astype(self.dtype)
 
