@@ -1,6 +1,7 @@
 """Command-line entry points (`dreamer-train`) and their argument grammar."""
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -105,6 +106,10 @@ def train_main(argv: list[str] | None = None) -> int:
         jax.config.update("jax_platforms", cfg.jax.platform)
     from dreamer import runner
 
+    def terminate(signum, frame):
+        raise KeyboardInterrupt  # unwinds like Ctrl-C: actors stopped, replay saved
+
+    signal.signal(signal.SIGTERM, terminate)
     try:
         logdir = runner.prepare_logdir(cfg)
         print(f"dreamer-train: logging to {logdir}", file=sys.stderr)
@@ -113,7 +118,7 @@ def train_main(argv: list[str] | None = None) -> int:
         print(f"dreamer-train: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("dreamer-train: interrupted; replay saved under the logdir", file=sys.stderr)
+        print("dreamer-train: stopped; replay saved under the logdir", file=sys.stderr)
         return 130
     return 0
 

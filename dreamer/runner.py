@@ -137,6 +137,10 @@ def run(cfg: Config, logger: Logger | None = None) -> dict[str, float]:
     eval_env = make_env(cfg.env, cfg.seed * 1000 + 999)
     replay = Replay(cfg.replay.capacity, cfg.batch_length, logdir / "replay", cfg.replay.chunk,
                     cfg.replay.recency, cfg.replay.recency_window, cfg.seed)
+    if cfg.actors.num > 0:
+        for env in envs:
+            env.close()
+        return run_with_actors(cfg, logger, replay, eval_env)
     key = jax.random.PRNGKey(cfg.seed)
     key, init_key = jax.random.split(key)
     learner = Learner(cfg, envs[0].obs_space, envs[0].act_space, init_key)
@@ -196,4 +200,95 @@ def run(cfg: Config, logger: Logger | None = None) -> dict[str, float]:
         logger.close()
         for env in [*envs, eval_env]:
             env.close()
+    return evals
+
+
+def run_with_actors(cfg: Config, logger: Logger, replay: Replay, eval_env: Env
+                    ) -> dict[str, float]:
+    """Training with `actors.num` actor processes feeding the replay (see `dreamer.actors`).
+
+    The learner trains whenever it owes updates for the steps received (the train ratio) and
+    otherwise waits for steps; the time it waits after prefill is `learner/wait_fraction`.
+    """
+    from dreamer.actors import ActorPool
+
+    repeat = cfg.env.action_repeat
+    key = jax.random.PRNGKey(cfg.seed)
+    key, init_key = jax.random.split(key)
+    learner = Learner(cfg, eval_env.obs_space, eval_env.act_space, init_key)
+    eval_policy = AgentPolicy(learner.agent, 1, cfg.seed + 2)
+    batch_steps = learner.batch_size * cfg.batch_length
+    publish_every = max(1, cfg.actors.max_staleness // 2)
+    agent_steps, last_eval, published = 0, 0, -1
+    averages, pending, evals = Averages(), [], {}
+    last_log, last_log_steps, last_log_updates = time.time(), 0, 0
+    waited = 0.0
+    totals = {"actors/restarts": 0, "actors/env_restarts": 0}
+    pool = ActorPool(cfg, cfg.actors.num)
+    try:
+        while agent_steps * repeat < cfg.run.steps:
+            pool.check()
+            owed = 0
+            if agent_steps * repeat >= cfg.run.prefill and len(replay) >= cfg.batch_length:
+                owed = int((agent_steps - cfg.run.prefill / repeat) * cfg.run.train_ratio
+                           / batch_steps) + 1 - learner.updates
+            if owed > 0:
+                key, step_key = jax.random.split(key)
+                pending.append(learner.update(replay.sample(learner.batch_size), step_key))
+                if learner.updates - published >= publish_every:
+                    pool.publish(learner.updates, jax.device_get(learner.params()))
+                    published = learner.updates
+            else:
+                start = time.perf_counter()
+                # A few chunks at a time, so that training resumes as soon as it owes updates.
+                messages = pool.poll(timeout=0.05, limit=2 * cfg.actors.num)
+                if agent_steps * repeat >= cfg.run.prefill:
+                    waited += time.perf_counter() - start
+                for kind, message in messages:
+                    if kind == "steps":
+                        n = len(message.data["is_first"])
+                        for i in range(n):
+                            replay.add({k: v[i] for k, v in message.data.items()}, message.stream)
+                        agent_steps += n
+                        if message.version >= 0:
+                            averages.add({"actors/staleness": message.lag})
+                    elif kind == "report":
+                        for ep in message.episodes:
+                            averages.add({"episode/score": ep["score"],
+                                          "episode/length": ep["length"]})
+                        averages.add({"fps/actor": message.frames / max(message.seconds, 1e-9)})
+                        totals["actors/env_restarts"] += message.env_restarts
+            if cfg.run.eval_every and agent_steps * repeat - last_eval >= cfg.run.eval_every:
+                last_eval = agent_steps * repeat
+                evals = evaluate(eval_policy, learner.params(), eval_env, cfg.run.eval_episodes,
+                                 repeat)
+                logger.write(agent_steps * repeat, evals)
+            now = time.time()
+            if now - last_log >= cfg.run.log_every:
+                for metrics in jax.device_get(pending):
+                    averages.add(metrics, "train/")
+                pending.clear()
+                elapsed = now - last_log
+                totals["actors/restarts"] = pool.restarts
+                logger.write(agent_steps * repeat, {
+                    **averages.flush(), **replay.stats, **totals,
+                    "train/updates": learner.updates,
+                    "fps/env": (agent_steps - last_log_steps) * repeat / elapsed,
+                    "fps/train": (learner.updates - last_log_updates) * batch_steps / elapsed,
+                    "learner/updates_per_s": (learner.updates - last_log_updates) / elapsed,
+                    "learner/wait_fraction": waited / elapsed})
+                last_log, last_log_steps, last_log_updates, waited = (
+                    now, agent_steps, learner.updates, 0.0)
+        evals = evaluate(eval_policy, learner.params(), eval_env, cfg.run.eval_episodes, repeat)
+        for metrics in jax.device_get(pending):
+            averages.add(metrics, "train/")
+        learner.check_replicas()
+        totals["actors/restarts"] = pool.restarts
+        logger.write(agent_steps * repeat, {**averages.flush(), **evals, **totals,
+                                            "train/updates": learner.updates})
+    finally:
+        pool.close()
+        replay.save()
+        logger.close()
+        eval_env.close()
     return evals

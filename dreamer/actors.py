@@ -1,0 +1,283 @@
+"""Actor processes: each steps `actors.envs` environments with a jitted policy on the CPU backend.
+
+Only two things cross a process boundary: versioned policy parameters (learner -> actor, a queue
+of one slot per actor that always holds the newest) and chunks of environment steps (actor ->
+learner, a bounded queue per actor). The bound is the back-pressure that keeps the train ratio:
+the learner reads steps only when it owes no updates, so actors that run ahead block on `put`.
+An actor waits for new parameters when the learner has published more than
+`actors.max_staleness` updates since the version it acts with.
+
+An environment that raises is recreated (`env_restarts`); an actor process that dies is started
+again by `ActorPool.check` (`restarts`). Each actor exits by itself when its parent process is
+gone, so a learner killed with SIGKILL leaves no orphans.
+"""
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing as mp
+import os
+import queue
+import signal
+import time
+import traceback
+from typing import Any
+
+import numpy as np
+
+from dreamer.config import Config
+
+CHUNK = 16           # steps per message from one environment
+QUEUE_CHUNKS = 8     # chunks per actor that may wait in the queue before actors block
+
+
+@dataclasses.dataclass
+class Steps:
+    """Consecutive steps of one environment stream: `data[key]` is [n, ...]."""
+
+    stream: str          # unique per (actor, actor incarnation, env, env incarnation)
+    data: dict[str, np.ndarray]
+    version: int         # params version that chose the actions (-1: random)
+    actor: int
+    lag: float           # mean of (learner's newest version - version) when acting
+
+
+@dataclasses.dataclass
+class Report:
+    """Per-actor counters sent after every chunk."""
+
+    actor: int
+    frames: int          # env frames (after action repeat) since the last report
+    seconds: float
+    episodes: list[dict[str, float]]
+    env_restarts: int
+
+
+def actor_main(index: int, incarnation: int, cfg: Config, params_queue: mp.Queue,
+               out_queue: mp.Queue, stop: Any, version: Any, parent: int) -> None:
+    """The body of one actor process (spawned: imports JAX itself, on the CPU backend)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the learner handles Ctrl-C and stops us
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    try:
+        _Actor(index, incarnation, cfg, params_queue, out_queue, stop, version, parent).run()
+    except Exception:  # noqa: BLE001 (reported, then the pool restarts the process)
+        try:
+            out_queue.put(("error", index, traceback.format_exc()), timeout=5)
+        finally:
+            os._exit(1)
+
+
+class _Actor:
+    def __init__(self, index, incarnation, cfg, params_queue, out_queue, stop, version, parent):
+        import jax
+
+        from dreamer.agent import Agent
+        from dreamer.envs import make_env
+        from dreamer.runner import AgentPolicy, Collector
+
+        jax.config.update("jax_platforms", "cpu")
+        self.index, self.cfg = index, cfg
+        self.params_queue, self.out_queue, self.stop, self.parent = (
+            params_queue, out_queue, stop, parent)
+        self._learner_version = version  # shared: the learner's newest published version
+        self.prefix = f"a{index}.{incarnation}"
+        n = cfg.actors.envs
+        self._seeds = [cfg.seed * 100_000 + (index + 1) * 1000 + 10 * i + incarnation
+                       for i in range(n)]
+        self._make_env, self._collector_cls = make_env, Collector
+        envs = [make_env(cfg.env, s) for s in self._seeds]
+        self.agent = Agent(cfg, envs[0].obs_space, envs[0].act_space)
+        self.collectors = [Collector([env], self.agent.act_dim) for env in envs]
+        self.env_incarnation = [0] * n
+        self.policy = AgentPolicy(self.agent, n, cfg.seed * 7919 + index * 31 + incarnation)
+        self.rng = np.random.default_rng(self._seeds[0])
+        self.params, self.version = None, -1
+        self.buffers: list[list[dict]] = [[] for _ in range(n)]
+        self.lags: list[list[int]] = [[] for _ in range(n)]
+
+    def _pull(self, block: bool) -> None:
+        """Takes the newest params from the queue (waits for one when `block`)."""
+        try:
+            version, params = self.params_queue.get(timeout=0.1) if block else \
+                self.params_queue.get_nowait()
+            self.version, self.params = version, params
+        except queue.Empty:
+            pass
+
+    def _stale(self, learner_version: int) -> bool:
+        return (self.params is not None
+                and learner_version - self.version > self.cfg.actors.max_staleness)
+
+    def run(self) -> None:
+        repeat = self.cfg.env.action_repeat
+        frames, episodes, env_restarts, since = 0, [], 0, time.perf_counter()
+        while not self.stop.is_set() and os.getppid() == self.parent:
+            self._pull(block=False)
+            while self._stale(self.learner_version()) and not self.stop.is_set():
+                self._pull(block=True)
+            obs = {k: np.concatenate([c.batch_obs()[k] for c in self.collectors])
+                   for k in self.collectors[0].batch_obs()}
+            if self.params is None:
+                actions = np.concatenate([c.random_actions(self.rng) for c in self.collectors])
+                lag = 0
+            else:
+                actions = self.policy(self.params, obs)
+                lag = self.learner_version() - self.version
+            for i, collector in enumerate(self.collectors):
+                try:
+                    records, done = collector.step(actions[i:i + 1])
+                except Exception:  # noqa: BLE001 (a broken environment is replaced)
+                    env_restarts += 1
+                    self._replace_env(i)
+                    continue
+                self.buffers[i].append(records[0])
+                self.lags[i].append(lag)
+                episodes += [{"score": float(e["score"]), "length": float(e["length"] * repeat)}
+                             for e in done]
+                frames += repeat
+                if len(self.buffers[i]) >= CHUNK or records[0]["is_last"]:
+                    self._send(i)
+                    self._put(("report", Report(self.index, frames,
+                                                time.perf_counter() - since, episodes,
+                                                env_restarts)))
+                    frames, episodes, env_restarts, since = 0, [], 0, time.perf_counter()
+
+    def learner_version(self) -> int:
+        return self._learner_version.value
+
+    def _replace_env(self, i: int) -> None:
+        try:
+            self.collectors[i].envs[0].close()
+        except Exception:  # noqa: BLE001, S110 (the environment is already broken)
+            pass
+        self.buffers[i], self.lags[i] = [], []  # unsent steps of the broken episode are dropped
+        self.env_incarnation[i] += 1
+        env = self._make_env(self.cfg.env, self._seeds[i] + 1_000_000 * self.env_incarnation[i])
+        self.collectors[i] = self._collector_cls([env], self.agent.act_dim)
+
+    def _send(self, i: int) -> None:
+        steps, lag = self.buffers[i], float(np.mean(self.lags[i]))
+        self.buffers[i], self.lags[i] = [], []
+        data = {k: np.stack([s[k] for s in steps]) for k in steps[0]}
+        stream = f"{self.prefix}.{i}.{self.env_incarnation[i]}"
+        self._put(("steps", Steps(stream, data, self.version, self.index, lag)))
+
+    def _put(self, message: tuple) -> None:
+        """Blocks while the queue is full (the learner is behind), but not past a stop."""
+        while not self.stop.is_set() and os.getppid() == self.parent:
+            try:
+                self.out_queue.put(message, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+
+class ActorPool:
+    """Starts, feeds, watches and stops `num` local actor processes."""
+
+    def __init__(self, cfg: Config, num: int):
+        self.cfg, self.num = cfg, num
+        self._ctx = mp.get_context("spawn")
+        self.stop_event = self._ctx.Event()
+        self.version = self._ctx.Value("q", -1)
+        # Queues are per actor and per incarnation: a process killed while it holds a queue's
+        # internal lock breaks that queue for good, so its successor gets new ones.
+        self.out_queues: list[Any] = [None] * num
+        self.params_queues: list[Any] = [None] * num
+        self.procs: list[Any] = [None] * num
+        self.incarnations = [0] * num
+        self.restarts = 0
+        self.errors: list[str] = []
+        self._latest: tuple[int, Any] | None = None
+        self._next = 0
+        for i in range(num):
+            self._start(i)
+
+    def _start(self, i: int) -> None:
+        for q in (self.out_queues[i], self.params_queues[i]):
+            if q is not None:
+                q.cancel_join_thread()
+                q.close()
+        self.out_queues[i] = self._ctx.Queue(maxsize=QUEUE_CHUNKS * self.cfg.actors.envs)
+        self.params_queues[i] = self._ctx.Queue(maxsize=1)
+        if self._latest is not None:
+            self.params_queues[i].put_nowait(self._latest)
+        proc = self._ctx.Process(
+            target=actor_main, name=f"dreamer-actor-{i}", daemon=True,
+            args=(i, self.incarnations[i], self.cfg, self.params_queues[i], self.out_queues[i],
+                  self.stop_event, self.version, os.getpid()))
+        proc.start()
+        self.procs[i] = proc
+
+    def publish(self, version: int, params: Any) -> None:
+        """Offers `params` (host arrays) as version `version`; replaces any unread older one."""
+        self.version.value = version
+        self._latest = (version, params)
+        for q in self.params_queues:
+            try:
+                while True:
+                    q.get_nowait()
+            except queue.Empty:
+                pass
+            try:
+                q.put_nowait((version, params))
+            except queue.Full:
+                pass
+
+    def poll(self, timeout: float = 0.0, limit: int = 0) -> list[tuple]:
+        """Up to `limit` (0: all) waiting messages, taken from the actors in turn; waits up to
+        `timeout` seconds for the first."""
+        out: list[tuple] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            empty = 0
+            while empty < self.num and (not limit or len(out) < limit):
+                q = self.out_queues[self._next]
+                self._next = (self._next + 1) % self.num
+                try:
+                    out.append(q.get_nowait())
+                    empty = 0
+                except queue.Empty:
+                    empty += 1
+            if out or time.monotonic() >= deadline:
+                break
+            time.sleep(0.005)
+        for message in out:
+            if message[0] == "error":
+                self.errors.append(message[2])
+        return out
+
+    def check(self) -> int:
+        """Restarts actor processes that died; returns how many were restarted now."""
+        restarted = 0
+        for i, proc in enumerate(self.procs):
+            if not proc.is_alive() and not self.stop_event.is_set():
+                proc.join(timeout=0)
+                self.incarnations[i] += 1
+                self.restarts += 1
+                restarted += 1
+                self._start(i)
+        return restarted
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stops every actor within `timeout` seconds (then terminates, then kills)."""
+        self.stop_event.set()
+        deadline = time.monotonic() + timeout
+        while any(p.is_alive() for p in self.procs) and time.monotonic() < deadline:
+            self.poll()  # unblock actors stuck in put
+            time.sleep(0.05)
+        for proc in self.procs:
+            if proc.is_alive():
+                proc.terminate()
+        for proc in self.procs:
+            proc.join(timeout=1)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=1)
+        self.poll()
+        for q in [*self.out_queues, *self.params_queues]:
+            q.cancel_join_thread()
+            q.close()
+
