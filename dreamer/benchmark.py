@@ -1,4 +1,5 @@
-"""Benchmarks behind `launch/bench.py`: parameter counts and train-step speed.
+"""Benchmarks behind `launch/bench.py`: parameter counts, train-step speed on one or N devices,
+and environment throughput of actor processes.
 
 Every command returns a JSON-serialisable dict; the launcher prints it as the last line.
 """
@@ -117,4 +118,79 @@ def train_step(cfg: Config, updates: int = 5, warmup: int = 2) -> dict[str, Any]
         "cpu_cores": os.cpu_count(),
         "machine": platform.machine(),
         "loss_finite": bool(np.isfinite(float(metrics["loss/total"]))),
+    }
+
+
+def train_step_parallel(cfg: Config, devices: int, updates: int = 5,
+                        warmup: int = 2) -> dict[str, Any]:
+    """Median seconds per data-parallel update on `devices` devices (`batch_size` sequences
+    on each), with per-device and total replayed steps per second."""
+    from dreamer.parallel import AXIS, DataParallel, select_devices
+
+    obs_space, act_space = spaces_of(cfg)
+    chosen = select_devices(devices)
+    agent = Agent(cfg, obs_space, act_space, axis_name=AXIS)
+    parallel = DataParallel(agent.train_step, chosen, cfg.parallel.backend)
+    with jax.default_device(jax.devices("cpu")[0]):
+        state = parallel.replicate(jax.jit(agent.init)(jax.random.PRNGKey(0)))
+    batch = parallel.shard(random_batch(obs_space, agent.act_dim, cfg.batch_size * len(chosen),
+                                        cfg.batch_length))
+    times = []
+    for i in range(warmup + updates):
+        start = time.perf_counter()
+        state, metrics = parallel(state, batch, jax.random.PRNGKey(i))
+        jax.block_until_ready((state, metrics))
+        times.append(time.perf_counter() - start)
+    parallel.assert_replicas_equal(state)
+    median = float(np.median(times[warmup:]))
+    per_device = cfg.batch_size * cfg.batch_length / median
+    return {
+        "devices": len(chosen),
+        "backend": cfg.parallel.backend,
+        "seconds_per_update": median,
+        "first_update_s": times[0],
+        "updates_timed": updates,
+        "replayed_steps_per_s_per_device": per_device,
+        "replayed_steps_per_s": per_device * len(chosen),
+        "batch_per_device": [cfg.batch_size, cfg.batch_length],
+        "device": str(chosen[0].device_kind),
+        "platform": chosen[0].platform,
+        "cpu_cores": os.cpu_count(),
+        "loss_finite": bool(np.isfinite(float(metrics["loss/total"]))),
+    }
+
+
+def actors(cfg: Config, counts: list[int], seconds: float = 20.0) -> dict[str, Any]:
+    """Environment steps per second of 1..N actor processes acting randomly (no learner).
+
+    Each count starts a fresh pool, waits until every actor has delivered its first steps
+    (start-up excluded), then counts the steps delivered during `seconds`."""
+    from dreamer.actors import ActorPool
+
+    repeat = cfg.env.action_repeat
+    runs = {}
+    for n in counts:
+        pool = ActorPool(cfg, n)
+        try:
+            started: set[int] = set()
+            deadline = time.monotonic() + 300
+            while len(started) < n:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"actors did not start within 300 s: {pool.errors}")
+                started |= {m[1].actor for m in pool.poll(timeout=0.5) if m[0] == "steps"}
+            steps, start = 0, time.monotonic()
+            while (now := time.monotonic()) - start < seconds:
+                for kind, message in pool.poll(timeout=0.1):
+                    if kind == "steps":
+                        steps += len(message.data["is_first"])
+            runs[n] = steps * repeat / (now - start)
+        finally:
+            pool.close()
+    base = runs[counts[0]] / counts[0]
+    return {
+        "task": cfg.env.task, "obs": cfg.env.obs, "size": list(cfg.env.size),
+        "envs_per_actor": cfg.actors.envs, "seconds": seconds, "cpu_cores": os.cpu_count(),
+        "env_steps_per_s": {str(n): r for n, r in runs.items()},
+        "scaling_efficiency": {str(n): r / (n * base) for n, r in runs.items()},
+        "speedup_vs_first": {str(n): r / runs[counts[0]] for n, r in runs.items()},
     }

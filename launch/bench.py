@@ -2,6 +2,9 @@
 
   python launch/bench.py params
   python launch/bench.py train-step --configs dmc_proprio size1m [--updates 5] [--key=value ...]
+  python launch/bench.py train-step --devices 2 --configs debug   (N devices; fake CPU ones
+                                                                    when there is no accelerator)
+  python launch/bench.py actors --actors 1 2 [--seconds 20] [--configs dmc_vision ...]
 """
 import json
 import sys
@@ -13,7 +16,18 @@ from dreamer import benchmark
 from dreamer.cli import parse_args
 from dreamer.config import ConfigError
 
-COMMANDS = ("params", "train-step")
+COMMANDS = ("params", "train-step", "actors")
+
+
+def take(rest: list[str], flag: str, count: int = 1) -> tuple[list[str], list[str]]:
+    """Removes `flag` and the values after it (`count`, or all up to the next --flag if 0)."""
+    if flag not in rest:
+        return rest, []
+    i = rest.index(flag)
+    j = i + 1
+    while j < len(rest) and not rest[j].startswith("--") and (count == 0 or j - i <= count):
+        j += 1
+    return rest[:i] + rest[j:], rest[i + 1:j]
 
 
 def main(argv: list[str]) -> int:
@@ -24,19 +38,34 @@ def main(argv: list[str]) -> int:
     command, rest = argv[0], argv[1:]
     if command == "params":
         result = {"params": benchmark.param_counts()}
+        print(json.dumps(result))
+        return 0
+    rest, updates = take(rest, "--updates")
+    rest, devices = take(rest, "--devices")
+    rest, counts = take(rest, "--actors", 0)
+    rest, seconds = take(rest, "--seconds")
+    if command == "actors" and not any(a == "--configs" or a.startswith("--configs=")
+                                       for a in rest):
+        rest = ["--configs", "dmc_vision", *rest]
+    try:
+        cfg, info = parse_args(rest)
+    except ConfigError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 2
+    if command == "actors":
+        counts = [int(c) for c in counts] or [1, 2]
+        result = {"actors": benchmark.actors(cfg, counts, float(seconds[0]) if seconds else 20.0)}
+    elif devices:
+        import jax
+
+        # Fake CPU devices when the backend is the CPU; accelerators are used as they are.
+        jax.config.update("jax_num_cpu_devices", int(devices[0]))
+        result = {"train_step": benchmark.train_step_parallel(
+            cfg, int(devices[0]), updates=int(updates[0]) if updates else 5)}
     else:
-        updates = 5
-        if "--updates" in rest:
-            i = rest.index("--updates")
-            updates = int(rest[i + 1])
-            rest = rest[:i] + rest[i + 2:]
-        try:
-            cfg, info = parse_args(rest)
-        except ConfigError as e:
-            print(f"bench: {e}", file=sys.stderr)
-            return 2
-        result = {"train_step": benchmark.train_step(cfg, updates=updates),
-                  "configs": info["presets"], "overrides": info["overrides"]}
+        result = {"train_step": benchmark.train_step(cfg, updates=int(updates[0]) if updates
+                                                      else 5)}
+    result.update(configs=info["presets"], overrides=info["overrides"])
     print(json.dumps(result))
     return 0
 
