@@ -27,7 +27,8 @@ def _optimised_compiles():
 @pytest.mark.usefixtures("_optimised_compiles")
 def test_agent_learns_builtin_track_from_pixels(tmp_path):
     cfg = load_config(["demo"], {
-        "logdir": str(tmp_path), "seed": 0, "run.steps": 4000, "run.eval_every": 0,
+        "logdir": str(tmp_path), "seed": 0, "parallel.devices": 1, "run.steps": 4000,
+        "run.eval_every": 0,
         "run.eval_episodes": 20, "run.log_every": 3600})
     result = runner.run(cfg)
     print(f"builtin_track eval score after 4000 steps: {result['eval/score']:.2f}")
