@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from dreamer.config import Config
+from dreamer.config import Config, ConfigError
 
 CHUNK = 16           # steps per message from one environment
 QUEUE_CHUNKS = 8     # chunks per actor that may wait in the queue before actors block
@@ -110,7 +110,7 @@ class _Actor:
     def run(self) -> None:
         repeat = self.cfg.env.action_repeat
         frames, episodes, env_restarts, since = 0, [], 0, time.perf_counter()
-        while not self.stop.is_set() and os.getppid() == self.parent:
+        while not self.stop.is_set() and self._parent_alive():
             self._pull(block=False)
             while self._stale(self.learner_version()) and not self.stop.is_set():
                 self._pull(block=True)
@@ -144,6 +144,10 @@ class _Actor:
     def learner_version(self) -> int:
         return self._learner_version.value
 
+    def _parent_alive(self) -> bool:
+        """False once the learner process is gone (local processes; Ray manages its own)."""
+        return self.parent is None or os.getppid() == self.parent
+
     def _replace_env(self, i: int) -> None:
         try:
             self.collectors[i].envs[0].close()
@@ -163,7 +167,7 @@ class _Actor:
 
     def _put(self, message: tuple) -> None:
         """Blocks while the queue is full (the learner is behind), but not past a stop."""
-        while not self.stop.is_set() and os.getppid() == self.parent:
+        while not self.stop.is_set() and self._parent_alive():
             try:
                 self.out_queue.put(message, timeout=0.1)
                 return
@@ -171,7 +175,39 @@ class _Actor:
                 continue
 
 
-class ActorPool:
+class _Poller:
+    """Reads the actors' queues in turn (`num`, `out_queues`, `errors` set by subclasses)."""
+
+    num: int
+    out_queues: list[Any]
+    errors: list[str]
+    _next: int = 0
+
+    def poll(self, timeout: float = 0.0, limit: int = 0) -> list[tuple]:
+        """Up to `limit` (0: all) waiting messages, taken from the actors in turn; waits up to
+        `timeout` seconds for the first."""
+        out: list[tuple] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            empty = 0
+            while empty < self.num and (not limit or len(out) < limit):
+                q = self.out_queues[self._next]
+                self._next = (self._next + 1) % self.num
+                try:
+                    out.append(q.get_nowait())
+                    empty = 0
+                except queue.Empty:
+                    empty += 1
+            if out or time.monotonic() >= deadline:
+                break
+            time.sleep(0.005)
+        for message in out:
+            if message[0] == "error":
+                self.errors.append(message[2])
+        return out
+
+
+class ActorPool(_Poller):
     """Starts, feeds, watches and stops `num` local actor processes."""
 
     def __init__(self, cfg: Config, num: int):
@@ -223,29 +259,6 @@ class ActorPool:
             except queue.Full:
                 pass
 
-    def poll(self, timeout: float = 0.0, limit: int = 0) -> list[tuple]:
-        """Up to `limit` (0: all) waiting messages, taken from the actors in turn; waits up to
-        `timeout` seconds for the first."""
-        out: list[tuple] = []
-        deadline = time.monotonic() + timeout
-        while True:
-            empty = 0
-            while empty < self.num and (not limit or len(out) < limit):
-                q = self.out_queues[self._next]
-                self._next = (self._next + 1) % self.num
-                try:
-                    out.append(q.get_nowait())
-                    empty = 0
-                except queue.Empty:
-                    empty += 1
-            if out or time.monotonic() >= deadline:
-                break
-            time.sleep(0.005)
-        for message in out:
-            if message[0] == "error":
-                self.errors.append(message[2])
-        return out
-
     def check(self) -> int:
         """Restarts actor processes that died; returns how many were restarted now."""
         restarted = 0
@@ -281,3 +294,144 @@ class ActorPool:
             q.cancel_join_thread()
             q.close()
 
+
+
+class _RayControl:
+    """The learner's stop flag and newest params version, read by Ray actors at most every
+    0.1 s (each read is a round trip to a small Ray actor)."""
+
+    def __init__(self, handle: Any):
+        self._handle, self._cache, self._time = handle, (False, -1), 0.0
+
+    def _read(self) -> tuple[bool, int]:
+        import ray
+
+        if time.monotonic() - self._time > 0.1:
+            self._cache, self._time = ray.get(self._handle.get.remote()), time.monotonic()
+        return self._cache
+
+    def is_set(self) -> bool:
+        return self._read()[0]
+
+    @property
+    def value(self) -> int:
+        return self._read()[1]
+
+
+class RayActorPool(_Poller):
+    """`ActorPool` with the actors running as Ray actors on a cluster (`actors.ray_address`):
+    the same actor loop, Ray queues instead of pipes, and Ray restarts instead of processes."""
+
+    def __init__(self, cfg: Config, num: int, address: str):
+        try:
+            import ray
+            from ray.util.queue import Queue
+        except ImportError as e:
+            raise ConfigError("actors.ray_address needs Ray: pip install -e '.[ray]'") from e
+        self._ray, self._queue_cls = ray, Queue
+        self._owns_ray = not ray.is_initialized()
+        if self._owns_ray:
+            ray.init(address=None if address == "local" else address,
+                     include_dashboard=False, log_to_driver=False)
+        self.cfg, self.num = cfg, num
+
+        @ray.remote(num_cpus=1)
+        class Control:
+            def __init__(self):
+                self.state = (False, -1)
+
+            def set(self, stop: bool, version: int) -> None:
+                self.state = (stop, version)
+
+            def get(self) -> tuple[bool, int]:
+                return self.state
+
+        @ray.remote(num_cpus=1)
+        class RayActor:
+            def __init__(self, index, incarnation, cfg, params_queue, out_queue, control):
+                os.environ["JAX_PLATFORMS"] = "cpu"
+                ctl = _RayControl(control)
+                self.actor = _Actor(index, incarnation, cfg, params_queue, out_queue, ctl, ctl,
+                                    None)
+
+            def run(self) -> None:
+                self.actor.run()
+
+            def pid(self) -> int:
+                return os.getpid()
+
+        self._actor_cls = RayActor
+        self.control = Control.options(num_cpus=0).remote()
+        self._stopped, self._version = False, -1
+        self.out_queues: list[Any] = [None] * num
+        self.params_queues: list[Any] = [None] * num
+        self.actors: list[Any] = [None] * num
+        self.runs: list[Any] = [None] * num
+        self.incarnations = [0] * num
+        self.restarts = 0
+        self.errors: list[str] = []
+        self._latest: tuple[int, Any] | None = None
+        self._next = 0
+        for i in range(num):
+            self._start(i)
+
+    def _start(self, i: int) -> None:
+        self.out_queues[i] = self._queue_cls(maxsize=QUEUE_CHUNKS * self.cfg.actors.envs)
+        self.params_queues[i] = self._queue_cls(maxsize=1)
+        if self._latest is not None:
+            self.params_queues[i].put_nowait(self._latest)
+        self.actors[i] = self._actor_cls.remote(
+            i, self.incarnations[i], self.cfg, self.params_queues[i], self.out_queues[i],
+            self.control)
+        self.runs[i] = self.actors[i].run.remote()
+
+    def publish(self, version: int, params: Any) -> None:
+        self._version = version
+        self.control.set.remote(self._stopped, version)
+        self._latest = (version, params)
+        for q in self.params_queues:
+            try:
+                while True:
+                    q.get_nowait()
+            except queue.Empty:
+                pass
+            try:
+                q.put_nowait((version, params))
+            except queue.Full:
+                pass
+
+    def check(self) -> int:
+        """Starts a new Ray actor for each one whose loop ended (it died or raised)."""
+        restarted = 0
+        for i, ref in enumerate(self.runs):
+            done, _ = self._ray.wait([ref], timeout=0)
+            if done and not self._stopped:
+                try:
+                    self._ray.get(ref)
+                except Exception as e:  # noqa: BLE001 (the actor died: recorded, replaced)
+                    self.errors.append(repr(e))
+                self._ray.kill(self.actors[i], no_restart=True)
+                self.incarnations[i] += 1
+                self.restarts += 1
+                restarted += 1
+                self._start(i)
+        return restarted
+
+    def pids(self) -> list[int]:
+        return self._ray.get([a.pid.remote() for a in self.actors])
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._stopped = True
+        self._ray.get(self.control.set.remote(True, self._version))
+        self._ray.wait(self.runs, num_returns=len(self.runs), timeout=timeout)
+        for actor in self.actors:
+            self._ray.kill(actor, no_restart=True)
+        if self._owns_ray:
+            self._ray.shutdown()
+
+
+def make_pool(cfg: Config) -> ActorPool | RayActorPool:
+    """Local actor processes, or Ray actors when `actors.ray_address` is set."""
+    if cfg.actors.ray_address:
+        return RayActorPool(cfg, cfg.actors.num, cfg.actors.ray_address)
+    return ActorPool(cfg, cfg.actors.num)

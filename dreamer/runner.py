@@ -210,7 +210,7 @@ def run_with_actors(cfg: Config, logger: Logger, replay: Replay, eval_env: Env
     The learner trains whenever it owes updates for the steps received (the train ratio) and
     otherwise waits for steps; the time it waits after prefill is `learner/wait_fraction`.
     """
-    from dreamer.actors import ActorPool
+    from dreamer.actors import make_pool
 
     repeat = cfg.env.action_repeat
     key = jax.random.PRNGKey(cfg.seed)
@@ -224,7 +224,7 @@ def run_with_actors(cfg: Config, logger: Logger, replay: Replay, eval_env: Env
     last_log, last_log_steps, last_log_updates = time.time(), 0, 0
     waited = 0.0
     totals = {"actors/restarts": 0, "actors/env_restarts": 0}
-    pool = ActorPool(cfg, cfg.actors.num)
+    pool = make_pool(cfg)
     try:
         while agent_steps * repeat < cfg.run.steps:
             pool.check()
