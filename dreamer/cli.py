@@ -104,6 +104,10 @@ def train_main(argv: list[str] | None = None) -> int:
 
     if cfg.jax.platform:
         jax.config.update("jax_platforms", cfg.jax.platform)
+    if cfg.parallel.devices > 1:
+        # On a machine without accelerators, N devices are N fake CPU devices (for trying the
+        # data-parallel path); the setting does not touch GPU or TPU backends.
+        jax.config.update("jax_num_cpu_devices", cfg.parallel.devices)
     from dreamer import runner
 
     def terminate(signum, frame):
