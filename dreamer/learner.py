@@ -48,13 +48,20 @@ class Learner:
         self._cpu = jax.devices("cpu")[0]
         self._params: tuple[int, Any] | None = None
 
-    def update(self, batch: dict[str, np.ndarray], key: jax.Array) -> dict[str, jax.Array]:
-        """One update on `batch` [self.batch_size, T, ...]; returns metrics without waiting for
-        them (the next batch is sampled while the devices compute)."""
+    def place(self, batch: dict[str, np.ndarray]) -> Any:
+        """Host batch [self.batch_size, T, ...] -> split over the learner devices."""
+        return batch if self._parallel is None else self._parallel.shard(batch)
+
+    def update(self, batch: Any, key: jax.Array) -> dict[str, jax.Array]:
+        """One update on a host batch [self.batch_size, T, ...] or one already `place`d;
+        returns metrics without waiting for them (the next batch is sampled while the devices
+        compute)."""
+        if isinstance(batch["is_first"], np.ndarray):
+            batch = self.place(batch)
         if self._parallel is None:
             self.state, metrics = self.agent.train_step(self.state, batch, key)
         else:
-            self.state, metrics = self._parallel(self.state, self._parallel.shard(batch), key)
+            self.state, metrics = self._parallel(self.state, batch, key)
         self.updates += 1
         return metrics
 

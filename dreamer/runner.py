@@ -15,6 +15,7 @@ from dreamer.config import Config
 from dreamer.envs import Env, make_env
 from dreamer.learner import Learner, setup_distributed
 from dreamer.logging import Logger, make_logger
+from dreamer.parallel import Prefetcher
 from dreamer.replay import Replay
 
 Policy = Callable[[dict[str, np.ndarray]], np.ndarray]
@@ -209,6 +210,7 @@ def run_with_actors(cfg: Config, logger: Logger, replay: Replay, eval_env: Env
 
     The learner trains whenever it owes updates for the steps received (the train ratio) and
     otherwise waits for steps; the time it waits after prefill is `learner/wait_fraction`.
+    Batches are sampled and copied to the devices ahead of time by a background thread.
     """
     from dreamer.actors import make_pool
 
@@ -225,6 +227,7 @@ def run_with_actors(cfg: Config, logger: Logger, replay: Replay, eval_env: Env
     waited = 0.0
     totals = {"actors/restarts": 0, "actors/env_restarts": 0}
     pool = make_pool(cfg)
+    prefetch: Prefetcher | None = None  # samples and places batches in a background thread
     try:
         while agent_steps * repeat < cfg.run.steps:
             pool.check()
@@ -233,8 +236,11 @@ def run_with_actors(cfg: Config, logger: Logger, replay: Replay, eval_env: Env
                 owed = int((agent_steps - cfg.run.prefill / repeat) * cfg.run.train_ratio
                            / batch_steps) + 1 - learner.updates
             if owed > 0:
+                if prefetch is None:  # replay holds enough steps from here on
+                    prefetch = Prefetcher(lambda: replay.sample(learner.batch_size),
+                                          learner.place)
                 key, step_key = jax.random.split(key)
-                pending.append(learner.update(replay.sample(learner.batch_size), step_key))
+                pending.append(learner.update(prefetch.next(), step_key))
                 if learner.updates - published >= publish_every:
                     pool.publish(learner.updates, jax.device_get(learner.params()))
                     published = learner.updates
@@ -276,7 +282,9 @@ def run_with_actors(cfg: Config, logger: Logger, replay: Replay, eval_env: Env
                     "fps/env": (agent_steps - last_log_steps) * repeat / elapsed,
                     "fps/train": (learner.updates - last_log_updates) * batch_steps / elapsed,
                     "learner/updates_per_s": (learner.updates - last_log_updates) / elapsed,
-                    "learner/wait_fraction": waited / elapsed})
+                    "learner/wait_fraction": waited / elapsed,
+                    **({"learner/batch_wait_fraction": prefetch.wait_fraction()}
+                       if prefetch is not None else {})})
                 last_log, last_log_steps, last_log_updates, waited = (
                     now, agent_steps, learner.updates, 0.0)
         evals = evaluate(eval_policy, learner.params(), eval_env, cfg.run.eval_episodes, repeat)
@@ -287,6 +295,8 @@ def run_with_actors(cfg: Config, logger: Logger, replay: Replay, eval_env: Env
         logger.write(agent_steps * repeat, {**averages.flush(), **evals, **totals,
                                             "train/updates": learner.updates})
     finally:
+        if prefetch is not None:
+            prefetch.close()
         pool.close()
         replay.save()
         logger.close()

@@ -107,6 +107,7 @@ def test_training_with_actor_processes_keeps_the_train_ratio(tmp_path):
     assert abs(last["train/updates"] - expected) <= slack
     keys = set().union(*lines)
     for key in ("actors/staleness", "fps/actor", "learner/wait_fraction", "actors/restarts",
+                "learner/batch_wait_fraction",
                 "actors/env_restarts", "learner/updates_per_s", "episode/score"):
         assert key in keys, key
     staleness = [line["actors/staleness"] for line in lines if "actors/staleness" in line]
