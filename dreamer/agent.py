@@ -138,7 +138,10 @@ class Agent:
         return jax.vmap(jax.random.fold_in, (None, 0))(key, index)
 
     def train_step(self, state: TrainState, batch: Batch, key: jax.Array):
-        """One update: (state, batch [B, T, ...], key) -> (state, metrics)."""
+        """One update: (state, batch [B, T, ...], key) -> (state, metrics).
+
+        `metrics['nonfinite']` is 1 when the loss or a gradient was not finite; the update is
+        then skipped and the returned state equals the input state."""
         b, t = batch["is_first"].shape
         chex.assert_shape(batch["action"], (b, t, self.act_dim))
         grads, (metrics, retnorm) = jax.grad(self.loss, has_aux=True)(
@@ -153,8 +156,14 @@ class Agent:
             metrics[f"grad_norm/{group}"] = optax.tree.norm(grads[group])
             metrics[f"param_norm/{group}"] = optax.tree.norm(params[group])
         metrics = mean_over(metrics, self.axis_name)
-        state = TrainState(params=params, slow_critic=slow, opt_state=opt_state,
-                           retnorm=retnorm, step=state.step + 1)
+        new = TrainState(params=params, slow_critic=slow, opt_state=opt_state,
+                         retnorm=retnorm, step=state.step + 1)
+        # A non-finite loss or gradient leaves the whole state as it was (every device sees the
+        # same averaged values, so all skip together); the runner counts these.
+        finite = jnp.isfinite(metrics["loss/total"]) & jnp.all(jnp.stack(
+            [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+        metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
         return state, metrics
 
     # ----------------------------------------------------------------------------- acting

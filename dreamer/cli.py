@@ -121,6 +121,9 @@ def train_main(argv: list[str] | None = None) -> int:
     except (ConfigError, EnvError) as e:
         print(f"dreamer-train: {e}", file=sys.stderr)
         return 2
+    except runner.NonFiniteError as e:
+        print(f"dreamer-train: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("dreamer-train: stopped; replay saved under the logdir", file=sys.stderr)
         return 130

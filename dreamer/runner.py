@@ -128,6 +128,40 @@ class Averages:
         return out
 
 
+class NonFiniteError(RuntimeError):
+    """Too many consecutive updates had a non-finite loss or gradients."""
+
+
+class UpdateMetrics:
+    """Metrics of updates not yet fetched from the devices. On fetching, the finite updates'
+    metrics go into the averages and the skipped (non-finite) ones are counted; `limit`
+    consecutive skips stop training."""
+
+    def __init__(self, limit: int):
+        self.pending: list[dict[str, Any]] = []
+        self.limit, self.skips, self.in_a_row = limit, 0, 0
+
+    def add(self, metrics: dict[str, Any]) -> None:
+        self.pending.append(metrics)
+
+    def flush(self, averages: Averages) -> dict[str, float]:
+        for metrics in jax.device_get(self.pending):
+            if float(metrics.pop("nonfinite")) > 0:
+                self.skips += 1
+                self.in_a_row += 1
+            else:
+                self.in_a_row = 0
+                averages.add(metrics, "train/")
+        self.pending.clear()
+        if self.limit and self.in_a_row >= self.limit:
+            raise NonFiniteError(
+                f"training stopped: the last {self.in_a_row} updates had a non-finite loss or "
+                "gradients and were skipped, so the train state is still the last finite one. "
+                "Check observations and rewards for NaN/inf, or lower the learning rates "
+                "(opt.model_lr, opt.actor_lr, opt.critic_lr); run.max_nonfinite sets the limit.")
+        return {"train/nonfinite_skips": float(self.skips)}
+
+
 def run(cfg: Config, logger: Logger | None = None) -> dict[str, float]:
     """Train an agent as configured; returns the last evaluation metrics."""
     setup_distributed(cfg)
@@ -154,7 +188,7 @@ def run(cfg: Config, logger: Logger | None = None) -> dict[str, float]:
     agent_steps, last_eval = 0, 0
     batch_steps = learner.batch_size * cfg.batch_length
     averages, last_log, last_log_steps, last_log_updates = Averages(), time.time(), 0, 0
-    pending: list[dict[str, jax.Array]] = []  # metrics not yet fetched from the devices
+    pending = UpdateMetrics(cfg.run.max_nonfinite)
     evals: dict[str, float] = {}
     try:
         while agent_steps * repeat < cfg.run.steps:
@@ -173,7 +207,7 @@ def run(cfg: Config, logger: Logger | None = None) -> dict[str, float]:
                            / batch_steps) + 1 - learner.updates
                 for _ in range(max(0, owed)):
                     key, step_key = jax.random.split(key)
-                    pending.append(learner.update(replay.sample(learner.batch_size), step_key))
+                    pending.add(learner.update(replay.sample(learner.batch_size), step_key))
             if cfg.run.eval_every and agent_steps * repeat - last_eval >= cfg.run.eval_every:
                 last_eval = agent_steps * repeat
                 evals = evaluate(eval_policy, learner.params(), eval_env, cfg.run.eval_episodes,
@@ -181,21 +215,18 @@ def run(cfg: Config, logger: Logger | None = None) -> dict[str, float]:
                 logger.write(agent_steps * repeat, evals)
             now = time.time()
             if now - last_log >= cfg.run.log_every:
-                for metrics in jax.device_get(pending):
-                    averages.add(metrics, "train/")
-                pending.clear()
+                skips = pending.flush(averages)
                 elapsed = now - last_log
                 logger.write(agent_steps * repeat, {
-                    **averages.flush(), **replay.stats, "train/updates": learner.updates,
+                    **averages.flush(), **replay.stats, **skips, "train/updates": learner.updates,
                     "fps/env": (agent_steps - last_log_steps) * repeat / elapsed,
                     "fps/train": (learner.updates - last_log_updates) * batch_steps / elapsed})
                 last_log, last_log_steps, last_log_updates = now, agent_steps, learner.updates
         evals = evaluate(eval_policy, learner.params(), eval_env, cfg.run.eval_episodes, repeat)
-        for metrics in jax.device_get(pending):
-            averages.add(metrics, "train/")
+        skips = pending.flush(averages)
         learner.check_replicas()
         logger.write(agent_steps * repeat,
-                     {**averages.flush(), **evals, "train/updates": learner.updates})
+                     {**averages.flush(), **evals, **skips, "train/updates": learner.updates})
     finally:
         replay.save()
         logger.close()
@@ -222,7 +253,7 @@ def run_with_actors(cfg: Config, logger: Logger, replay: Replay, eval_env: Env
     batch_steps = learner.batch_size * cfg.batch_length
     publish_every = max(1, cfg.actors.max_staleness // 2)
     agent_steps, last_eval, published = 0, 0, -1
-    averages, pending, evals = Averages(), [], {}
+    averages, pending, evals = Averages(), UpdateMetrics(cfg.run.max_nonfinite), {}
     last_log, last_log_steps, last_log_updates = time.time(), 0, 0
     waited = 0.0
     totals = {"actors/restarts": 0, "actors/env_restarts": 0}
@@ -240,7 +271,7 @@ def run_with_actors(cfg: Config, logger: Logger, replay: Replay, eval_env: Env
                     prefetch = Prefetcher(lambda: replay.sample(learner.batch_size),
                                           learner.place)
                 key, step_key = jax.random.split(key)
-                pending.append(learner.update(prefetch.next(), step_key))
+                pending.add(learner.update(prefetch.next(), step_key))
                 if learner.updates - published >= publish_every:
                     pool.publish(learner.updates, jax.device_get(learner.params()))
                     published = learner.updates
@@ -271,13 +302,11 @@ def run_with_actors(cfg: Config, logger: Logger, replay: Replay, eval_env: Env
                 logger.write(agent_steps * repeat, evals)
             now = time.time()
             if now - last_log >= cfg.run.log_every:
-                for metrics in jax.device_get(pending):
-                    averages.add(metrics, "train/")
-                pending.clear()
+                skips = pending.flush(averages)
                 elapsed = now - last_log
                 totals["actors/restarts"] = pool.restarts
                 logger.write(agent_steps * repeat, {
-                    **averages.flush(), **replay.stats, **totals,
+                    **averages.flush(), **replay.stats, **totals, **skips,
                     "train/updates": learner.updates,
                     "fps/env": (agent_steps - last_log_steps) * repeat / elapsed,
                     "fps/train": (learner.updates - last_log_updates) * batch_steps / elapsed,
@@ -288,11 +317,10 @@ def run_with_actors(cfg: Config, logger: Logger, replay: Replay, eval_env: Env
                 last_log, last_log_steps, last_log_updates, waited = (
                     now, agent_steps, learner.updates, 0.0)
         evals = evaluate(eval_policy, learner.params(), eval_env, cfg.run.eval_episodes, repeat)
-        for metrics in jax.device_get(pending):
-            averages.add(metrics, "train/")
+        skips = pending.flush(averages)
         learner.check_replicas()
         totals["actors/restarts"] = pool.restarts
-        logger.write(agent_steps * repeat, {**averages.flush(), **evals, **totals,
+        logger.write(agent_steps * repeat, {**averages.flush(), **evals, **totals, **skips,
                                             "train/updates": learner.updates})
     finally:
         if prefetch is not None:

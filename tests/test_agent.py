@@ -246,3 +246,14 @@ def test_dynamics_gradients_reach_actor_not_world_model(kind, request, perturb_h
     for module in WM_MODULES:
         assert_all_zero(grads["wm"][module], f"wm/{module}")
     assert_all_zero(grads["critic"], "critic")
+
+
+def test_nonfinite_update_is_skipped(discrete_case):
+    case = discrete_case
+    batch = {**case.batch, "reward": case.batch["reward"].copy()}
+    batch["reward"][1, 3] = np.nan
+    state, metrics = case.train_step(case.fresh_state(), batch, jax.random.key(4))
+    assert float(metrics["nonfinite"]) == 1.0
+    chex.assert_trees_all_equal(state, case.state)  # nothing moved, not even the step counter
+    state, metrics = case.train_step(case.fresh_state(), case.batch, jax.random.key(4))
+    assert float(metrics["nonfinite"]) == 0.0 and int(state.step) == 1

@@ -50,3 +50,15 @@ def test_env_action_conversion():
     assert runner.to_env_action(np.array([0.0, 1.0, 0.0]), discrete=True) == 1
     np.testing.assert_allclose(
         runner.to_env_action(np.array([1.5, -0.2]), discrete=False), [1.0, -0.2])
+
+
+def test_update_metrics_count_skips_and_stop_after_the_limit():
+    tracker = runner.UpdateMetrics(limit=3)
+    averages = runner.Averages()
+    for bad in (0, 1, 1, 0, 1, 1):
+        tracker.add({"nonfinite": np.float32(bad), "loss/total": np.float32(np.nan if bad else 2)})
+    assert tracker.flush(averages) == {"train/nonfinite_skips": 4.0}
+    assert averages.flush() == {"train/loss/total": 2.0}  # skipped updates are not averaged
+    tracker.add({"nonfinite": np.float32(1), "loss/total": np.float32(np.nan)})
+    with pytest.raises(runner.NonFiniteError, match="last 3 updates had a non-finite loss"):
+        tracker.flush(averages)
