@@ -1,0 +1,76 @@
+"""Checkpoints of a run under `logdir/checkpoints`: the train state pytree (orbax, bit-exact) and
+a JSON record of everything else a resume needs (counters, RNG state, config, W&B run id).
+
+orbax writes each checkpoint into a temporary folder and renames it when complete, so a process
+killed mid-save leaves no half-written step among `steps()`. A step whose files are damaged or
+foreign is skipped in favour of the previous one, with a warning; a folder holding no readable
+checkpoint at all is a `CheckpointError` that names the folder and what to do.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint where one was expected."""
+
+
+def abstract(tree: Any) -> Any:
+    """Shapes, dtypes and shardings of `tree`: the target orbax restores into (so optax
+    NamedTuples come back as NamedTuples, not lists)."""
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+class Checkpointer:
+    """Saves and restores (state, meta) pairs, keeping the newest `keep`."""
+
+    def __init__(self, directory: str | Path, keep: int = 3):
+        self.directory = Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                               enable_async_checkpointing=False)
+        self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                              item_names=("state", "meta"))
+
+    def steps(self) -> list[int]:
+        """Completed checkpoints, oldest first."""
+        self._manager.reload()
+        return sorted(self._manager.all_steps())
+
+    def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
+        """Writes checkpoint `step` (blocking until it is complete on disk)."""
+        self._manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+        self._manager.wait_until_finished()
+
+    def restore(self, target: Any) -> tuple[int, Any, dict[str, Any]] | None:
+        """The newest readable checkpoint as (step, state, meta), restored into `target`'s
+        structure (an abstract tree from `abstract`); None when there is none at all."""
+        steps = self.steps()
+        if not steps:
+            return None
+        failures = []
+        for step in reversed(steps):
+            try:
+                out = self._manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+            except Exception as e:  # noqa: BLE001 (damaged or foreign: fall back to an older one)
+                failures.append(f"step {step}: {type(e).__name__}: {e}")
+                warnings.warn(f"checkpoint {self.directory / str(step)} cannot be read "
+                              f"({type(e).__name__}); trying the previous one", stacklevel=2)
+                continue
+            return step, out["state"], dict(out["meta"])
+        raise CheckpointError(
+            f"no readable checkpoint in {self.directory} (tried steps {steps}): "
+            + "; ".join(failures)
+            + ". Move the folder away to start afresh, or point --logdir elsewhere.")
+
+    def close(self) -> None:
+        self._manager.close()
