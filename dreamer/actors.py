@@ -176,12 +176,46 @@ class _Actor:
 
 
 class _Poller:
-    """Reads the actors' queues in turn (`num`, `out_queues`, `errors` set by subclasses)."""
+    """Offers params to and reads steps from the actors' queues (`num`, `out_queues`,
+    `params_queues`, `errors` and `_latest` are set by the subclasses)."""
 
     num: int
     out_queues: list[Any]
+    params_queues: list[Any]
     errors: list[str]
+    incarnations: list[int]
+    restarts: int
+    _latest: tuple[int, Any] | None
     _next: int = 0
+
+    def _init_slots(self, num: int) -> None:
+        """Per-actor queues and counters; then starts every actor (`_start` of the subclass)."""
+        self.out_queues = [None] * num
+        self.params_queues = [None] * num
+        self.incarnations = [0] * num
+        self.restarts = 0
+        self.errors = []
+        self._latest = None
+        self._next = 0
+        for i in range(num):
+            self._start(i)
+
+    def _start(self, i: int) -> None:
+        raise NotImplementedError
+
+    def _offer(self, version: int, params: Any) -> None:
+        """Puts (version, params) in every actor's one-slot queue, replacing an unread one."""
+        self._latest = (version, params)
+        for q in self.params_queues:
+            try:
+                while True:
+                    q.get_nowait()
+            except queue.Empty:
+                pass
+            try:
+                q.put_nowait(self._latest)
+            except queue.Full:
+                pass
 
     def poll(self, timeout: float = 0.0, limit: int = 0) -> list[tuple]:
         """Up to `limit` (0: all) waiting messages, taken from the actors in turn; waits up to
@@ -217,16 +251,8 @@ class ActorPool(_Poller):
         self.version = self._ctx.Value("q", -1)
         # Queues are per actor and per incarnation: a process killed while it holds a queue's
         # internal lock breaks that queue for good, so its successor gets new ones.
-        self.out_queues: list[Any] = [None] * num
-        self.params_queues: list[Any] = [None] * num
         self.procs: list[Any] = [None] * num
-        self.incarnations = [0] * num
-        self.restarts = 0
-        self.errors: list[str] = []
-        self._latest: tuple[int, Any] | None = None
-        self._next = 0
-        for i in range(num):
-            self._start(i)
+        self._init_slots(num)
 
     def _start(self, i: int) -> None:
         for q in (self.out_queues[i], self.params_queues[i]):
@@ -247,17 +273,7 @@ class ActorPool(_Poller):
     def publish(self, version: int, params: Any) -> None:
         """Offers `params` (host arrays) as version `version`; replaces any unread older one."""
         self.version.value = version
-        self._latest = (version, params)
-        for q in self.params_queues:
-            try:
-                while True:
-                    q.get_nowait()
-            except queue.Empty:
-                pass
-            try:
-                q.put_nowait((version, params))
-            except queue.Full:
-                pass
+        self._offer(version, params)
 
     def check(self) -> int:
         """Restarts actor processes that died; returns how many were restarted now."""
@@ -363,17 +379,9 @@ class RayActorPool(_Poller):
         self._actor_cls = RayActor
         self.control = Control.options(num_cpus=0).remote()
         self._stopped, self._version = False, -1
-        self.out_queues: list[Any] = [None] * num
-        self.params_queues: list[Any] = [None] * num
         self.actors: list[Any] = [None] * num
         self.runs: list[Any] = [None] * num
-        self.incarnations = [0] * num
-        self.restarts = 0
-        self.errors: list[str] = []
-        self._latest: tuple[int, Any] | None = None
-        self._next = 0
-        for i in range(num):
-            self._start(i)
+        self._init_slots(num)
 
     def _start(self, i: int) -> None:
         self.out_queues[i] = self._queue_cls(maxsize=QUEUE_CHUNKS * self.cfg.actors.envs)
@@ -388,17 +396,7 @@ class RayActorPool(_Poller):
     def publish(self, version: int, params: Any) -> None:
         self._version = version
         self.control.set.remote(self._stopped, version)
-        self._latest = (version, params)
-        for q in self.params_queues:
-            try:
-                while True:
-                    q.get_nowait()
-            except queue.Empty:
-                pass
-            try:
-                q.put_nowait((version, params))
-            except queue.Full:
-                pass
+        self._offer(version, params)
 
     def check(self) -> int:
         """Starts a new Ray actor for each one whose loop ended (it died or raised)."""
