@@ -203,6 +203,12 @@ class _Poller:
     def _start(self, i: int) -> None:
         raise NotImplementedError
 
+    def _restart(self, i: int) -> None:
+        """Starts actor `i` again as its next incarnation (new queues, new stream names)."""
+        self.incarnations[i] += 1
+        self.restarts += 1
+        self._start(i)
+
     def _offer(self, version: int, params: Any) -> None:
         """Puts (version, params) in every actor's one-slot queue, replacing an unread one."""
         self._latest = (version, params)
@@ -281,10 +287,8 @@ class ActorPool(_Poller):
         for i, proc in enumerate(self.procs):
             if not proc.is_alive() and not self.stop_event.is_set():
                 proc.join(timeout=0)
-                self.incarnations[i] += 1
-                self.restarts += 1
+                self._restart(i)
                 restarted += 1
-                self._start(i)
         return restarted
 
     def pids(self) -> list[int]:
@@ -409,10 +413,8 @@ class RayActorPool(_Poller):
                 except Exception as e:  # noqa: BLE001 (the actor died: recorded, replaced)
                     self.errors.append(repr(e))
                 self._ray.kill(self.actors[i], no_restart=True)
-                self.incarnations[i] += 1
-                self.restarts += 1
+                self._restart(i)
                 restarted += 1
-                self._start(i)
         return restarted
 
     def pids(self) -> list[int]:
