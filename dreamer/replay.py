@@ -138,12 +138,15 @@ class Replay:
             self._counts["inserts"] += 1
             self._evict()
 
-    def sample(self, batch: int) -> dict[str, np.ndarray]:
+    def sample(self, batch: int, rng: np.random.Generator | None = None
+               ) -> dict[str, np.ndarray]:
         """Draws `batch` sequences: key -> [batch, length, ...] with the stored dtypes.
 
         The last round(recency * batch) rows start uniformly among the `recency_window` newest
-        valid starts, the others uniformly among all valid starts.
+        valid starts, the others uniformly among all valid starts. Draws use `rng` when given
+        (e.g. for reports that must not change the training batches), else the replay's own.
         """
+        rng = self._rng if rng is None else rng
         with self._lock:
             streams = sorted((s for s in self._streams if s.chunks), key=lambda s: s.chunks[0].time)
             sizes = np.array([s.end - s.starts[0] for s in streams], np.int64)
@@ -153,9 +156,9 @@ class Replay:
                 raise ValueError(f"Replay needs {self.length} consecutive steps of one worker stream "
                                  f"to sample, the longest stream holds {longest}")
             recent = round(self.recency * batch)
-            starts = self._draw(streams, counts, batch - recent)
+            starts = self._draw(streams, counts, batch - recent, rng)
             if recent:
-                starts += self._draw(streams, self._recent(streams, counts), recent)
+                starts += self._draw(streams, self._recent(streams, counts), recent, rng)
             out = {k: np.empty((batch, self.length, *shape), dtype)
                    for k, (shape, dtype) in self._spec.items()}
             for b, (stream, pos) in enumerate(starts):
@@ -173,23 +176,19 @@ class Replay:
             todo = [c for s in self._streams for c in s.chunks if c.saved != c.length]
             for c in sorted(todo, key=lambda c: c.time):
                 path = directory / f"{c.time:020d}-{c.uuid}-{c.prev}-{c.length}.npz"
-                tmp = path.with_name(path.name + ".tmp")  # not *.npz: load never reads it
-                with open(tmp, "wb") as f:
-                    arrays = {k: v[:c.length] for k, v in c.data.items()}
-                    np.savez_compressed(f, **arrays, **{_STAMP: c.stamp[:c.length]})
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
+                _write(path, {k: v[:c.length] for k, v in c.data.items()}, c.stamp[:c.length])
                 if c.path is not None and c.path != path:
                     c.path.unlink(missing_ok=True)
                 c.path, c.saved = path, c.length
             return len(todo)
 
-    def load(self) -> int:
+    def load(self, until: int | None = None) -> int:
         """Reads the newest chunk files of `directory` (at most `capacity` steps), oldest first.
 
         Chunks whose predecessor is loaded continue its stream; steps added afterwards start new
-        streams. Returns the steps loaded.
+        streams. With `until` (the `inserts` count that `state()` recorded at a checkpoint), steps
+        inserted later, saved after that checkpoint, are dropped and their files deleted or cut,
+        so the replay matches the checkpoint exactly. Returns the steps loaded.
         """
         with self._lock:
             directory = self._directory()
@@ -197,7 +196,10 @@ class Replay:
                 raise ValueError("load() fills an empty Replay; call it before adding steps")
             if not directory.is_dir():
                 return 0
-            newest = sorted(_chunk_files(directory).values(), reverse=True)
+            files = sorted(_chunk_files(directory).values())
+            if until is not None:
+                files = [e for e in (_cut(e, until) for e in files) if e is not None]
+            newest = files[::-1]
             keep = int(np.searchsorted(np.cumsum([e[3] for e in newest]), self.capacity, "right"))
             chunks = [_read(*entry) for entry in reversed(newest[:keep])]
             for chunk in chunks:
@@ -210,8 +212,31 @@ class Replay:
                 self._size += chunk.length
                 self._next_stamp = max(self._next_stamp, int(chunk.stamp[-1]) + 1)
                 self._last_time = max(self._last_time, chunk.time)
+            if until is not None:
+                self._next_stamp = max(self._next_stamp, int(until))
             self._counts["loaded"] += self._size
             return self._size
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the step arrays held in memory (preallocated open chunks included)."""
+        with self._lock:
+            return sum(v.nbytes + c.stamp.nbytes for s in self._streams for c in s.chunks
+                       for v in c.data.values())
+
+    def state(self) -> dict:
+        """What a resume needs besides the chunk files: insert count, counters and the
+        sampling generator's state (JSON-serialisable)."""
+        with self._lock:
+            return {"inserts": self._next_stamp, "counts": dict(self._counts),
+                    "rng": self._rng.bit_generator.state}
+
+    def load_state(self, state: dict) -> None:
+        """Restores counters and the sampling generator from `state()` (after `load`)."""
+        with self._lock:
+            self._counts.update({k: int(v) for k, v in state["counts"].items()
+                                 if k != "loaded"})  # `loaded` counts this process's load
+            self._rng.bit_generator.state = state["rng"]
 
     def _directory(self) -> Path:
         if self.directory is None:
@@ -255,10 +280,11 @@ class Replay:
             if not stream.chunks and all(s is not stream for s in self._open.values()):
                 self._streams.remove(stream)
 
-    def _draw(self, streams: list[_Stream], counts: np.ndarray, n: int) -> list:
+    def _draw(self, streams: list[_Stream], counts: np.ndarray, n: int,
+              rng: np.random.Generator) -> list:
         """n (stream, start) uniform over the last counts[i] valid starts of each stream i."""
         cum = np.cumsum(counts)
-        draws = self._rng.integers(0, cum[-1], size=n)
+        draws = rng.integers(0, cum[-1], size=n)
         index = np.searchsorted(cum, draws, side="right")
         return [(streams[i], streams[i].end - self.length + 1 - int(cum[i] - r))
                 for i, r in zip(index, draws)]
@@ -291,6 +317,37 @@ def _chunk_files(directory: Path) -> dict[str, tuple[int, str, str, int, Path]]:
     return files
 
 
+def _write(path: Path, arrays: dict[str, np.ndarray], stamp: np.ndarray) -> None:
+    """Writes a chunk file atomically (via a temporary name that `load` never reads)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays, **{_STAMP: stamp})
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _cut(entry: tuple[int, str, str, int, Path], until: int
+         ) -> tuple[int, str, str, int, Path] | None:
+    """The chunk file `entry` without its steps stamped `until` or later: unchanged when it has
+    none, rewritten shorter when it has some, deleted (None) when all are."""
+    time_ns, uid, prev, length, path = entry
+    try:
+        with np.load(path) as archive:
+            stamp = archive[_STAMP]
+    except _READ_ERRORS:
+        return entry  # `_read` reports it
+    keep = int(np.searchsorted(stamp, until, "left"))
+    if keep == length:
+        return entry
+    if keep > 0:
+        chunk = _read(*entry)
+        short = path.with_name(f"{time_ns:020d}-{uid}-{prev}-{keep}.npz")
+        _write(short, {k: v[:keep] for k, v in chunk.data.items()}, chunk.stamp[:keep])
+    path.unlink()
+    return (time_ns, uid, prev, keep, short) if keep > 0 else None
+
+
 def _read(time_ns: int, uid: str, prev: str, length: int, path: Path) -> _Chunk:
     try:
         with np.load(path) as archive:
@@ -305,3 +362,13 @@ def _read(time_ns: int, uid: str, prev: str, length: int, path: Path) -> _Chunk:
     return _Chunk(uid, prev, time_ns, data, stamp.astype(np.int64), length,
                   sealed=True, saved=length, path=path)
 
+
+
+def stored_stamps(directory: str | Path) -> np.ndarray:
+    """Insert indices of every step in the chunk files of `directory` (each chunk's longest
+    file), sorted: a replay saved without loss or duplication holds 0, 1, ..., inserts - 1."""
+    stamps = [np.zeros(0, np.int64)]
+    for entry in _chunk_files(Path(directory)).values():
+        with np.load(entry[4]) as archive:
+            stamps.append(archive[_STAMP].astype(np.int64))
+    return np.sort(np.concatenate(stamps))

@@ -303,3 +303,38 @@ def test_load_of_missing_directory_is_empty(tmp_path):
     assert Replay(capacity=10, length=2, directory=tmp_path / "none").load() == 0
     with pytest.raises(ValueError, match="directory"):
         Replay(capacity=10, length=2).save()
+
+
+def test_load_until_drops_steps_saved_after_the_checkpoint(tmp_path):
+    """Steps saved after the checkpoint's insert count are dropped from memory and from disk, so
+    a later resume sees exactly the checkpoint's replay and new steps take over their stamps."""
+    replay = Replay(capacity=1000, length=2, directory=tmp_path, chunk=4, seed=0)
+    fill(replay, workers=2, steps=5)
+    replay.save()
+    replay.sample(3)
+    state = replay.state()
+    assert state["inserts"] == 10
+    fill(replay, workers=2, steps=3, start=100)  # then a kill before the checkpoint
+    replay.save()
+    loaded = Replay(capacity=1000, length=2, directory=tmp_path, chunk=4, seed=0)
+    assert loaded.load(until=state["inserts"]) == 10
+    loaded.load_state(state)
+    stamps = sorted(int(s) for p in tmp_path.glob("*.npz") for s in np.load(p)["_stamp"])
+    assert stamps == list(range(10))
+    fill(loaded, workers=1, steps=4, start=200)
+    loaded.save()
+    again = Replay(capacity=1000, length=2, directory=tmp_path, chunk=4, seed=0)
+    assert again.load() == 14
+    stamps = sorted(int(s) for p in tmp_path.glob("*.npz") for s in np.load(p)["_stamp"])
+    assert stamps == list(range(14))
+    # The sampling generator continues where the state was taken.
+    assert loaded.state()["rng"] == state["rng"] != Replay(1000, 2, seed=0).state()["rng"]
+
+
+def test_replay_memory_benchmark_counts_bytes_per_step():
+    from dreamer.benchmark import replay_memory
+
+    out = replay_memory(capacity=1024, size=(16, 16), chunk=128)
+    step_bytes = 16 * 16 * 3 + 6 * 4 + 4 + 3 + 8  # image, action, reward, flags, stamp
+    assert step_bytes <= out["bytes_per_step_arrays"] <= step_bytes * 1.2
+    assert out["steps_stored"] <= 1024 and 0 < out["bytes_per_step_disk"] < step_bytes
