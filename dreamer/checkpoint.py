@@ -23,6 +23,35 @@ class CheckpointError(RuntimeError):
     """No usable checkpoint where one was expected."""
 
 
+# Config keys that shape the train state or the replayed data: a checkpoint continues only
+# under the same values. Loss scales, learning rates, ratios and the like may change on resume.
+STRUCTURE_KEYS = (
+    "env.task", "env.obs", "env.size", "env.gray",
+    *(f"model.{k}" for k in ("deter", "hidden", "stoch", "classes", "blocks", "depth", "mults",
+                             "kernel", "units", "enc_layers", "dec_layers", "head_layers",
+                             "img_layers", "obs_layers", "dyn_layers", "bspace", "bins", "norm")),
+    "ac.layers",
+)
+# Optimiser settings whose on/off switch adds or removes optimiser state.
+SWITCH_KEYS = ("opt.agc", "opt.beta1", "opt.warmup")
+
+
+def incompatible_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """'key: saved -> current' for each structural key whose value differs (flat dicts)."""
+    out = []
+    for key in STRUCTURE_KEYS:
+        if key in saved and _plain(saved[key]) != _plain(current[key]):
+            out.append(f"{key}: {_plain(saved[key])} -> {_plain(current[key])}")
+    for key in SWITCH_KEYS:
+        if key in saved and (saved[key] > 0) != (current[key] > 0):
+            out.append(f"{key}: {saved[key]} -> {current[key]} (switches it on or off)")
+    return out
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
 def abstract(tree: Any) -> Any:
     """Shapes, dtypes and shardings of `tree`: the target orbax restores into (so optax
     NamedTuples come back as NamedTuples, not lists)."""
@@ -45,10 +74,25 @@ class Checkpointer:
         return sorted(self._manager.all_steps())
 
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
-        """Writes checkpoint `step` (blocking until it is complete on disk)."""
+        """Writes checkpoint `step` (blocking until it is complete on disk); one already at
+        `step` is replaced."""
+        if step in self.steps():
+            self._manager.delete(step)
         self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
         self._manager.wait_until_finished()
+
+    def latest_meta(self) -> dict[str, Any] | None:
+        """The meta record of the newest checkpoint whose record is readable (None if none), read
+        without the state: enough to check a config against the checkpoint before building."""
+        for step in reversed(self.steps()):
+            try:
+                out = self._manager.restore(step, args=ocp.args.Composite(
+                    meta=ocp.args.JsonRestore()))
+            except Exception:  # noqa: BLE001, S112 (`restore` reports damaged checkpoints)
+                continue
+            return dict(out["meta"])
+        return None
 
     def restore(self, target: Any) -> tuple[int, Any, dict[str, Any]] | None:
         """The newest readable checkpoint as (step, state, meta), restored into `target`'s
