@@ -166,6 +166,11 @@ class Agent:
         metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
         return state, metrics
 
+    def report(self, params: dict[str, Any], batch: Batch, key: jax.Array, context: int):
+        """Open-loop prediction and reconstruction videos of a replayed batch (see
+        `world_model.report`)."""
+        return world_model.report(self.nets, params["wm"], batch, key, context)
+
     # ----------------------------------------------------------------------------- acting
     def policy_initial(self, batch: int):
         """Initial policy carry for `batch` environments: (model state, previous action)."""

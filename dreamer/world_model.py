@@ -114,3 +114,58 @@ def loss(nets: Nets, params: Any, batch: dict[str, jax.Array], key: jax.Array, c
         "wm/cont_acc": ((con_logits > 0) == (cont > 0.5)).mean(),
     })
     return total.mean(), (metrics, WMOut(states, feat))
+
+
+def report(nets: Nets, params: Any, batch: dict[str, jax.Array], key: jax.Array,
+           context: int) -> dict[str, jax.Array]:
+    """What the world model sees and imagines on replayed image sequences (for logging).
+
+    The posterior filters all T steps and its decoding is the reconstruction. For the open-loop
+    prediction, the model observes the first `context` frames and then imagines the rest from
+    the recorded actions alone, without seeing further frames. Each video shows
+    real | model | error side by side, error as (model - real + 1) / 2.
+    Returns `recon` and `openloop` videos uint8 [B, T, H, 3W, C] and their mean squared errors
+    per pixel (`recon_mse` over all steps, `openloop_mse` over the imagined ones); empty when
+    the observations hold no image.
+    """
+    if "image" not in batch:
+        return {}
+    b, t = batch["is_first"].shape
+    if not 0 < context < t:
+        raise ValueError(f"report context must lie in [1, {t - 1}] for sequences of {t} steps, "
+                         f"got {context}")
+    k_obs, k_img = jax.random.split(key)
+    embed = encode(nets, params, obs_of(batch))
+    prev_action = jnp.concatenate(
+        [jnp.zeros_like(batch["action"][:, :1]), batch["action"][:, :-1]], 1)
+    _, states, _, _ = rssm_lib.observe(nets.rssm, params["rssm"], rssm_lib.initial(nets.rssm, b),
+                                       prev_action, embed, batch["is_first"], k_obs)
+
+    def step(state, inputs):
+        action, k = inputs
+        state, _ = nets.rssm.apply({"params": params["rssm"]}, state, action, k,
+                                   method="img_step")
+        return state, state
+
+    start = jax.tree.map(lambda x: x[:, context - 1], states)
+    actions = jnp.swapaxes(batch["action"][:, context - 1:-1], 0, 1)
+    _, imagined = jax.lax.scan(step, start, (actions, jax.random.split(k_img, t - context)))
+    imagined = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), imagined)
+
+    def decode(states):
+        n = states["deter"].shape[1]
+        flat = jax.tree.map(lambda x: x.reshape((b * n, *x.shape[2:])), states)
+        image = nets.dec.apply({"params": params["dec"]}, flat["deter"], flat["stoch"])["image"]
+        return jnp.clip(image.reshape((b, n, *image.shape[1:])).astype(jnp.float32), 0.0, 1.0)
+
+    real = batch["image"].astype(jnp.float32) / 255.0
+    recon = decode(states)
+    openloop = jnp.concatenate([recon[:, :context], decode(imagined)], 1)
+
+    def video(model):
+        frames = jnp.concatenate([real, model, (model - real + 1.0) / 2.0], -2)
+        return jnp.round(frames * 255.0).astype(jnp.uint8)
+
+    return {"recon": video(recon), "openloop": video(openloop),
+            "recon_mse": jnp.mean(jnp.square(recon - real)),
+            "openloop_mse": jnp.mean(jnp.square(openloop - real)[:, context:])}

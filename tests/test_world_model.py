@@ -260,3 +260,36 @@ def test_updates_on_a_fixed_batch_lower_the_world_model_loss(discrete_case):
     assert losses[-1] < 0.95 * losses[0], losses
     assert np.mean(losses[-5:]) < np.mean(losses[:5]), losses
     assert (np.diff(losses) < 0).mean() > 0.8, losses
+
+
+def test_report_videos_show_real_model_and_error(discrete_case):
+    """The open-loop prediction sees only the first `context` frames: changing later frames
+    changes the reconstruction but not the imagination."""
+    agent, params, batch = discrete_case.agent, discrete_case.state.params, discrete_case.batch
+    report = jax.jit(agent.report, static_argnames="context")
+    context = 3
+    out = jax.device_get(report(params, batch, jax.random.key(0), context=context))
+    b, t, h, w, c = batch["image"].shape
+    for name in ("recon", "openloop"):
+        video = out[name]
+        assert video.shape == (b, t, h, 3 * w, c) and video.dtype == np.uint8
+        np.testing.assert_array_equal(video[..., :w, :], batch["image"])  # real
+        model = video[..., w:2 * w, :].astype(np.float64)
+        error = video[..., 2 * w:, :].astype(np.float64)
+        expected = np.round(((model - batch["image"]) / 255.0 + 1.0) / 2.0 * 255.0)
+        np.testing.assert_allclose(error, expected, atol=1.0)
+    np.testing.assert_array_equal(out["openloop"][:, :context], out["recon"][:, :context])
+    assert np.isfinite(out["recon_mse"]) and np.isfinite(out["openloop_mse"])
+
+    later = {**batch, "image": batch["image"].copy()}
+    later["image"][:, context:] = 255 - later["image"][:, context:]
+    changed = jax.device_get(report(params, later, jax.random.key(0), context=context))
+    np.testing.assert_array_equal(changed["openloop"][:, :, :, w:2 * w],
+                                  out["openloop"][:, :, :, w:2 * w])
+    assert not np.array_equal(changed["recon"][:, context:, :, w:2 * w],
+                              out["recon"][:, context:, :, w:2 * w])
+
+
+def test_report_is_empty_without_images(continuous_case):
+    agent, case = continuous_case.agent, continuous_case
+    assert agent.report(case.state.params, case.batch, jax.random.key(0), context=2) == {}
