@@ -2,13 +2,16 @@
 
 The library returns metrics and never prints; the launcher builds a logger with `make_logger` and
 passes it to the training loop. An output is anything with `write(step, metrics)` and `close()`
-(see `Output`), so further backends (e.g. W&B) plug in without changing callers.
+(see `Output`). Metrics are scalars or videos: uint8 arrays [T, H, W, C], or [B, T, H, W, C] shown
+as B rows. Console and `metrics.jsonl` take the scalars; `WandbOutput` also takes the videos and is
+the only code that knows W&B.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -22,10 +25,13 @@ __all__ = [
     "JSONLOutput",
     "Logger",
     "Output",
+    "WandbOutput",
     "format_duration",
     "format_steps",
     "make_logger",
     "scalars",
+    "videos",
+    "wandb_mode",
 ]
 
 # Console shows the first of these keys that a write contains.
@@ -68,6 +74,23 @@ def scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
                 out[key] = float(array)
             except (TypeError, ValueError):
                 continue
+    return out
+
+
+def videos(metrics: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The video entries of `metrics` as uint8 [T, H, W, C] (a batch [B, T, H, W, C] is stacked
+    into B rows of one video)."""
+    out = {}
+    for key, value in metrics.items():
+        if not (hasattr(value, "shape") and hasattr(value, "dtype")):
+            continue
+        array = np.asarray(value)
+        if array.dtype != np.uint8 or array.ndim not in (4, 5) or array.shape[-1] not in (1, 3):
+            continue
+        if array.ndim == 5:
+            b, t, h, w, c = array.shape
+            array = array.transpose(1, 0, 2, 3, 4).reshape(t, b * h, w, c)
+        out[key] = array
     return out
 
 
@@ -173,6 +196,59 @@ class ConsoleOutput:
         pass
 
 
+def wandb_mode(mode: str) -> str:
+    """W&B mode for the `logger.mode` setting: `auto` is $WANDB_MODE when set, else online when
+    W&B credentials exist ($WANDB_API_KEY or a netrc entry for api.wandb.ai), else offline."""
+    if mode not in ("auto", "online", "offline", "disabled"):
+        raise ValueError(f"logger.mode must be auto, online, offline or disabled, not {mode!r}")
+    if mode != "auto":
+        return mode
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return "online" if "api.wandb.ai" in netrc.read_text() else "offline"
+    except OSError:
+        return "offline"
+
+
+class WandbOutput:
+    """Logs scalars and videos (mp4) to a Weights & Biases run whose files live under
+    `logdir/wandb`. Passing the `run_id` of an earlier run resumes it; offline runs upload later
+    with `wandb sync logdir/wandb/offline-run-*`. Steps are environment steps (`env_step`), so a
+    resumed run may log a step again without W&B dropping it."""
+
+    def __init__(self, logdir: str | Path, config: Mapping[str, Any], run_id: str, *,
+                 project: str = "dreamer", entity: str = "", group: str = "",
+                 tags: Iterable[str] = (), mode: str = "auto", fps: int = 16) -> None:
+        import wandb
+
+        self._wandb = wandb
+        self.fps = fps
+        self.mode = wandb_mode(mode)
+        self.run = wandb.init(
+            project=project, entity=entity or None, group=group or None,
+            tags=list(tags) or None, dir=str(logdir), id=run_id, resume="allow",
+            name=Path(logdir).name, config=dict(config), mode=self.mode,
+            settings=wandb.Settings(console="off", silent=True))
+        self.run.define_metric("env_step")
+        self.run.define_metric("*", step_metric="env_step")
+
+    def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+        data: dict[str, Any] = {"env_step": int(step), **scalars(metrics)}
+        for key, video in videos(metrics).items():
+            frames = video.transpose(0, 3, 1, 2)  # [T, C, H, W]
+            data[key] = self._wandb.Video(frames, fps=self.fps, format="mp4")
+        self.run.log(data)
+
+    def close(self) -> None:
+        if self.run is not None:
+            self.run.finish()
+            self.run = None
+
+
 class Logger:
     """Fans each `write(step, metrics)` out to every output; usable as a context manager."""
 
@@ -196,9 +272,12 @@ class Logger:
 
 
 def make_logger(logdir: str | Path, total_steps: int, console: bool = True,
-                start_step: int = 0) -> Logger:
-    """A logger writing `logdir/metrics.jsonl` and, with `console`, a progress line per write."""
+                start_step: int = 0, wandb: Mapping[str, Any] | None = None) -> Logger:
+    """A logger writing `logdir/metrics.jsonl`, with `console` a progress line per write, and
+    with `wandb` (keyword arguments of `WandbOutput`: config, run_id, project, ...) W&B too."""
     outputs: list[Output] = [JSONLOutput(logdir)]
     if console:
         outputs.append(ConsoleOutput(total_steps, start_step=start_step))
+    if wandb is not None:
+        outputs.append(WandbOutput(logdir, **wandb))
     return Logger(outputs)

@@ -146,3 +146,28 @@ def test_make_logger(tmp_path, capsys):
     quiet.write(2000, {})
     quiet.close()
     assert capsys.readouterr().out == ""
+
+
+def test_videos_are_uint8_frames_with_batches_stacked_as_rows():
+    from dreamer.logging import videos
+
+    batch = np.zeros((2, 5, 4, 6, 3), np.uint8)
+    batch[1] = 7
+    out = videos({"a": batch, "b": batch[0], "loss": 1.0, "floats": batch.astype(np.float32)})
+    assert set(out) == {"a", "b"}
+    assert out["a"].shape == (5, 8, 6, 3) and (out["a"][:, 4:] == 7).all()
+
+
+def test_wandb_mode_auto_follows_env_and_credentials(monkeypatch, tmp_path):
+    from dreamer.logging import wandb_mode
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    assert wandb_mode("auto") == "offline"
+    (tmp_path / "netrc").write_text("machine api.wandb.ai login user password x\n")
+    assert wandb_mode("auto") == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert wandb_mode("auto") == "disabled" and wandb_mode("offline") == "offline"
+    with pytest.raises(ValueError, match="logger.mode"):
+        wandb_mode("cloud")
