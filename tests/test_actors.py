@@ -143,5 +143,10 @@ def test_sigterm_stops_training_and_actors(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, proc.stdout.read()
+    # Helpers such as multiprocessing's resource tracker exit when they see the parent's end of
+    # their pipe close, a moment after the parent itself.
+    deadline = time.time() + 5
+    while any(alive(pid) for pid in children) and time.time() < deadline:
+        time.sleep(0.1)
     assert not any(alive(pid) for pid in children)
     assert sorted((logdir / "replay").glob("*.npz"))
