@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import platform
 import time
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -193,4 +194,57 @@ def actors(cfg: Config, counts: list[int], seconds: float = 20.0) -> dict[str, A
         "env_steps_per_s": {str(n): r for n, r in runs.items()},
         "scaling_efficiency": {str(n): r / (n * base) for n, r in runs.items()},
         "speedup_vs_first": {str(n): r / runs[counts[0]] for n, r in runs.items()},
+    }
+
+
+def replay_memory(capacity: int = 50_000, size: tuple[int, int] = (64, 64), action_dim: int = 6,
+                  chunk: int = 1024, directory: str | None = None) -> dict[str, Any]:
+    """Bytes per stored step of a replay of `size` RGB frames (DMC layout: image, action,
+    reward and flags): array bytes, process memory growth, and bytes on disk after `save`.
+
+    The replay is filled to `capacity` and then with as many steps again, to show that memory
+    stays bounded by the capacity. Frames are smooth gradients with a moving square, which
+    compress about as well as rendered frames; random noise would not compress at all."""
+    import tempfile
+
+    import psutil
+
+    from dreamer.replay import Replay
+
+    process = psutil.Process()
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    background = np.stack([yy * 255 // h, xx * 255 // w, (yy + xx) * 127 // (h + w)], -1)
+    rng = np.random.default_rng(0)
+
+    def step(i: int) -> dict[str, np.ndarray]:
+        image = background.astype(np.uint8)
+        y, x = (i * 3) % (h - 8), (i * 5) % (w - 8)
+        image[y:y + 8, x:x + 8] = (255, 255, 255)
+        return {"image": image, "action": rng.uniform(-1, 1, action_dim).astype(np.float32),
+                "reward": np.float32(rng.uniform()), "is_first": np.bool_(i % 500 == 0),
+                "is_last": np.bool_(i % 500 == 499), "is_terminal": np.bool_(False)}
+
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+        replay = Replay(capacity, 64, tmp, chunk)
+        before = process.memory_info().rss
+        for i in range(capacity):
+            replay.add(step(i))
+        at_capacity = process.memory_info().rss
+        array_bytes = replay.nbytes
+        start = time.perf_counter()
+        replay.save()
+        save_s = time.perf_counter() - start
+        disk = sum(p.stat().st_size for p in Path(tmp).glob("*.npz"))
+        for i in range(capacity, 2 * capacity):
+            replay.add(step(i))
+        twice = process.memory_info().rss
+        stored = len(replay)
+    return {
+        "capacity": capacity, "image": [h, w, 3], "chunk": chunk, "steps_stored": stored,
+        "bytes_per_step_arrays": array_bytes / capacity,
+        "bytes_per_step_rss": (at_capacity - before) / capacity,
+        "bytes_per_step_disk": disk / capacity,
+        "rss_growth_from_capacity_to_2x_capacity_mib": (twice - at_capacity) / 2**20,
+        "save_s_per_1k_steps": save_s / capacity * 1000,
     }

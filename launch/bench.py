@@ -5,6 +5,7 @@
   python launch/bench.py train-step --devices 2 --configs debug   (N devices; fake CPU ones
                                                                     when there is no accelerator)
   python launch/bench.py actors --actors 1 2 [--seconds 20] [--configs dmc_vision ...]
+  python launch/bench.py replay [--capacity 50000] [--size 64]   (bytes per stored step)
 """
 import json
 import sys
@@ -16,7 +17,7 @@ from dreamer import benchmark
 from dreamer.cli import parse_args
 from dreamer.config import ConfigError
 
-COMMANDS = ("params", "train-step", "actors")
+COMMANDS = ("params", "train-step", "actors", "replay")
 
 
 def take(rest: list[str], flag: str, count: int = 1) -> tuple[list[str], list[str]]:
@@ -39,6 +40,17 @@ def main(argv: list[str]) -> int:
     if command == "params":
         result = {"params": benchmark.param_counts()}
         print(json.dumps(result))
+        return 0
+    if command == "replay":
+        rest, capacity = take(rest, "--capacity")
+        rest, size = take(rest, "--size")
+        if rest:
+            print(f"bench: replay takes --capacity N and --size PIXELS, not {rest}",
+                  file=sys.stderr)
+            return 2
+        side = int(size[0]) if size else 64
+        print(json.dumps({"replay": benchmark.replay_memory(
+            int(float(capacity[0])) if capacity else 50_000, (side, side))}))
         return 0
     rest, updates = take(rest, "--updates")
     rest, devices = take(rest, "--devices")
