@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import signal
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dreamer.checkpoint import CheckpointError
 from dreamer.config import Config, ConfigError, available_presets, configs_dir_of, load_config
 from dreamer.envs import EnvError
 
@@ -51,7 +53,8 @@ def parse_args(argv: Sequence[str], configs_dir: str | Path | None = None
     """Parses the launcher's command line into a config.
 
     Grammar: `--configs NAME [NAME ...]` (presets; also `--configs=a,b`), `--KEY=VALUE` or
-    `--KEY VALUE` for any dotted config key (`--logdir DIR` sets `logdir`), `-h`/`--help`.
+    `--KEY VALUE` for any dotted config key (`--logdir DIR` sets `logdir`; a boolean key alone,
+    e.g. `--logger.wandb`, sets it true), `-h`/`--help`.
     Help prints the usage and exits with status 0. Returns the config and
     `{'presets': [...], 'overrides': {key: text}}` as given on the command line.
     """
@@ -61,6 +64,7 @@ def parse_args(argv: Sequence[str], configs_dir: str | Path | None = None
         raise SystemExit(0)
     presets: list[str] = []
     overrides: dict[str, str] = {}
+    flags: set[str] | None = None  # boolean keys, which may be given without a value
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -80,9 +84,15 @@ def parse_args(argv: Sequence[str], configs_dir: str | Path | None = None
             continue
         if not eq:
             if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
-                raise ConfigError(f"missing value for --{name} (write --{name}=VALUE)")
-            value = argv[i + 1]
-            i += 1
+                if flags is None:
+                    flags = {k for k, v in Config(configs_dir=configs_dir_of(configs_dir))
+                             .flat().items() if isinstance(v, bool)}
+                if name not in flags:
+                    raise ConfigError(f"missing value for --{name} (write --{name}=VALUE)")
+                value = "true"  # a bare switch, e.g. --logger.wandb
+            else:
+                value = argv[i + 1]
+                i += 1
         overrides[name] = value
         i += 1
     cfg = load_config(presets, configs_dir=configs_dir)
@@ -115,19 +125,105 @@ def train_main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, terminate)
     try:
-        logdir = runner.prepare_logdir(cfg)
+        logdir = runner.resolve_logdir(cfg)
         print(f"dreamer-train: logging to {logdir}", file=sys.stderr)
         runner.run(cfg.update({"logdir": str(logdir)}))
-    except (ConfigError, EnvError) as e:
+    except (ConfigError, EnvError, CheckpointError) as e:
         print(f"dreamer-train: {e}", file=sys.stderr)
         return 2
     except runner.NonFiniteError as e:
         print(f"dreamer-train: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("dreamer-train: stopped; replay saved under the logdir", file=sys.stderr)
+        print("dreamer-train: stopped; replay and checkpoint saved under the logdir (run the "
+              "same command again to resume)", file=sys.stderr)
         return 130
     return 0
+
+
+def eval_main(argv: list[str] | None = None) -> int:
+    """`dreamer-eval --logdir DIR [--episodes N] [--video FILE] [--mode sample|mode]`: runs the
+    policy of the newest checkpoint in DIR and prints the score's mean and spread."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="dreamer-eval", description=eval_main.__doc__)
+    parser.add_argument("--logdir", required=True, help="a training logdir (holds config.yaml "
+                        "and checkpoints/)")
+    parser.add_argument("--episodes", type=int, default=10)
+    parser.add_argument("--video", default="", help="write the first episode to this .mp4 or "
+                        ".gif file")
+    parser.add_argument("--mode", choices=("sample", "mode"), default="sample",
+                        help="sample actions (as in training) or take the most likely one")
+    parser.add_argument("--seed", type=int, default=12345, help="seed of the episodes")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.episodes < 1:
+        parser.error("--episodes must be at least 1")
+    if args.video and Path(args.video).suffix.lower() not in (".mp4", ".gif"):
+        parser.error(f"--video {args.video!r}: the file name must end in .mp4 or .gif")
+    try:
+        result = evaluate_logdir(Path(args.logdir), args.episodes, args.mode, args.seed,
+                                 args.video or None)
+    except (ConfigError, EnvError, CheckpointError) as e:
+        print(f"dreamer-eval: {e}", file=sys.stderr)
+        return 2
+    print(f"score {result['eval/score']:.4g} ± {result['eval/score_std']:.3g} (mean ± std over "
+          f"{args.episodes} episodes, {args.mode} actions; checkpoint at {result['env_steps']} "
+          f"env steps; episode length {result['eval/length']:.0f})")
+    if args.video:
+        print(f"video of the first episode: {args.video}")
+    return 0
+
+
+def evaluate_logdir(logdir: Path, episodes: int, mode: str = "sample", seed: int = 0,
+                    video: str | None = None) -> dict[str, Any]:
+    """Evaluates the newest checkpoint of a training logdir (see `eval_main`)."""
+    import jax
+
+    from dreamer import runner
+    from dreamer.agent import Agent
+    from dreamer.checkpoint import Checkpointer, abstract
+    from dreamer.envs import make_env
+
+    if not (logdir / "config.yaml").is_file():
+        raise ConfigError(f"{logdir} holds no config.yaml; pass the --logdir of a training run")
+    cfg = Config.load(logdir / "config.yaml")
+    if cfg.jax.platform:
+        jax.config.update("jax_platforms", cfg.jax.platform)
+    checkpoints = Checkpointer(logdir / "checkpoints")
+    env = make_env(cfg.env, seed)
+    try:
+        agent = Agent(cfg, env.obs_space, env.act_space)
+        with jax.default_device(jax.devices("cpu")[0]):
+            target = abstract(jax.jit(agent.init)(jax.random.PRNGKey(0)))
+        found = checkpoints.restore(target)
+        if found is None:
+            raise CheckpointError(f"no checkpoint in {checkpoints.directory}; train first "
+                                  f"(dreamer-train --logdir {logdir})")
+        step, state, _ = found
+        policy = runner.AgentPolicy(agent, 1, seed)
+        result = runner.evaluate(policy, state.params, env, episodes, cfg.env.action_repeat,
+                                 video=video is not None, mode=mode)
+    finally:
+        env.close()
+        checkpoints.close()
+    if video is not None:
+        if "eval/video" not in result:
+            raise ConfigError(f"the task {cfg.env.task} has no image observations to film")
+        write_video(video, result["eval/video"])
+    return {**result, "env_steps": step}
+
+
+def write_video(path: str | Path, frames: Any, fps: int = 16) -> None:
+    """Frames uint8 [T, H, W, C] -> an .mp4 or .gif file."""
+    import imageio.v2 as imageio
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if str(path).lower().endswith(".gif"):
+        imageio.mimsave(path, list(frames), duration=1000 / fps, loop=0)
+        return
+    with warnings.catch_warnings():  # ffmpeg runs as a subprocess, started right after fork
+        warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)
+        imageio.mimsave(path, list(frames), fps=fps, macro_block_size=1)
 
 
 if __name__ == "__main__":

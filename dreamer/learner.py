@@ -2,6 +2,7 @@
 policy parameters that acting reads (on the CPU, versioned by update count)."""
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import jax
@@ -47,6 +48,7 @@ class Learner:
         self.updates = 0
         self._cpu = jax.devices("cpu")[0]
         self._params: tuple[int, Any] | None = None
+        self._report = None
 
     def place(self, batch: dict[str, np.ndarray]) -> Any:
         """Host batch [self.batch_size, T, ...] -> split over the learner devices."""
@@ -73,6 +75,35 @@ class Learner:
                 params = self._parallel.unreplicate(params)
             self._params = (self.updates, jax.device_put(params, self._cpu))
         return self._params[1]
+
+    def host_state(self) -> Any:
+        """The train state (one replica) on the CPU: what a checkpoint holds."""
+        state = self.state
+        if self._parallel is not None:
+            state = self._parallel.unreplicate(state)
+        return jax.device_put(state, self._cpu)
+
+    def load_state(self, state: Any, updates: int) -> None:
+        """Continues from a restored `host_state()` after `updates` updates; every device gets
+        the same copy, which is checked bit for bit."""
+        if self._parallel is None:
+            self.state = state
+        else:
+            self.state = self._parallel.replicate(state)
+            self._parallel.assert_replicas_equal(self.state, "restored train state")
+        self.updates = int(updates)
+        self._params = None
+
+    def report(self, batch: dict[str, np.ndarray], key: jax.Array) -> dict[str, np.ndarray]:
+        """Open-loop and reconstruction videos of a host batch (`Agent.report`), computed on
+        the first learner device; host arrays."""
+        if self._report is None:
+            fn = partial(self.agent.report, context=self.cfg.logger.report_context)
+            self._report = jax.jit(fn) if self.cfg.jax.jit else fn
+        params = self.state.params
+        if self._parallel is not None:
+            params = self._parallel.unreplicate(params)
+        return jax.device_get(self._report(params, batch, key))
 
     def check_replicas(self) -> None:
         if self._parallel is not None:

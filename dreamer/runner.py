@@ -1,7 +1,10 @@
 """The single-process training loop: prefill, train ratio, evaluation and logging."""
 from __future__ import annotations
 
+import sys
 import time
+import uuid
+import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -9,9 +12,11 @@ from typing import Any
 
 import jax
 import numpy as np
+import psutil
 
 from dreamer.agent import Agent
-from dreamer.config import Config
+from dreamer.checkpoint import Checkpointer, abstract, incompatible_keys
+from dreamer.config import Config, ConfigError
 from dreamer.envs import Env, make_env
 from dreamer.learner import Learner, setup_distributed
 from dreamer.logging import Logger, make_logger
@@ -90,23 +95,41 @@ class AgentPolicy:
         return np.asarray(action)
 
 
-def evaluate(policy: AgentPolicy, params: Any, env: Env, episodes: int,
-             repeat: int = 1) -> dict[str, float]:
-    """Mean score and length (env steps) of `episodes` episodes with the sampling policy."""
+def evaluate(policy: AgentPolicy, params: Any, env: Env, episodes: int, repeat: int = 1,
+             video: bool = False, mode: str = "sample") -> dict[str, Any]:
+    """Mean and spread of the score and the mean length (env steps) of `episodes` episodes.
+
+    `mode` is the policy's 'sample' (as in training) or greedy 'mode'. With `video` and image
+    observations, `eval/video` holds the first episode's frames, uint8 [T, H, W, C].
+    """
     collector = Collector([env], policy.agent.act_dim)
-    done = []
+    policy.reset()
+    done, frames = [], []
     while len(done) < episodes:
-        action = policy(params, collector.batch_obs())
+        obs = collector.batch_obs()
+        if video and not done and "image" in obs:
+            frames.append(obs["image"][0])
+        action = policy(params, obs, mode=mode)
         done += collector.step(action)[1]
-    return {"eval/score": float(np.mean([e["score"] for e in done])),
-            "eval/length": float(np.mean([e["length"] for e in done])) * repeat}
+    scores = [e["score"] for e in done]
+    out: dict[str, Any] = {"eval/score": float(np.mean(scores)),
+                           "eval/score_std": float(np.std(scores)),
+                           "eval/length": float(np.mean([e["length"] for e in done])) * repeat}
+    if frames:
+        out["eval/video"] = np.stack(frames)
+    return out
+
+
+def resolve_logdir(cfg: Config) -> Path:
+    """`logdir`, or a new dated folder under runs/ when it is empty."""
+    if cfg.logdir:
+        return Path(cfg.logdir).expanduser()
+    return Path("runs") / f"{cfg.env.task}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def prepare_logdir(cfg: Config) -> Path:
-    if cfg.logdir:
-        logdir = Path(cfg.logdir).expanduser()
-    else:
-        logdir = Path("runs") / f"{cfg.env.task}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """Creates the logdir and writes its `config.yaml`."""
+    logdir = resolve_logdir(cfg)
     logdir.mkdir(parents=True, exist_ok=True)
     cfg.update({"logdir": str(logdir)}).save(logdir / "config.yaml")
     return logdir
@@ -162,81 +185,286 @@ class UpdateMetrics:
         return {"train/nonfinite_skips": float(self.skips)}
 
 
-def run(cfg: Config, logger: Logger | None = None) -> dict[str, float]:
-    """Train an agent as configured; returns the last evaluation metrics."""
-    setup_distributed(cfg)
-    logdir = prepare_logdir(cfg)
-    logger = logger or make_logger(logdir, int(cfg.run.steps))
-    repeat = cfg.env.action_repeat
-    envs = [make_env(cfg.env, cfg.seed * 1000 + i) for i in range(cfg.run.envs)]
-    eval_env = make_env(cfg.env, cfg.seed * 1000 + 999)
-    replay = Replay(cfg.replay.capacity, cfg.batch_length, logdir / "replay", cfg.replay.chunk,
-                    cfg.replay.recency, cfg.replay.recency_window, cfg.seed)
-    if cfg.actors.num > 0:
-        for env in envs:
-            env.close()
-        return run_with_actors(cfg, logger, replay, eval_env)
-    key = jax.random.PRNGKey(cfg.seed)
-    key, init_key = jax.random.split(key)
-    learner = Learner(cfg, envs[0].obs_space, envs[0].act_space, init_key)
-    agent = learner.agent
-    policy = AgentPolicy(agent, len(envs), cfg.seed + 1)
-    eval_policy = AgentPolicy(agent, 1, cfg.seed + 2)
-    collector = Collector(envs, agent.act_dim)
-    rng = np.random.default_rng(cfg.seed)
+def check_resumable(meta: dict[str, Any], cfg: Config, directory: Path) -> None:
+    """Raises ConfigError when `cfg` changes a key that the checkpoint's state depends on."""
+    saved = Config().update(meta["config"], source=f"checkpoint in {directory}").flat()
+    changed = incompatible_keys(saved, cfg.flat())
+    if changed:
+        raise ConfigError(
+            f"the checkpoint in {directory} was trained with other values of keys that shape the "
+            f"model or its data: {'; '.join(changed)}. Resume with the checkpoint's values (see "
+            f"{directory.parent / 'config.yaml'}) or train in a new --logdir.")
 
-    agent_steps, last_eval = 0, 0
-    batch_steps = learner.batch_size * cfg.batch_length
-    averages, last_log, last_log_steps, last_log_updates = Averages(), time.time(), 0, 0
-    pending = UpdateMetrics(cfg.run.max_nonfinite)
-    evals: dict[str, float] = {}
+
+def run(cfg: Config, logger: Logger | None = None) -> dict[str, Any]:
+    """Train an agent as configured; returns the last evaluation metrics.
+
+    A logdir that holds checkpoints resumes from the newest readable one: train state, counters,
+    RNG state and replay continue exactly where it was saved.
+    """
+    setup_distributed(cfg)
+    logdir = resolve_logdir(cfg)
+    cfg = cfg.update({"logdir": str(logdir)})
+    checkpoints = Checkpointer(logdir / "checkpoints", cfg.run.checkpoint_keep)
+    session = None
     try:
-        while agent_steps * repeat < cfg.run.steps:
-            if agent_steps * repeat < cfg.run.prefill:
-                actions = collector.random_actions(rng)
+        meta = checkpoints.latest_meta()
+        if meta is not None:  # before config.yaml is overwritten or anything is built
+            check_resumable(meta, cfg, checkpoints.directory)
+        prepare_logdir(cfg)
+        session = Session(cfg, logdir, checkpoints, logger)
+        extra = _train_with_actors(session) if cfg.actors.num > 0 else _train(session)
+        return session.finish(extra)
+    finally:
+        if session is not None:
+            session.close()
+        else:
+            checkpoints.close()
+
+
+class Session:
+    """What both training loops share: the learner, the replay, counters and RNG state, and the
+    evaluations, reports, metric writes and checkpoints that fall due as training goes on.
+
+    Built from the newest checkpoint under `logdir/checkpoints` when there is one. `close`
+    saves the replay's new chunks and then a checkpoint, as every `run.checkpoint_every` seconds.
+    """
+
+    def __init__(self, cfg: Config, logdir: Path, checkpoints: Checkpointer,
+                 logger: Logger | None = None):
+        self.cfg, self.logdir, self.checkpoints = cfg, logdir, checkpoints
+        self.repeat = cfg.env.action_repeat
+        self.eval_env = make_env(cfg.env, cfg.seed * 1000 + 999)
+        try:
+            self._build(logger)
+        except BaseException:
+            self.eval_env.close()
+            raise
+
+    def _build(self, logger: Logger | None) -> None:
+        cfg, logdir = self.cfg, self.logdir
+        key = jax.random.PRNGKey(cfg.seed)
+        self.key, init_key = jax.random.split(key)
+        self.learner = Learner(cfg, self.eval_env.obs_space, self.eval_env.act_space, init_key)
+        self.agent = self.learner.agent
+        self.replay = Replay(cfg.replay.capacity, cfg.batch_length, logdir / "replay",
+                             cfg.replay.chunk, cfg.replay.recency, cfg.replay.recency_window,
+                             cfg.seed)
+        self.policy = AgentPolicy(self.agent, cfg.run.envs, cfg.seed + 1)
+        self.eval_policy = AgentPolicy(self.agent, 1, cfg.seed + 2)
+        self.rng = np.random.default_rng(cfg.seed)  # random actions during prefill
+        self.report_rng = np.random.default_rng([cfg.seed, 1])
+        self.batch_steps = self.learner.batch_size * cfg.batch_length
+        self.agent_steps = self.episodes = self.last_eval = self.last_report = 0
+        self.starts, self.trained_seconds = 0, 0.0
+        self.wandb_id = f"{logdir.name[:48]}-{uuid.uuid4().hex[:8]}"
+        self.pending = UpdateMetrics(cfg.run.max_nonfinite)
+        self.averages, self.evals = Averages(), {}
+        self.timing: dict[str, float] = {}
+        self.restored = self._restore()
+        self.logger = logger or make_logger(
+            logdir, int(cfg.run.steps), cfg.logger.console, self.env_steps,
+            self._wandb_settings() if cfg.logger.wandb else None)
+        now = time.time()
+        self.started = now
+        self.last_log, self.last_save = now, now
+        self.last_log_steps, self.last_log_updates = self.agent_steps, self.learner.updates
+
+    # ------------------------------------------------------------------------- counters
+    @property
+    def env_steps(self) -> int:
+        return self.agent_steps * self.repeat
+
+    def env_seed(self, index: int) -> int:
+        """Seed of training environment `index`; a resumed run draws new episodes."""
+        if self.starts == 0:
+            return self.cfg.seed * 1000 + index
+        return int(np.random.SeedSequence([self.cfg.seed, self.starts, index]).generate_state(1)[0])
+
+    def owed(self) -> int:
+        """Updates due for the steps collected so far (the train ratio); 0 during prefill."""
+        cfg = self.cfg
+        if self.env_steps < cfg.run.prefill or len(self.replay) < cfg.batch_length:
+            return 0
+        return (int((self.agent_steps - cfg.run.prefill / self.repeat) * cfg.run.train_ratio
+                    / self.batch_steps) + 1 - self.learner.updates)
+
+    def update(self, batch: Any) -> None:
+        self.key, step_key = jax.random.split(self.key)
+        self.pending.add(self.learner.update(batch, step_key))
+
+    def add_episode(self, score: float, length: float) -> None:
+        self.episodes += 1
+        self.averages.add({"episode/score": score, "episode/length": length})
+
+    # ------------------------------------------------------------------------- periodic work
+    def tick(self, extra: Callable[[float], dict[str, float]] | None = None) -> None:
+        """Evaluation, report, metric write and checkpoint, each when it is due. `extra(elapsed)`
+        adds the loop's own metrics to a write."""
+        cfg, now = self.cfg, time.time()
+        if cfg.run.eval_every and self.env_steps - self.last_eval >= cfg.run.eval_every:
+            self.last_eval = self.env_steps
+            self.logger.write(self.env_steps, self.evaluate())
+        if (cfg.logger.report_every and self.learner.updates
+                and self.learner.updates - self.last_report >= cfg.logger.report_every):
+            self.last_report = self.learner.updates
+            self.logger.write(self.env_steps, self.report())
+        if now - self.last_log >= cfg.run.log_every:
+            elapsed = now - self.last_log
+            self.logger.write(self.env_steps, {
+                **self.metrics(), **(extra(elapsed) if extra else {}),
+                "fps/env": (self.agent_steps - self.last_log_steps) * self.repeat / elapsed,
+                "fps/train": (self.learner.updates - self.last_log_updates) * self.batch_steps
+                / elapsed})
+            self.last_log, self.last_log_steps = now, self.agent_steps
+            self.last_log_updates = self.learner.updates
+        if cfg.run.checkpoint_every and time.time() - self.last_save >= cfg.run.checkpoint_every:
+            self.save()
+
+    def evaluate(self) -> dict[str, Any]:
+        start = time.perf_counter()
+        cfg = self.cfg
+        self.evals = evaluate(self.eval_policy, self.learner.params(), self.eval_env,
+                              cfg.run.eval_episodes, self.repeat, video=cfg.logger.eval_video)
+        self.timing["time/eval_s"] = time.perf_counter() - start
+        return self.evals
+
+    def report(self) -> dict[str, Any]:
+        """Open-loop prediction and reconstruction videos on replayed sequences."""
+        start = time.perf_counter()
+        batch = self.replay.sample(self.cfg.logger.report_batch, rng=self.report_rng)
+        key = jax.random.fold_in(jax.random.PRNGKey(self.cfg.seed + 3), self.learner.updates)
+        out = {f"report/{k}": v for k, v in self.learner.report(batch, key).items()}
+        self.timing["time/report_s"] = time.perf_counter() - start
+        return out
+
+    def metrics(self) -> dict[str, float]:
+        """Averages since the last write, counters, replay, memory and timing."""
+        skips = self.pending.flush(self.averages)
+        return {**self.averages.flush(), **self.replay.stats, **skips, **self.timing,
+                "train/updates": self.learner.updates, "episode/count": self.episodes,
+                "replay/gib": self.replay.nbytes / 2**30,
+                "memory/rss_gib": psutil.Process().memory_info().rss / 2**30,
+                "memory/available_gib": psutil.virtual_memory().available / 2**30,
+                "time/hours": (self.trained_seconds + time.time() - self.started) / 3600}
+
+    def finish(self, extra: dict[str, float] | None = None) -> dict[str, Any]:
+        """The final evaluation and metric write; returns the evaluation."""
+        self.evaluate()
+        self.learner.check_replicas()
+        self.logger.write(self.env_steps, {**self.metrics(), **self.evals, **(extra or {})})
+        return self.evals
+
+    # ------------------------------------------------------------------------- checkpoints
+    def save(self) -> None:
+        """Saves the replay's new steps, then a checkpoint that matches them. The train state is
+        always finite (non-finite updates are skipped), which is checked once more here."""
+        start = time.perf_counter()
+        state = self.learner.host_state()
+        if not all(bool(np.all(np.isfinite(x))) for x in jax.tree.leaves(state)
+                   if np.issubdtype(np.asarray(x).dtype, np.floating)):
+            warnings.warn("train state holds non-finite values; checkpoint not written",
+                          stacklevel=2)
+            return
+        self.replay.save()
+        meta = {
+            "env_steps": self.env_steps, "agent_steps": self.agent_steps,
+            "updates": self.learner.updates, "episodes": self.episodes,
+            "last_eval": self.last_eval, "last_report": self.last_report,
+            "nonfinite_skips": self.pending.skips, "starts": self.starts,
+            "trained_seconds": self.trained_seconds + time.time() - self.started,
+            "key": _key_list(self.key), "policy_key": _key_list(self.policy.key),
+            "eval_policy_key": _key_list(self.eval_policy.key),
+            "rng": self.rng.bit_generator.state, "report_rng": self.report_rng.bit_generator.state,
+            "replay": self.replay.state(), "wandb_id": self.wandb_id,
+            "config": self.cfg.to_dict(), "saved_at": time.time(),
+        }
+        self.checkpoints.save(self.env_steps, state, meta)
+        self.last_save = time.time()
+        self.timing["time/checkpoint_s"] = time.perf_counter() - start
+
+    def _restore(self) -> bool:
+        """Continues from the newest readable checkpoint, if any; returns whether it did."""
+        target = abstract(self.learner.host_state())
+        found = self.checkpoints.restore(target)
+        replay_dir = self.logdir / "replay"
+        if found is None:
+            if replay_dir.is_dir() and any(replay_dir.glob("*.npz")):
+                # Steps saved by a run that never wrote a checkpoint: no counters describe them.
+                aside = replay_dir.with_name(f"replay-without-checkpoint-{time.time_ns()}")
+                replay_dir.rename(aside)
+                warnings.warn(f"{replay_dir} held steps but there is no checkpoint to resume; "
+                              f"moved them to {aside} and starting afresh", stacklevel=2)
+            return False
+        step, state, meta = found
+        self.learner.load_state(state, meta["updates"])
+        self.agent_steps, self.episodes = meta["agent_steps"], meta["episodes"]
+        self.last_eval, self.last_report = meta["last_eval"], meta["last_report"]
+        self.pending.skips = meta["nonfinite_skips"]
+        self.starts = meta["starts"] + 1
+        self.trained_seconds = meta["trained_seconds"]
+        self.key = _key_array(meta["key"])
+        self.policy.key = _key_array(meta["policy_key"])
+        self.eval_policy.key = _key_array(meta["eval_policy_key"])
+        self.rng.bit_generator.state = meta["rng"]
+        self.report_rng.bit_generator.state = meta["report_rng"]
+        self.wandb_id = meta["wandb_id"]
+        loaded = self.replay.load(until=meta["replay"]["inserts"])
+        self.replay.load_state(meta["replay"])
+        print(f"dreamer: resumed {self.checkpoints.directory / str(step)}: {self.env_steps} env "
+              f"steps, {self.learner.updates} updates, {loaded} replay steps", file=sys.stderr)
+        return True
+
+    def _wandb_settings(self) -> dict[str, Any]:
+        lg = self.cfg.logger
+        return {"config": self.cfg.flat(), "run_id": self.wandb_id, "project": lg.project,
+                "entity": lg.entity, "group": lg.group, "tags": lg.tags, "mode": lg.mode}
+
+    def close(self) -> None:
+        """Saves (replay, then checkpoint) and releases the logger and the environment."""
+        try:
+            self.save()
+        finally:
+            self.logger.close()
+            self.checkpoints.close()
+            self.eval_env.close()
+
+
+def _key_list(key: jax.Array) -> list[int]:
+    return np.asarray(jax.device_get(key)).tolist()
+
+
+def _key_array(values: list[int]) -> jax.Array:
+    return jax.numpy.asarray(values, jax.numpy.uint32)
+
+
+def _train(s: Session) -> dict[str, float]:
+    """Steps `run.envs` environments in this process and trains at the train ratio."""
+    cfg = s.cfg
+    envs = [make_env(cfg.env, s.env_seed(i)) for i in range(cfg.run.envs)]
+    try:
+        collector = Collector(envs, s.agent.act_dim)
+        while s.env_steps < cfg.run.steps:
+            if s.env_steps < cfg.run.prefill:
+                actions = collector.random_actions(s.rng)
             else:
-                actions = policy(learner.params(), collector.batch_obs())
+                actions = s.policy(s.learner.params(), collector.batch_obs())
             records, episodes = collector.step(actions)
             for worker, record in enumerate(records):
-                replay.add(record, worker)
-            agent_steps += len(records)
+                s.replay.add(record, worker)
+            s.agent_steps += len(records)
             for ep in episodes:
-                averages.add({"episode/score": ep["score"], "episode/length": ep["length"] * repeat})
-            if agent_steps * repeat >= cfg.run.prefill and len(replay) >= cfg.batch_length:
-                owed = int((agent_steps - cfg.run.prefill / repeat) * cfg.run.train_ratio
-                           / batch_steps) + 1 - learner.updates
-                for _ in range(max(0, owed)):
-                    key, step_key = jax.random.split(key)
-                    pending.add(learner.update(replay.sample(learner.batch_size), step_key))
-            if cfg.run.eval_every and agent_steps * repeat - last_eval >= cfg.run.eval_every:
-                last_eval = agent_steps * repeat
-                evals = evaluate(eval_policy, learner.params(), eval_env, cfg.run.eval_episodes,
-                                 repeat)
-                logger.write(agent_steps * repeat, evals)
-            now = time.time()
-            if now - last_log >= cfg.run.log_every:
-                skips = pending.flush(averages)
-                elapsed = now - last_log
-                logger.write(agent_steps * repeat, {
-                    **averages.flush(), **replay.stats, **skips, "train/updates": learner.updates,
-                    "fps/env": (agent_steps - last_log_steps) * repeat / elapsed,
-                    "fps/train": (learner.updates - last_log_updates) * batch_steps / elapsed})
-                last_log, last_log_steps, last_log_updates = now, agent_steps, learner.updates
-        evals = evaluate(eval_policy, learner.params(), eval_env, cfg.run.eval_episodes, repeat)
-        skips = pending.flush(averages)
-        learner.check_replicas()
-        logger.write(agent_steps * repeat,
-                     {**averages.flush(), **evals, **skips, "train/updates": learner.updates})
+                s.add_episode(ep["score"], ep["length"] * s.repeat)
+            for _ in range(max(0, s.owed())):
+                s.update(s.replay.sample(s.learner.batch_size))
+            s.tick()
     finally:
-        replay.save()
-        logger.close()
-        for env in [*envs, eval_env]:
+        for env in envs:
             env.close()
-    return evals
+    return {}
 
 
-def run_with_actors(cfg: Config, logger: Logger, replay: Replay, eval_env: Env
-                    ) -> dict[str, float]:
+def _train_with_actors(s: Session) -> dict[str, float]:
     """Training with `actors.num` actor processes feeding the replay (see `dreamer.actors`).
 
     The learner trains whenever it owes updates for the steps received (the train ratio) and
@@ -245,33 +473,33 @@ def run_with_actors(cfg: Config, logger: Logger, replay: Replay, eval_env: Env
     """
     from dreamer.actors import make_pool
 
-    repeat = cfg.env.action_repeat
-    key = jax.random.PRNGKey(cfg.seed)
-    key, init_key = jax.random.split(key)
-    learner = Learner(cfg, eval_env.obs_space, eval_env.act_space, init_key)
-    eval_policy = AgentPolicy(learner.agent, 1, cfg.seed + 2)
-    batch_steps = learner.batch_size * cfg.batch_length
+    cfg, learner = s.cfg, s.learner
     publish_every = max(1, cfg.actors.max_staleness // 2)
-    agent_steps, last_eval, published = 0, 0, -1
-    averages, pending, evals = Averages(), UpdateMetrics(cfg.run.max_nonfinite), {}
-    last_log, last_log_steps, last_log_updates = time.time(), 0, 0
-    waited = 0.0
+    published, waited = -1, 0.0
     totals = {"actors/restarts": 0, "actors/env_restarts": 0}
-    pool = make_pool(cfg)
+    # A resumed run's actors draw new episodes.
+    pool = make_pool(cfg if s.starts == 0 else cfg.update({"seed": s.env_seed(0) % 2**31}))
     prefetch: Prefetcher | None = None  # samples and places batches in a background thread
+
+    def extra(elapsed: float) -> dict[str, float]:
+        nonlocal waited
+        totals["actors/restarts"] = pool.restarts
+        out = {**totals,
+               "learner/updates_per_s": (learner.updates - s.last_log_updates) / elapsed,
+               "learner/wait_fraction": waited / elapsed}
+        if prefetch is not None:
+            out["learner/batch_wait_fraction"] = prefetch.wait_fraction()
+        waited = 0.0
+        return out
+
     try:
-        while agent_steps * repeat < cfg.run.steps:
+        while s.env_steps < cfg.run.steps:
             pool.check()
-            owed = 0
-            if agent_steps * repeat >= cfg.run.prefill and len(replay) >= cfg.batch_length:
-                owed = int((agent_steps - cfg.run.prefill / repeat) * cfg.run.train_ratio
-                           / batch_steps) + 1 - learner.updates
-            if owed > 0:
+            if s.owed() > 0:
                 if prefetch is None:  # replay holds enough steps from here on
-                    prefetch = Prefetcher(lambda: replay.sample(learner.batch_size),
+                    prefetch = Prefetcher(lambda: s.replay.sample(learner.batch_size),
                                           learner.place)
-                key, step_key = jax.random.split(key)
-                pending.add(learner.update(prefetch.next(), step_key))
+                s.update(prefetch.next())
                 if learner.updates - published >= publish_every:
                     pool.publish(learner.updates, jax.device_get(learner.params()))
                     published = learner.updates
@@ -279,54 +507,26 @@ def run_with_actors(cfg: Config, logger: Logger, replay: Replay, eval_env: Env
                 start = time.perf_counter()
                 # A few chunks at a time, so that training resumes as soon as it owes updates.
                 messages = pool.poll(timeout=0.05, limit=2 * cfg.actors.num)
-                if agent_steps * repeat >= cfg.run.prefill:
+                if s.env_steps >= cfg.run.prefill:
                     waited += time.perf_counter() - start
                 for kind, message in messages:
                     if kind == "steps":
                         n = len(message.data["is_first"])
                         for i in range(n):
-                            replay.add({k: v[i] for k, v in message.data.items()}, message.stream)
-                        agent_steps += n
+                            s.replay.add({k: v[i] for k, v in message.data.items()},
+                                         message.stream)
+                        s.agent_steps += n
                         if message.version >= 0:
-                            averages.add({"actors/staleness": message.lag})
+                            s.averages.add({"actors/staleness": message.lag})
                     elif kind == "report":
                         for ep in message.episodes:
-                            averages.add({"episode/score": ep["score"],
-                                          "episode/length": ep["length"]})
-                        averages.add({"fps/actor": message.frames / max(message.seconds, 1e-9)})
+                            s.add_episode(ep["score"], ep["length"])
+                        s.averages.add({"fps/actor": message.frames / max(message.seconds, 1e-9)})
                         totals["actors/env_restarts"] += message.env_restarts
-            if cfg.run.eval_every and agent_steps * repeat - last_eval >= cfg.run.eval_every:
-                last_eval = agent_steps * repeat
-                evals = evaluate(eval_policy, learner.params(), eval_env, cfg.run.eval_episodes,
-                                 repeat)
-                logger.write(agent_steps * repeat, evals)
-            now = time.time()
-            if now - last_log >= cfg.run.log_every:
-                skips = pending.flush(averages)
-                elapsed = now - last_log
-                totals["actors/restarts"] = pool.restarts
-                logger.write(agent_steps * repeat, {
-                    **averages.flush(), **replay.stats, **totals, **skips,
-                    "train/updates": learner.updates,
-                    "fps/env": (agent_steps - last_log_steps) * repeat / elapsed,
-                    "fps/train": (learner.updates - last_log_updates) * batch_steps / elapsed,
-                    "learner/updates_per_s": (learner.updates - last_log_updates) / elapsed,
-                    "learner/wait_fraction": waited / elapsed,
-                    **({"learner/batch_wait_fraction": prefetch.wait_fraction()}
-                       if prefetch is not None else {})})
-                last_log, last_log_steps, last_log_updates, waited = (
-                    now, agent_steps, learner.updates, 0.0)
-        evals = evaluate(eval_policy, learner.params(), eval_env, cfg.run.eval_episodes, repeat)
-        skips = pending.flush(averages)
-        learner.check_replicas()
+            s.tick(extra)
         totals["actors/restarts"] = pool.restarts
-        logger.write(agent_steps * repeat, {**averages.flush(), **evals, **totals, **skips,
-                                            "train/updates": learner.updates})
     finally:
         if prefetch is not None:
             prefetch.close()
         pool.close()
-        replay.save()
-        logger.close()
-        eval_env.close()
-    return evals
+    return totals

@@ -273,3 +273,9 @@ def test_help_lists_presets_and_exits_zero(capsys):
     for name in available_presets():
         assert name in out
 
+
+
+def test_a_bare_boolean_switch_sets_it_true():
+    cfg, info = parse_args(["--logger.wandb", "--jax.jit", "false", "--run.steps=10"])
+    assert cfg.logger.wandb is True and cfg.jax.jit is False and cfg.run.steps == 10
+    assert info["overrides"]["logger.wandb"] == "true"

@@ -1,0 +1,10 @@
+"""Evaluate a trained agent: `python launch/eval.py --logdir DIR [--episodes N] [--video FILE]`."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dreamer.cli import eval_main
+
+if __name__ == "__main__":
+    sys.exit(eval_main())

@@ -1,0 +1,101 @@
+"""Kill a training run with SIGKILL at random moments, resume it each time, and check the result.
+
+  python launch/kill_resume.py [--kills 3] [--min 60] [--max 150] [--seed 0] -- TRAIN ARGS...
+
+TRAIN ARGS go to `launch/train.py` and must include `--logdir`. After the last resume the run goes
+to its end. Printed: each kill (seconds into the attempt, the checkpoint the next attempt resumed
+from), the evaluation scores by env step, and the checks that the replay holds every step once
+and the update count follows the train ratio. The last line is one JSON object.
+"""
+import json
+import random
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from dreamer.checkpoint import Checkpointer
+from dreamer.config import Config
+from dreamer.replay import stored_stamps
+
+
+def latest(logdir: Path) -> dict | None:
+    ckpt = Checkpointer(logdir / "checkpoints")
+    try:
+        return ckpt.latest_meta()
+    finally:
+        ckpt.close()
+
+
+def main(argv: list[str]) -> int:
+    if "--" not in argv:
+        print(__doc__, file=sys.stderr)
+        return 2
+    split = argv.index("--")
+    own, train = argv[:split], argv[split + 1:]
+    opts = {"--kills": 3, "--min": 60.0, "--max": 150.0, "--seed": 0}
+    for i in range(0, len(own), 2):
+        opts[own[i]] = type(opts[own[i]])(float(own[i + 1]))
+    logdirs = [a.split("=", 1)[1] for a in train if a.startswith("--logdir=")]
+    if not logdirs:
+        print("kill_resume: give --logdir=DIR among the train args", file=sys.stderr)
+        return 2
+    logdir = Path(logdirs[0])
+    rng = random.Random(opts["--seed"])
+    command = [sys.executable, str(ROOT / "launch" / "train.py"), *train]
+    kills = []
+    for attempt in range(opts["--kills"] + 1):
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True, cwd=ROOT)
+        if attempt < opts["--kills"]:
+            delay = rng.uniform(opts["--min"], opts["--max"])
+            try:
+                proc.wait(timeout=delay)
+                print("kill_resume: the run ended before the kill", file=sys.stderr)
+                break
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+            err = proc.stderr.read()
+            kills.append({"after_s": round(delay, 1),
+                          "resumed_from": re.findall(r"resumed (\S+): (.*)", err)})
+            meta = latest(logdir)
+            kills[-1]["checkpoint_env_steps"] = meta and meta["env_steps"]
+            print(f"kill {attempt + 1}: SIGKILL after {delay:.0f} s; newest checkpoint at "
+                  f"{kills[-1]['checkpoint_env_steps']} env steps", flush=True)
+        else:
+            err = proc.communicate()[1]
+            if proc.returncode != 0:
+                print(err, file=sys.stderr)
+                return proc.returncode
+            print("final attempt: " + "; ".join(
+                f"resumed {a}: {b}" for a, b in re.findall(r"resumed (\S+): (.*)", err)))
+    meta = latest(logdir)
+    cfg = Config.load(logdir / "config.yaml")
+    batch = cfg.batch_size * cfg.batch_length * max(cfg.parallel.devices, 1)
+    agent_steps = meta["agent_steps"]
+    expected = int((agent_steps - cfg.run.prefill / cfg.env.action_repeat) * cfg.run.train_ratio
+                   / batch) + 1
+    stamps = stored_stamps(logdir / "replay").tolist()
+    lines = [json.loads(x) for x in (logdir / "metrics.jsonl").read_text().splitlines()]
+    evals = [(x["step"], round(x["eval/score"], 2)) for x in lines if "eval/score" in x]
+    result = {
+        "kills": kills, "env_steps": meta["env_steps"], "updates": meta["updates"],
+        "updates_expected": expected, "replay_steps": len(stamps),
+        "replay_each_step_once": stamps == list(range(meta["replay"]["inserts"])),
+        "replay_inserts": meta["replay"]["inserts"], "agent_steps": agent_steps,
+        "evals": evals,
+    }
+    for step, score in evals:
+        print(f"eval at {step}: {score}")
+    print(json.dumps(result))
+    ok = result["replay_each_step_once"] and expected == meta["updates"]
+    return 0 if ok and result["replay_inserts"] == agent_steps else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,178 @@
+"""Checkpoint and resume of whole runs: counters, replay contents and RNG continue where they were
+saved; incompatible configs, damaged checkpoints and SIGKILL are handled."""
+import json
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dreamer import cli, runner
+from dreamer.checkpoint import Checkpointer
+from dreamer.config import Config, ConfigError, load_config
+from dreamer.replay import stored_stamps
+
+ROOT = Path(__file__).resolve().parent.parent
+PREFILL, RATIO, STEPS_PER_UPDATE = 100, 16, 4 * 8  # debug: batch 4 x length 8 on one device
+
+
+def debug_cfg(logdir, steps, **overrides):
+    return load_config(["debug"], {
+        "logdir": str(logdir), "run.steps": steps, "run.prefill": PREFILL,
+        "run.train_ratio": RATIO, "run.eval_every": 0, "run.log_every": 0,
+        "run.checkpoint_every": 0, "logger.console": False, "logger.report_every": 0,
+        "parallel.devices": 1, **overrides})
+
+
+def expected_updates(agent_steps: int) -> int:
+    return int((agent_steps - PREFILL) * RATIO / STEPS_PER_UPDATE) + 1
+
+
+def latest_meta(logdir: Path) -> dict:
+    ckpt = Checkpointer(logdir / "checkpoints")
+    try:
+        return ckpt.latest_meta()
+    finally:
+        ckpt.close()
+
+
+def replay_stamps(logdir: Path) -> np.ndarray:
+    return stored_stamps(logdir / "replay")
+
+
+def test_resume_continues_counters_replay_and_falls_back_past_damage(tmp_path):
+    logdir = tmp_path / "run"
+    runner.run(debug_cfg(logdir, 300))
+    first = latest_meta(logdir)
+    assert (first["env_steps"], first["updates"]) == (300, expected_updates(300))
+    assert first["replay"]["inserts"] == 300
+    np.testing.assert_array_equal(replay_stamps(logdir), np.arange(300))
+
+    # The same command with more steps continues: counters, replay and RNG state.
+    runner.run(debug_cfg(logdir, 400))
+    second = latest_meta(logdir)
+    assert (second["env_steps"], second["updates"]) == (400, expected_updates(400))
+    assert second["episodes"] > first["episodes"] and second["starts"] == 1
+    np.testing.assert_array_equal(replay_stamps(logdir), np.arange(400))  # none lost or twice
+    lines = [json.loads(x) for x in (logdir / "metrics.jsonl").read_text().splitlines()]
+    resumed = [x for x in lines if x["step"] > 300]
+    assert min(x["train/updates"] for x in resumed) >= first["updates"]
+    assert resumed[-1]["replay/loaded"] == 300
+
+    # A change to a key that shapes the model is refused before anything is touched.
+    config_before = (logdir / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match=r"env\.size: \[16, 16\] -> \[8, 8\]; model\.deter: 32 -> 64"):
+        runner.run(debug_cfg(logdir, 500, **{"model.deter": 64, "env.size": [8, 8]}))
+    assert (logdir / "config.yaml").read_text() == config_before
+
+    # A damaged newest checkpoint: resume from the previous one, with a warning, and the replay
+    # is cut back to what that checkpoint had seen.
+    for path in (logdir / "checkpoints" / "400" / "state").rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"damaged")
+    with pytest.warns(UserWarning, match="cannot be read"):
+        runner.run(debug_cfg(logdir, 450))
+    third = latest_meta(logdir)
+    assert (third["env_steps"], third["updates"]) == (450, expected_updates(450))
+    assert third["starts"] == 1  # continued from the first run's checkpoint
+    np.testing.assert_array_equal(replay_stamps(logdir), np.arange(450))
+
+
+def test_replay_without_a_checkpoint_is_moved_aside(tmp_path):
+    logdir = tmp_path / "run"
+    runner.run(debug_cfg(logdir, 120))
+    shutil.rmtree(logdir / "checkpoints")
+    with pytest.warns(UserWarning, match="no checkpoint to resume"):
+        runner.run(debug_cfg(logdir, 120))
+    assert len(list(logdir.glob("replay-without-checkpoint-*/*.npz"))) > 0
+    np.testing.assert_array_equal(replay_stamps(logdir), np.arange(120))
+
+
+def test_dreamer_eval_runs_the_newest_checkpoint(tmp_path, capsys):
+    logdir = tmp_path / "run"
+    runner.run(debug_cfg(logdir, 120))
+    for video in ("first.gif", "first.mp4"):
+        assert cli.eval_main(["--logdir", str(logdir), "--episodes", "2", "--mode", "mode",
+                              "--video", str(tmp_path / video)]) == 0
+        assert (tmp_path / video).stat().st_size > 0
+    out = capsys.readouterr().out
+    assert "over 2 episodes, mode actions; checkpoint at 120 env steps" in out
+    assert cli.eval_main(["--logdir", str(tmp_path / "nothing")]) == 2
+    assert "holds no config.yaml" in capsys.readouterr().err
+    shutil.rmtree(logdir / "checkpoints")
+    assert cli.eval_main(["--logdir", str(logdir)]) == 2
+    assert "no checkpoint in" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.eval_main(["--logdir", str(logdir), "--video", "clip.avi"])
+
+
+def test_a_foreign_checkpoint_folder_is_a_clear_error(tmp_path):
+    logdir = tmp_path / "run"
+    (logdir / "checkpoints" / "100").mkdir(parents=True)
+    (logdir / "checkpoints" / "100" / "state").write_text("not a checkpoint")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "launch" / "train.py"), "--configs", "debug",
+         "--parallel.devices=1", "--run.steps=200", f"--logdir={logdir}"],
+        check=False, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "no readable checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_sigkill_and_resume(tmp_path):
+    """Killed at a random moment after two checkpoints, the same command resumes from the last
+    complete one: counters match, no step is lost or stored twice."""
+    logdir = tmp_path / "run"
+    command = [sys.executable, str(ROOT / "launch" / "train.py"), "--configs", "debug",
+               "--parallel.devices=1", "--run.eval_every=0", "--run.log_every=1",
+               "--run.checkpoint_every=2", "--logger.report_every=0", f"--logdir={logdir}"]
+    proc = subprocess.Popen([*command, "--run.steps=1e6"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and len(list((logdir / "checkpoints").glob("[0-9]*"))) < 2:
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.2)
+        time.sleep(random.uniform(0.0, 2.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    saved = latest_meta(logdir)
+    assert saved is not None and saved["env_steps"] > 0
+    total = saved["env_steps"] + 60
+    done = subprocess.run([*command, f"--run.steps={total}"], check=False, capture_output=True,
+                          text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"resumed {logdir.absolute() / 'checkpoints' / str(saved['env_steps'])}" in done.stderr
+    assert f"{saved['env_steps']} env steps, {saved['updates']} updates" in done.stderr
+    final = latest_meta(logdir)
+    debug = Config.load(logdir / "config.yaml")
+    ratio, batch = debug.run.train_ratio, debug.batch_size * debug.batch_length
+    assert final["env_steps"] == total
+    assert final["updates"] == int((total - debug.run.prefill) * ratio / batch) + 1
+    np.testing.assert_array_equal(replay_stamps(logdir), np.arange(total))
+
+
+def test_wandb_offline_run_with_videos_resumes_the_same_run(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    logdir = tmp_path / "run"
+    wandb = {"logger.wandb": True, "logger.mode": "offline", "logger.report_every": 10,
+             "run.eval_every": 120, "logger.tags": ["test"]}
+    runner.run(debug_cfg(logdir, 140, **wandb))
+    runner.run(debug_cfg(logdir, 160, **wandb))
+    runs = sorted((logdir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2
+    run_id = latest_meta(logdir)["wandb_id"]
+    assert all(run.name.endswith(run_id) for run in runs)  # the resumed run is the same run
+    media = runs[0] / "files" / "media" / "videos"
+    for name in ("report/openloop_", "report/recon_", "eval/video_"):
+        assert list(media.glob(f"{name}*.mp4")), name
+    record = (runs[0] / f"run-{run_id}.wandb").read_bytes()
+    for text in (b"builtin_catch", b"train/loss/total", b"report/openloop_mse", b"env_step"):
+        assert text in record, text
