@@ -118,7 +118,13 @@ def train_main(argv: list[str] | None = None) -> int:
         # On a machine without accelerators, N devices are N fake CPU devices (for trying the
         # data-parallel path); the setting does not touch GPU or TPU backends.
         jax.config.update("jax_num_cpu_devices", cfg.parallel.devices)
-    from dreamer import runner
+    from dreamer import doctor, runner
+
+    try:
+        doctor.preflight(cfg)
+    except ConfigError as e:
+        print(f"dreamer-train: {e}", file=sys.stderr)
+        return 2
 
     def terminate(signum, frame):
         raise KeyboardInterrupt  # unwinds like Ctrl-C: actors stopped, replay saved
@@ -139,6 +145,32 @@ def train_main(argv: list[str] | None = None) -> int:
               "same command again to resume)", file=sys.stderr)
         return 130
     return 0
+
+
+def doctor_main(argv: list[str] | None = None) -> int:
+    """`dreamer-doctor [--configs PRESET ...] [--KEY=VALUE ...]`: checks this machine for the
+    given training config (default: the demo preset) and prints each problem with its fix."""
+    argv = sys.argv[1:] if argv is None else argv
+    if "-h" in argv or "--help" in argv:
+        print(doctor_main.__doc__)
+        return 0
+    if not any(arg == "--configs" or arg.startswith("--configs=") for arg in argv):
+        argv = ["--configs", DEFAULT_PRESET, *argv]
+    try:
+        cfg, info = parse_args(argv)
+    except ConfigError as e:
+        print(f"dreamer-doctor: {e}", file=sys.stderr)
+        return 2
+    from dreamer import doctor
+
+    print(f"dreamer-doctor: checking this machine for --configs {' '.join(info['presets'])}")
+    checks = doctor.run_checks(cfg)
+    for check in checks:
+        print(check.line())
+    failed = sum(c.status == "fail" for c in checks)
+    warned = sum(c.status == "warn" for c in checks)
+    print(f"{failed} problem(s), {warned} warning(s)")
+    return 1 if failed else 0
 
 
 def eval_main(argv: list[str] | None = None) -> int:
