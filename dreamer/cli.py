@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import signal
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -211,51 +210,26 @@ def evaluate_logdir(logdir: Path, episodes: int, mode: str = "sample", seed: int
     """Evaluates the newest checkpoint of a training logdir (see `eval_main`)."""
     import jax
 
-    from dreamer import runner
-    from dreamer.agent import Agent
-    from dreamer.checkpoint import Checkpointer, abstract
+    from dreamer import analysis, runner
     from dreamer.envs import make_env
 
-    if not (logdir / "config.yaml").is_file():
-        raise ConfigError(f"{logdir} holds no config.yaml; pass the --logdir of a training run")
-    cfg = Config.load(logdir / "config.yaml")
-    if cfg.jax.platform:
-        jax.config.update("jax_platforms", cfg.jax.platform)
-    checkpoints = Checkpointer(logdir / "checkpoints")
-    env = make_env(cfg.env, seed)
+    if (logdir / "config.yaml").is_file():
+        platform = Config.load(logdir / "config.yaml").jax.platform
+        if platform:
+            jax.config.update("jax_platforms", platform)
+    run = analysis.load_run(logdir)
+    env = make_env(run.cfg.env, seed)
     try:
-        agent = Agent(cfg, env.obs_space, env.act_space)
-        with jax.default_device(jax.devices("cpu")[0]):
-            target = abstract(jax.jit(agent.init)(jax.random.PRNGKey(0)))
-        found = checkpoints.restore(target)
-        if found is None:
-            raise CheckpointError(f"no checkpoint in {checkpoints.directory}; train first "
-                                  f"(dreamer-train --logdir {logdir})")
-        step, state, _ = found
-        policy = runner.AgentPolicy(agent, 1, seed)
-        result = runner.evaluate(policy, state.params, env, episodes, cfg.env.action_repeat,
+        policy = runner.AgentPolicy(run.agent, 1, seed)
+        result = runner.evaluate(policy, run.params, env, episodes, run.cfg.env.action_repeat,
                                  video=video is not None, mode=mode)
     finally:
         env.close()
-        checkpoints.close()
     if video is not None:
         if "eval/video" not in result:
-            raise ConfigError(f"the task {cfg.env.task} has no image observations to film")
-        write_video(video, result["eval/video"])
-    return {**result, "env_steps": step}
-
-
-def write_video(path: str | Path, frames: Any, fps: int = 16) -> None:
-    """Frames uint8 [T, H, W, C] -> an .mp4 or .gif file."""
-    import imageio.v2 as imageio
-
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    if str(path).lower().endswith(".gif"):
-        imageio.mimsave(path, list(frames), duration=1000 / fps, loop=0)
-        return
-    with warnings.catch_warnings():  # ffmpeg runs as a subprocess, started right after fork
-        warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)
-        imageio.mimsave(path, list(frames), fps=fps, macro_block_size=1)
+            raise ConfigError(f"the task {run.cfg.env.task} has no image observations to film")
+        analysis.write_video(video, result["eval/video"])
+    return {**result, "env_steps": run.env_steps}
 
 
 if __name__ == "__main__":

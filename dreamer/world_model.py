@@ -116,51 +116,76 @@ def loss(nets: Nets, params: Any, batch: dict[str, jax.Array], key: jax.Array, c
     return total.mean(), (metrics, WMOut(states, feat))
 
 
-def report(nets: Nets, params: Any, batch: dict[str, jax.Array], key: jax.Array,
-           context: int) -> dict[str, jax.Array]:
-    """What the world model sees and imagines on replayed image sequences (for logging).
-
-    The posterior filters all T steps and its decoding is the reconstruction. For the open-loop
-    prediction, the model observes the first `context` frames and then imagines the rest from
-    the recorded actions alone, without seeing further frames. Each video shows
-    real | model | error side by side, error as (model - real + 1) / 2.
-    Returns `recon` and `openloop` videos uint8 [B, T, H, 3W, C] and their mean squared errors
-    per pixel (`recon_mse` over all steps, `openloop_mse` over the imagined ones); empty when
-    the observations hold no image.
-    """
-    if "image" not in batch:
-        return {}
-    b, t = batch["is_first"].shape
-    if not 0 < context < t:
-        raise ValueError(f"report context must lie in [1, {t - 1}] for sequences of {t} steps, "
-                         f"got {context}")
-    k_obs, k_img = jax.random.split(key)
+def posterior(nets: Nets, params: Any, batch: dict[str, jax.Array], key: jax.Array
+              ) -> dict[str, jax.Array]:
+    """Posterior model states of replayed sequences: {'deter': [B, T, D], 'stoch': [B, T, SK]}."""
+    b, _ = batch["is_first"].shape
     embed = encode(nets, params, obs_of(batch))
     prev_action = jnp.concatenate(
         [jnp.zeros_like(batch["action"][:, :1]), batch["action"][:, :-1]], 1)
     _, states, _, _ = rssm_lib.observe(nets.rssm, params["rssm"], rssm_lib.initial(nets.rssm, b),
-                                       prev_action, embed, batch["is_first"], k_obs)
+                                       prev_action, embed, batch["is_first"], key)
+    return states
 
+
+def open_loop(nets: Nets, params: Any, start: dict[str, jax.Array], actions: jax.Array,
+              key: jax.Array) -> dict[str, jax.Array]:
+    """The prior's states after taking `actions` [B, H, A] from `start` ({'deter': [B, D], ...}),
+    without observations: [B, H, ...], state h following action h."""
     def step(state, inputs):
         action, k = inputs
         state, _ = nets.rssm.apply({"params": params["rssm"]}, state, action, k,
                                    method="img_step")
         return state, state
 
-    start = jax.tree.map(lambda x: x[:, context - 1], states)
-    actions = jnp.swapaxes(batch["action"][:, context - 1:-1], 0, 1)
-    _, imagined = jax.lax.scan(step, start, (actions, jax.random.split(k_img, t - context)))
-    imagined = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), imagined)
+    horizon = actions.shape[1]
+    keys = jax.random.split(key, horizon)
+    _, states = jax.lax.scan(step, start, (jnp.swapaxes(actions, 0, 1), keys))
+    return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), states)
 
-    def decode(states):
-        n = states["deter"].shape[1]
-        flat = jax.tree.map(lambda x: x.reshape((b * n, *x.shape[2:])), states)
-        image = nets.dec.apply({"params": params["dec"]}, flat["deter"], flat["stoch"])["image"]
-        return jnp.clip(image.reshape((b, n, *image.shape[1:])).astype(jnp.float32), 0.0, 1.0)
+
+def decode_images(nets: Nets, params: Any, states: dict[str, jax.Array]) -> jax.Array:
+    """Model states [B, T, ...] -> decoded images in [0, 1], float32 [B, T, H, W, C]."""
+    b, t = states["deter"].shape[:2]
+    flat = jax.tree.map(lambda x: x.reshape((b * t, *x.shape[2:])), states)
+    image = nets.dec.apply({"params": params["dec"]}, flat["deter"], flat["stoch"])["image"]
+    return jnp.clip(image.reshape((b, t, *image.shape[1:])).astype(jnp.float32), 0.0, 1.0)
+
+
+def predict_rewards(nets: Nets, params: Any, states: dict[str, jax.Array]) -> jax.Array:
+    """Expected reward [B, T] that the reward head predicts for model states [B, T, ...]."""
+    logits = nets.rew.apply({"params": params["rew"]}, rssm_lib.feat(states))
+    return TwoHot(logits, nets.bins).mean()
+
+
+def report(nets: Nets, params: Any, batch: dict[str, jax.Array], key: jax.Array,
+           context: int, actions: jax.Array | None = None) -> dict[str, jax.Array]:
+    """What the world model sees and imagines on replayed image sequences (for logging).
+
+    The posterior filters all T steps and its decoding is the reconstruction. For the open-loop
+    prediction, the model observes the first `context` frames and then imagines the rest from
+    the recorded actions alone (or `actions` [B, T - context, A] instead), without seeing
+    further frames. Each video shows real | model | error side by side, error as
+    (model - real + 1) / 2. Returns `recon` and `openloop` videos uint8 [B, T, H, 3W, C] and
+    their mean squared errors per pixel (`recon_mse` over all steps, `openloop_mse` over the
+    imagined ones); empty when the observations hold no image.
+    """
+    if "image" not in batch:
+        return {}
+    _, t = batch["is_first"].shape
+    if not 0 < context < t:
+        raise ValueError(f"report context must lie in [1, {t - 1}] for sequences of {t} steps, "
+                         f"got {context}")
+    k_obs, k_img = jax.random.split(key)
+    states = posterior(nets, params, batch, k_obs)
+    start = jax.tree.map(lambda x: x[:, context - 1], states)
+    if actions is None:
+        actions = batch["action"][:, context - 1:-1]
+    imagined = open_loop(nets, params, start, actions, k_img)
 
     real = batch["image"].astype(jnp.float32) / 255.0
-    recon = decode(states)
-    openloop = jnp.concatenate([recon[:, :context], decode(imagined)], 1)
+    recon = decode_images(nets, params, states)
+    openloop = jnp.concatenate([recon[:, :context], decode_images(nets, params, imagined)], 1)
 
     def video(model):
         frames = jnp.concatenate([real, model, (model - real + 1.0) / 2.0], -2)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dreamer import cli, runner
+from dreamer import analysis, cli, runner
 from dreamer.checkpoint import Checkpointer
 from dreamer.config import Config, ConfigError, load_config
 from dreamer.replay import stored_stamps
@@ -93,7 +93,7 @@ def test_replay_without_a_checkpoint_is_moved_aside(tmp_path):
     np.testing.assert_array_equal(replay_stamps(logdir), np.arange(120))
 
 
-def test_dreamer_eval_runs_the_newest_checkpoint(tmp_path, capsys):
+def test_dreamer_eval_and_analysis_of_the_newest_checkpoint(tmp_path, capsys):
     logdir = tmp_path / "run"
     runner.run(debug_cfg(logdir, 120))
     for video in ("first.gif", "first.mp4"):
@@ -104,6 +104,26 @@ def test_dreamer_eval_runs_the_newest_checkpoint(tmp_path, capsys):
     assert "over 2 episodes, mode actions; checkpoint at 120 env steps" in out
     assert cli.eval_main(["--logdir", str(tmp_path / "nothing")]) == 2
     assert "holds no config.yaml" in capsys.readouterr().err
+
+    # The notebooks' tools on the same run.
+    run = analysis.load_run(logdir)
+    assert run.env_steps == 120
+    batch = analysis.replay_sample(run, batch=2, length=8)
+    assert batch["image"].shape == (2, 8, 16, 16, 3)
+    act_dim = batch["action"].shape[-1]
+    chosen = np.zeros((2, 5, act_dim), np.float32)
+    chosen[..., 0] = 1.0  # always the first action
+    out = analysis.imagine(run, batch, context=3, actions=chosen)
+    assert out["model"].shape == out["recon"].shape == (2, 8, 16, 16, 3)
+    np.testing.assert_array_equal(out["model"][:, :3], out["recon"][:, :3])
+    assert out["reward"].shape == (2, 5)
+    other = chosen[..., ::-1].copy()
+    assert not np.array_equal(analysis.imagine(run, batch, 3, other)["model"][:, 3:],
+                              out["model"][:, 3:])  # the imagination follows the actions
+    predicted, true = analysis.reward_predictions(run, batch)
+    assert predicted.shape == true.shape == (2, 8) and np.isfinite(predicted).all()
+    assert analysis.side_by_side(out["real"], out["model"]).shape == (8, 32, 32, 3)
+
     shutil.rmtree(logdir / "checkpoints")
     assert cli.eval_main(["--logdir", str(logdir)]) == 2
     assert "no checkpoint in" in capsys.readouterr().err

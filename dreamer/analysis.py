@@ -1,0 +1,138 @@
+"""Looking into a trained run: load its newest checkpoint and replay, and ask the world model
+for reconstructions, open-loop imagination under chosen actions, and reward predictions.
+
+Used by `dreamer-eval` and the notebooks; every function returns arrays (no plotting).
+"""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from dreamer import world_model
+from dreamer.agent import Agent
+from dreamer.checkpoint import Checkpointer, CheckpointError, abstract
+from dreamer.config import Config, ConfigError
+from dreamer.envs import make_env
+from dreamer.replay import Replay
+
+
+@dataclasses.dataclass
+class TrainedRun:
+    """A training logdir's config, agent and newest train state."""
+
+    logdir: Path
+    cfg: Config
+    agent: Agent
+    state: Any
+    env_steps: int  # the checkpoint's env steps
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.state.params
+
+
+def load_run(logdir: str | Path) -> TrainedRun:
+    """The newest readable checkpoint of a training logdir, restored on the CPU."""
+    logdir = Path(logdir)
+    if not (logdir / "config.yaml").is_file():
+        raise ConfigError(f"{logdir} holds no config.yaml; pass the --logdir of a training run")
+    cfg = Config.load(logdir / "config.yaml")
+    env = make_env(cfg.env, 0)
+    try:
+        agent = Agent(cfg, env.obs_space, env.act_space)
+    finally:
+        env.close()
+    checkpoints = Checkpointer(logdir / "checkpoints")
+    try:
+        with jax.default_device(jax.devices("cpu")[0]):
+            target = abstract(jax.jit(agent.init)(jax.random.PRNGKey(0)))
+        found = checkpoints.restore(target)
+    finally:
+        checkpoints.close()
+    if found is None:
+        raise CheckpointError(f"no checkpoint in {logdir / 'checkpoints'}; train first "
+                              f"(dreamer-train --logdir {logdir})")
+    step, state, _ = found
+    return TrainedRun(logdir, cfg, agent, state, step)
+
+
+def replay_sample(run: TrainedRun, batch: int = 4, length: int | None = None, seed: int = 0,
+                  max_steps: int = 20_000) -> dict[str, np.ndarray]:
+    """`batch` sequences of `length` steps (default: the training length) from the newest
+    `max_steps` steps of the run's replay (read only)."""
+    length = length or run.cfg.batch_length
+    replay = Replay(max_steps, length, run.logdir / "replay", run.cfg.replay.chunk, seed=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if replay.load() == 0:
+            raise ConfigError(f"{run.logdir / 'replay'} holds no steps")
+    return replay.sample(batch)
+
+
+def imagine(run: TrainedRun, batch: dict[str, np.ndarray], context: int,
+            actions: np.ndarray | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+    """The model observes the first `context` frames of each sequence, then imagines the rest
+    under `actions` [B, T - context, A] (default: the recorded ones).
+
+    Returns `real` and `model` frames uint8 [B, T, H, W, C] (the model's first `context` frames
+    are reconstructions), `recon` (reconstructions of all T frames) and `reward` [B, T - context],
+    the rewards the model expects along its imagination."""
+    nets, params = run.agent.nets, run.params["wm"]
+    k_obs, k_img = jax.random.split(jax.random.PRNGKey(seed))
+
+    @jax.jit
+    def compute(batch, actions):
+        states = world_model.posterior(nets, params, batch, k_obs)
+        start = jax.tree.map(lambda x: x[:, context - 1], states)
+        imagined = world_model.open_loop(nets, params, start, actions, k_img)
+        recon = world_model.decode_images(nets, params, states)
+        dreamed = world_model.decode_images(nets, params, imagined)
+        return recon, dreamed, world_model.predict_rewards(nets, params, imagined)
+
+    if actions is None:
+        actions = batch["action"][:, context - 1:-1]
+    recon, dreamed, reward = jax.device_get(compute(batch, np.asarray(actions, np.float32)))
+    to_uint8 = lambda x: np.round(x * 255).astype(np.uint8)
+    model = np.concatenate([recon[:, :context], dreamed], 1)
+    return {"real": batch["image"], "model": to_uint8(model), "recon": to_uint8(recon),
+            "reward": reward}
+
+
+def reward_predictions(run: TrainedRun, batch: dict[str, np.ndarray], seed: int = 0
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted, true) rewards [B, T] along replayed sequences, from posterior states."""
+    nets, params = run.agent.nets, run.params["wm"]
+
+    @jax.jit
+    def compute(batch):
+        states = world_model.posterior(nets, params, batch, jax.random.PRNGKey(seed))
+        return world_model.predict_rewards(nets, params, states)
+
+    return np.asarray(compute(batch)), np.asarray(batch["reward"])
+
+
+def write_video(path: str | Path, frames: np.ndarray, fps: int = 16) -> Path:
+    """Frames uint8 [T, H, W, C] -> an .mp4 or .gif file; returns the path."""
+    import imageio.v2 as imageio
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".gif":
+        imageio.mimsave(path, list(frames), duration=1000 / fps, loop=0)
+        return path
+    with warnings.catch_warnings():  # ffmpeg runs as a subprocess, started right after fork
+        warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)
+        imageio.mimsave(path, list(frames), fps=fps, macro_block_size=1)
+    return path
+
+
+def side_by_side(*videos: np.ndarray) -> np.ndarray:
+    """Videos [B, T, H, W, C] -> one video [T, B*H, n*W, C]: columns side by side, rows of B."""
+    joined = np.concatenate(videos, axis=3)
+    b, t, h, w, c = joined.shape
+    return joined.transpose(1, 0, 2, 3, 4).reshape(t, b * h, w, c)
