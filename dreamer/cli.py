@@ -99,16 +99,25 @@ def parse_args(argv: Sequence[str], configs_dir: str | Path | None = None
     return cfg, {"presets": presets, "overrides": overrides}
 
 
-def train_main(argv: list[str] | None = None) -> int:
-    """`dreamer-train --configs debug --run.steps=1e4 --logdir runs/x` (see README)."""
+def _config_of(prog: str, argv: list[str] | None) -> tuple[Config, dict[str, Any]] | None:
+    """The config of a command line (the demo preset unless --configs is given); None after
+    printing the error."""
     argv = sys.argv[1:] if argv is None else argv
     if not any(arg == "--configs" or arg.startswith("--configs=") for arg in argv):
         argv = ["--configs", DEFAULT_PRESET, *argv]
     try:
-        cfg, _ = parse_args(argv)
+        return parse_args(argv)
     except ConfigError as e:
-        print(f"dreamer-train: {e}", file=sys.stderr)
+        print(f"{prog}: {e}", file=sys.stderr)
+        return None
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    """`dreamer-train --configs debug --run.steps=1e4 --logdir runs/x` (see README)."""
+    parsed = _config_of("dreamer-train", argv)
+    if parsed is None:
         return 2
+    cfg, _ = parsed
     import jax
 
     if cfg.jax.platform:
@@ -153,13 +162,10 @@ def doctor_main(argv: list[str] | None = None) -> int:
     if "-h" in argv or "--help" in argv:
         print(doctor_main.__doc__)
         return 0
-    if not any(arg == "--configs" or arg.startswith("--configs=") for arg in argv):
-        argv = ["--configs", DEFAULT_PRESET, *argv]
-    try:
-        cfg, info = parse_args(argv)
-    except ConfigError as e:
-        print(f"dreamer-doctor: {e}", file=sys.stderr)
+    parsed = _config_of("dreamer-doctor", argv)
+    if parsed is None:
         return 2
+    cfg, info = parsed
     from dreamer import doctor
 
     print(f"dreamer-doctor: checking this machine for --configs {' '.join(info['presets'])}")
