@@ -349,10 +349,14 @@ class Session:
                 "time/hours": (self.trained_seconds + time.time() - self.started) / 3600}
 
     def finish(self, extra: dict[str, float] | None = None) -> dict[str, Any]:
-        """The final evaluation and metric write; returns the evaluation."""
-        self.evaluate()
+        """The final evaluation (unless one just ran at this step) and metric write; returns the
+        evaluation."""
+        fresh = not (self.evals and self.last_eval == self.env_steps)
+        if fresh:
+            self.evaluate()
         self.learner.check_replicas()
-        self.logger.write(self.env_steps, {**self.metrics(), **self.evals, **(extra or {})})
+        self.logger.write(self.env_steps, {**self.metrics(), **(self.evals if fresh else {}),
+                                           **(extra or {})})
         return self.evals
 
     # ------------------------------------------------------------------------- checkpoints

@@ -10,7 +10,7 @@ from dreamer.config import Config, load_config
 
 def test_debug_run_writes_logdir(tmp_path):
     cfg = load_config(["debug"], {
-        "logdir": str(tmp_path), "run.steps": 300, "run.prefill": 100, "run.eval_every": 200,
+        "logdir": str(tmp_path), "run.steps": 300, "run.prefill": 100, "run.eval_every": 100,
         "run.log_every": 0, "run.train_ratio": 16, "parallel.devices": 1})
     result = runner.run(cfg)
     assert np.isfinite(result["eval/score"]) and result["eval/length"] == 28
@@ -23,6 +23,8 @@ def test_debug_run_writes_logdir(tmp_path):
                 "fps/train", "train/updates"):
         assert key in keys, key
     assert max(line["step"] for line in lines) == 300
+    # One evaluation per 100 steps; the one at the last step is also the final one.
+    assert [line["step"] for line in lines if "eval/score" in line] == [100, 200, 300]
     updates = max(line.get("train/updates", 0) for line in lines)
     # (300 - 100) agent steps after prefill * ratio 16 / (4 x 8 replayed steps per update)
     assert 95 <= updates <= 105
