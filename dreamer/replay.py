@@ -169,7 +169,9 @@ class Replay:
             return out
 
     def save(self) -> int:
-        """Writes every chunk whose steps are not all on disk yet; returns files written."""
+        """Writes every chunk whose steps are not all on disk yet, and deletes the files of
+        chunks older than every chunk held (evicted ones, which `load` would never read), so the
+        directory stays about as large as the capacity. Returns files written."""
         with self._lock:
             directory = self._directory()
             directory.mkdir(parents=True, exist_ok=True)
@@ -180,6 +182,12 @@ class Replay:
                 if c.path is not None and c.path != path:
                     c.path.unlink(missing_ok=True)
                 c.path, c.saved = path, c.length
+            held = [c for s in self._streams for c in s.chunks]
+            if held:
+                oldest, uuids = min(c.time for c in held), {c.uuid for c in held}
+                for uid, (time_ns, *_, path) in _chunk_files(directory).items():
+                    if time_ns < oldest and uid not in uuids:
+                        path.unlink(missing_ok=True)
             return len(todo)
 
     def load(self, until: int | None = None) -> int:

@@ -338,3 +338,15 @@ def test_replay_memory_benchmark_counts_bytes_per_step():
     step_bytes = 16 * 16 * 3 + 6 * 4 + 4 + 3 + 8  # image, action, reward, flags, stamp
     assert step_bytes <= out["bytes_per_step_arrays"] <= step_bytes * 1.2
     assert out["steps_stored"] <= 1024 and 0 < out["bytes_per_step_disk"] < step_bytes
+
+
+def test_save_deletes_the_files_of_evicted_chunks(tmp_path):
+    replay = Replay(capacity=8, length=2, directory=tmp_path, chunk=4)
+    for _ in range(10):
+        fill(replay, workers=1, steps=4)
+        replay.save()
+    assert len(replay) <= 8 and replay.stats["replay/evicted"] > 0
+    stamps = sorted(int(s) for p in tmp_path.glob("*.npz") for s in np.load(p)["_stamp"])
+    assert stamps == list(range(40 - len(replay), 40))  # exactly the steps held
+    loaded = Replay(capacity=8, length=2, directory=tmp_path, chunk=4)
+    assert loaded.load() == len(replay)
