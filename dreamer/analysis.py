@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,18 @@ class TrainedRun:
     state: Any
     env_steps: int  # the checkpoint's env steps
 
+    _compiled: dict[str, Callable] = dataclasses.field(default_factory=dict, repr=False)
+
     @property
     def params(self) -> dict[str, Any]:
         return self.state.params
+
+    def compiled(self, name: str, build: Callable[[world_model.Nets], Callable]) -> Callable:
+        """`build(nets)`, a jitted function of the params and arrays, made once per run, so
+        repeated calls with the same shapes reuse one compilation."""
+        if name not in self._compiled:
+            self._compiled[name] = build(self.agent.nets)
+        return self._compiled[name]
 
 
 def load_run(logdir: str | Path) -> TrainedRun:
@@ -49,9 +59,8 @@ def load_run(logdir: str | Path) -> TrainedRun:
         env.close()
     checkpoints = Checkpointer(logdir / "checkpoints")
     try:
-        with jax.default_device(jax.devices("cpu")[0]):
-            target = abstract(jax.jit(agent.init)(jax.random.PRNGKey(0)))
-        found = checkpoints.restore(target)
+        shapes = jax.eval_shape(agent.init, jax.random.PRNGKey(0))  # nothing computed
+        found = checkpoints.restore(abstract(shapes, jax.devices("cpu")[0]))
     finally:
         checkpoints.close()
     if found is None:
@@ -82,38 +91,45 @@ def imagine(run: TrainedRun, batch: dict[str, np.ndarray], context: int,
     Returns `real` and `model` frames uint8 [B, T, H, W, C] (the model's first `context` frames
     are reconstructions), `recon` (reconstructions of all T frames) and `reward` [B, T - context],
     the rewards the model expects along its imagination."""
-    nets, params = run.agent.nets, run.params["wm"]
-    k_obs, k_img = jax.random.split(jax.random.PRNGKey(seed))
-
-    @jax.jit
-    def compute(batch, actions):
-        states = world_model.posterior(nets, params, batch, k_obs)
-        start = jax.tree.map(lambda x: x[:, context - 1], states)
-        imagined = world_model.open_loop(nets, params, start, actions, k_img)
-        recon = world_model.decode_images(nets, params, states)
-        dreamed = world_model.decode_images(nets, params, imagined)
-        return recon, dreamed, world_model.predict_rewards(nets, params, imagined)
-
     if actions is None:
         actions = batch["action"][:, context - 1:-1]
-    recon, dreamed, reward = jax.device_get(compute(batch, np.asarray(actions, np.float32)))
-    to_uint8 = lambda x: np.round(x * 255).astype(np.uint8)
+    fn = run.compiled("imagine", _imagine)
+    recon, dreamed, reward = jax.device_get(fn(
+        run.params["wm"], batch, np.asarray(actions, np.float32), jax.random.PRNGKey(seed),
+        context=context))
     model = np.concatenate([recon[:, :context], dreamed], 1)
-    return {"real": batch["image"], "model": to_uint8(model), "recon": to_uint8(recon),
+    return {"real": batch["image"], "model": _to_uint8(model), "recon": _to_uint8(recon),
             "reward": reward}
 
 
 def reward_predictions(run: TrainedRun, batch: dict[str, np.ndarray], seed: int = 0
                        ) -> tuple[np.ndarray, np.ndarray]:
     """(predicted, true) rewards [B, T] along replayed sequences, from posterior states."""
-    nets, params = run.agent.nets, run.params["wm"]
+    fn = run.compiled("rewards", _rewards)
+    return np.asarray(fn(run.params["wm"], batch, jax.random.PRNGKey(seed))), batch["reward"]
 
-    @jax.jit
-    def compute(batch):
-        states = world_model.posterior(nets, params, batch, jax.random.PRNGKey(seed))
+
+def _imagine(nets: world_model.Nets):
+    def fn(params, batch, actions, key, context):
+        states, imagined = world_model.open_loop_prediction(nets, params, batch, key, context,
+                                                            actions)
+        return (world_model.decode_images(nets, params, states),
+                world_model.decode_images(nets, params, imagined),
+                world_model.predict_rewards(nets, params, imagined))
+
+    return jax.jit(fn, static_argnames="context")
+
+
+def _rewards(nets: world_model.Nets):
+    def fn(params, batch, key):
+        states = world_model.posterior(nets, params, batch, key)
         return world_model.predict_rewards(nets, params, states)
 
-    return np.asarray(compute(batch)), np.asarray(batch["reward"])
+    return jax.jit(fn)
+
+
+def _to_uint8(frames: np.ndarray) -> np.ndarray:
+    return np.round(frames * 255).astype(np.uint8)
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: int = 16) -> Path:

@@ -52,10 +52,14 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
-def abstract(tree: Any) -> Any:
+def abstract(tree: Any, device: jax.Device | None = None) -> Any:
     """Shapes, dtypes and shardings of `tree`: the target orbax restores into (so optax
-    NamedTuples come back as NamedTuples, not lists)."""
-    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+    NamedTuples come back as NamedTuples, not lists). With `device`, `tree` may hold shapes
+    only (e.g. from `jax.eval_shape`), and the target places every leaf on `device`."""
+    if device is None:
+        return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+    sharding = jax.sharding.SingleDeviceSharding(device)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
 class Checkpointer:

@@ -261,7 +261,7 @@ class Session:
         self.pending = UpdateMetrics(cfg.run.max_nonfinite)
         self.averages, self.evals = Averages(), {}
         self.timing: dict[str, float] = {}
-        self.restored = self._restore()
+        self._restore()
         self.logger = logger or make_logger(
             logdir, int(cfg.run.steps), cfg.logger.console, self.env_steps,
             self._wandb_settings() if cfg.logger.wandb else None)
@@ -387,8 +387,8 @@ class Session:
         self.last_save = time.time()
         self.timing["time/checkpoint_s"] = time.perf_counter() - start
 
-    def _restore(self) -> bool:
-        """Continues from the newest readable checkpoint, if any; returns whether it did."""
+    def _restore(self) -> None:
+        """Continues from the newest readable checkpoint, if there is one."""
         target = abstract(self.learner.host_state())
         found = self.checkpoints.restore(target)
         replay_dir = self.logdir / "replay"
@@ -399,7 +399,7 @@ class Session:
                 replay_dir.rename(aside)
                 warnings.warn(f"{replay_dir} held steps but there is no checkpoint to resume; "
                               f"moved them to {aside} and starting afresh", stacklevel=2)
-            return False
+            return
         step, state, meta = found
         self.learner.load_state(state, meta["updates"])
         self.agent_steps, self.episodes = meta["agent_steps"], meta["episodes"]
@@ -417,7 +417,6 @@ class Session:
         self.replay.load_state(meta["replay"])
         print(f"dreamer: resumed {self.checkpoints.directory / str(step)}: {self.env_steps} env "
               f"steps, {self.learner.updates} updates, {loaded} replay steps", file=sys.stderr)
-        return True
 
     def _wandb_settings(self) -> dict[str, Any]:
         lg = self.cfg.logger

@@ -158,20 +158,12 @@ def predict_rewards(nets: Nets, params: Any, states: dict[str, jax.Array]) -> ja
     return TwoHot(logits, nets.bins).mean()
 
 
-def report(nets: Nets, params: Any, batch: dict[str, jax.Array], key: jax.Array,
-           context: int, actions: jax.Array | None = None) -> dict[str, jax.Array]:
-    """What the world model sees and imagines on replayed image sequences (for logging).
-
-    The posterior filters all T steps and its decoding is the reconstruction. For the open-loop
-    prediction, the model observes the first `context` frames and then imagines the rest from
-    the recorded actions alone (or `actions` [B, T - context, A] instead), without seeing
-    further frames. Each video shows real | model | error side by side, error as
-    (model - real + 1) / 2. Returns `recon` and `openloop` videos uint8 [B, T, H, 3W, C] and
-    their mean squared errors per pixel (`recon_mse` over all steps, `openloop_mse` over the
-    imagined ones); empty when the observations hold no image.
-    """
-    if "image" not in batch:
-        return {}
+def open_loop_prediction(nets: Nets, params: Any, batch: dict[str, jax.Array], key: jax.Array,
+                         context: int, actions: jax.Array | None = None):
+    """Posterior states of all T steps of replayed sequences, and the prior's states after it has
+    observed the first `context` steps and then takes the recorded actions (or `actions`
+    [B, T - context, A]) without observations. Returns (states [B, T, ...],
+    imagined [B, T - context, ...])."""
     _, t = batch["is_first"].shape
     if not 0 < context < t:
         raise ValueError(f"report context must lie in [1, {t - 1}] for sequences of {t} steps, "
@@ -181,8 +173,24 @@ def report(nets: Nets, params: Any, batch: dict[str, jax.Array], key: jax.Array,
     start = jax.tree.map(lambda x: x[:, context - 1], states)
     if actions is None:
         actions = batch["action"][:, context - 1:-1]
-    imagined = open_loop(nets, params, start, actions, k_img)
+    return states, open_loop(nets, params, start, actions, k_img)
 
+
+def report(nets: Nets, params: Any, batch: dict[str, jax.Array], key: jax.Array,
+           context: int) -> dict[str, jax.Array]:
+    """What the world model sees and imagines on replayed image sequences (for logging).
+
+    The posterior filters all T steps and its decoding is the reconstruction. For the open-loop
+    prediction, the model observes the first `context` frames and then imagines the rest from
+    the recorded actions alone, without seeing further frames (`open_loop_prediction`). Each
+    video shows real | model | error side by side, error as (model - real + 1) / 2.
+    Returns `recon` and `openloop` videos uint8 [B, T, H, 3W, C] and their mean squared errors
+    per pixel (`recon_mse` over all steps, `openloop_mse` over the imagined ones); empty when
+    the observations hold no image.
+    """
+    if "image" not in batch:
+        return {}
+    states, imagined = open_loop_prediction(nets, params, batch, key, context)
     real = batch["image"].astype(jnp.float32) / 255.0
     recon = decode_images(nets, params, states)
     openloop = jnp.concatenate([recon[:, :context], decode_images(nets, params, imagined)], 1)

@@ -41,24 +41,20 @@ def latest_meta(logdir: Path) -> dict:
         ckpt.close()
 
 
-def replay_stamps(logdir: Path) -> np.ndarray:
-    return stored_stamps(logdir / "replay")
-
-
 def test_resume_continues_counters_replay_and_falls_back_past_damage(tmp_path):
     logdir = tmp_path / "run"
     runner.run(debug_cfg(logdir, 300))
     first = latest_meta(logdir)
     assert (first["env_steps"], first["updates"]) == (300, expected_updates(300))
     assert first["replay"]["inserts"] == 300
-    np.testing.assert_array_equal(replay_stamps(logdir), np.arange(300))
+    np.testing.assert_array_equal(stored_stamps(logdir / "replay"), np.arange(300))
 
     # The same command with more steps continues: counters, replay and RNG state.
     runner.run(debug_cfg(logdir, 400))
     second = latest_meta(logdir)
     assert (second["env_steps"], second["updates"]) == (400, expected_updates(400))
     assert second["episodes"] > first["episodes"] and second["starts"] == 1
-    np.testing.assert_array_equal(replay_stamps(logdir), np.arange(400))  # none lost or twice
+    np.testing.assert_array_equal(stored_stamps(logdir / "replay"), np.arange(400))  # none lost or twice
     lines = [json.loads(x) for x in (logdir / "metrics.jsonl").read_text().splitlines()]
     resumed = [x for x in lines if x["step"] > 300]
     assert min(x["train/updates"] for x in resumed) >= first["updates"]
@@ -80,7 +76,7 @@ def test_resume_continues_counters_replay_and_falls_back_past_damage(tmp_path):
     third = latest_meta(logdir)
     assert (third["env_steps"], third["updates"]) == (450, expected_updates(450))
     assert third["starts"] == 1  # continued from the first run's checkpoint
-    np.testing.assert_array_equal(replay_stamps(logdir), np.arange(450))
+    np.testing.assert_array_equal(stored_stamps(logdir / "replay"), np.arange(450))
 
 
 def test_replay_without_a_checkpoint_is_moved_aside(tmp_path):
@@ -90,7 +86,7 @@ def test_replay_without_a_checkpoint_is_moved_aside(tmp_path):
     with pytest.warns(UserWarning, match="no checkpoint to resume"):
         runner.run(debug_cfg(logdir, 120))
     assert len(list(logdir.glob("replay-without-checkpoint-*/*.npz"))) > 0
-    np.testing.assert_array_equal(replay_stamps(logdir), np.arange(120))
+    np.testing.assert_array_equal(stored_stamps(logdir / "replay"), np.arange(120))
 
 
 def test_dreamer_eval_and_analysis_of_the_newest_checkpoint(tmp_path, capsys):
@@ -120,6 +116,7 @@ def test_dreamer_eval_and_analysis_of_the_newest_checkpoint(tmp_path, capsys):
     other = chosen[..., ::-1].copy()
     assert not np.array_equal(analysis.imagine(run, batch, 3, other)["model"][:, 3:],
                               out["model"][:, 3:])  # the imagination follows the actions
+    assert run.compiled("imagine", None)._cache_size() == 1  # both calls shared one compile
     predicted, true = analysis.reward_predictions(run, batch)
     assert predicted.shape == true.shape == (2, 8) and np.isfinite(predicted).all()
     assert analysis.side_by_side(out["real"], out["model"]).shape == (8, 32, 32, 3)
@@ -176,7 +173,7 @@ def test_sigkill_and_resume(tmp_path):
     ratio, batch = debug.run.train_ratio, debug.batch_size * debug.batch_length
     assert final["env_steps"] == total
     assert final["updates"] == int((total - debug.run.prefill) * ratio / batch) + 1
-    np.testing.assert_array_equal(replay_stamps(logdir), np.arange(total))
+    np.testing.assert_array_equal(stored_stamps(logdir / "replay"), np.arange(total))
 
 
 def test_wandb_offline_run_with_videos_resumes_the_same_run(tmp_path, monkeypatch):
