@@ -130,6 +130,10 @@ class JSONLOutput:
         self.path = Path(logdir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file: TextIO | None = self.path.open("a")
+        # A run killed mid-write leaves a last line without its newline; start the resumed
+        # run's lines on a line of their own, so only the cut line is lost.
+        if self.path.stat().st_size and not _ends_with_newline(self.path):
+            self._file.write("\n")
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         if self._file is None:
@@ -142,6 +146,12 @@ class JSONLOutput:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as f:
+        f.seek(-1, 2)
+        return f.read(1) == b"\n"
 
 
 class ConsoleOutput:

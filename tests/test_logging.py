@@ -63,6 +63,15 @@ def test_jsonl_appends_one_object_per_write(tmp_path):
     assert [r["step"] for r in read_jsonl(logdir / "metrics.jsonl")] == [10, 20, 30]
     with pytest.raises(ValueError, match="closed"):
         output.write(40, {})
+    # A kill in the middle of a write leaves a cut last line: a resumed run's lines start on a
+    # new line, so the cut line alone is unreadable (and skipped by the plotting reader).
+    with (logdir / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 40, "fps/en')
+    output = JSONLOutput(logdir)
+    output.write(50, {"fps/env": 13.0})
+    output.close()
+    lines = (logdir / "metrics.jsonl").read_text().splitlines()
+    assert lines[-2] == '{"step": 40, "fps/en' and json.loads(lines[-1])["step"] == 50
 
 
 @pytest.mark.parametrize(
