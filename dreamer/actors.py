@@ -72,6 +72,7 @@ class _Actor:
 
         from dreamer.agent import Agent
         from dreamer.envs import make_env
+        from dreamer.rngs import Rngs
         from dreamer.runner import AgentPolicy, Collector
 
         jax.config.update("jax_platforms", "cpu")
@@ -81,15 +82,18 @@ class _Actor:
         self._learner_version = version  # shared: the learner's newest published version
         self.prefix = f"a{index}.{incarnation}"
         n = cfg.actors.envs
-        self._seeds = [cfg.seed * 100_000 + (index + 1) * 1000 + 10 * i + incarnation
-                       for i in range(n)]
+        # Streams of this actor incarnation, split by name from the run seed.
+        rngs = Rngs(cfg.seed)
+        name = f"actor{index}.{incarnation}"
+        self._seeds = [rngs.int_seed(f"{name}/env", i) for i in range(n)]
         self._make_env, self._collector_cls = make_env, Collector
         envs = [make_env(cfg.env, s) for s in self._seeds]
         self.agent = Agent(cfg, envs[0].obs_space, envs[0].act_space)
         self.collectors = [Collector([env], self.agent.act_dim) for env in envs]
         self.env_incarnation = [0] * n
-        self.policy = AgentPolicy(self.agent, n, cfg.seed * 7919 + index * 31 + incarnation)
-        self.rng = np.random.default_rng(self._seeds[0])
+        self.policy = AgentPolicy(self.agent, n, rngs.key_stream(f"{name}/policy"))
+        self.rng = rngs.numpy(f"{name}/prefill")
+        self._initial_outputs = self.agent.policy_outputs_initial(1)
         self.params, self.version = None, -1
         self.buffers: list[list[dict]] = [[] for _ in range(n)]
         self.lags: list[list[int]] = [[] for _ in range(n)]
@@ -118,13 +122,16 @@ class _Actor:
                    for k in self.collectors[0].batch_obs()}
             if self.params is None:
                 actions = np.concatenate([c.random_actions(self.rng) for c in self.collectors])
+                outputs = {k: np.repeat(v, len(self.collectors), 0)
+                           for k, v in self._initial_outputs.items()}
                 lag = 0
             else:
-                actions = self.policy(self.params, obs)
+                actions, outputs = self.policy(self.params, obs)
                 lag = self.learner_version() - self.version
             for i, collector in enumerate(self.collectors):
                 try:
-                    records, done = collector.step(actions[i:i + 1])
+                    records, done = collector.step(
+                        actions[i:i + 1], {k: v[i:i + 1] for k, v in outputs.items()})
                 except Exception:  # noqa: BLE001 (a broken environment is replaced)
                     env_restarts += 1
                     self._replace_env(i)

@@ -63,7 +63,7 @@ def update_retnorm(stats: dict[str, jax.Array], ret: jax.Array, cfg: Any,
 
 def policy_dist(nets: Any, actor_params: Any, feat: jax.Array, cfg: Any) -> Policy:
     out = nets.actor.apply({"params": actor_params}, feat)
-    return Policy(out, nets.discrete, cfg.model.unimix, cfg.ac.minstd, cfg.ac.maxstd)
+    return Policy(out, nets.discrete, cfg.ac.minstd, cfg.ac.maxstd)
 
 
 def value_dist(nets: Any, critic_params: Any, feat: jax.Array) -> TwoHot:
@@ -162,11 +162,15 @@ def actor_critic_loss(nets: Any, params: Any, slow_critic: Any, retnorm: dict[st
 def repval_loss(nets: Any, params: Any, slow_critic: Any, feat: jax.Array,
                 batch: dict[str, jax.Array], boot: jax.Array, cfg: Any) -> jax.Array:
     """Critic loss on λ-returns of the replayed sequences (2024 code), bootstrapped from the
-    imagined returns of each step. feat [B, T, F]; boot [B, T]. Returns the scalar loss."""
+    imagined returns of each step. feat [B, T, F]; boot [B, T]. Returns the scalar loss.
+
+    With `ac.repval_grad` (the 2024 code's default) the loss also trains the world model
+    through the posterior features; otherwise they are stopped."""
     gamma = 1.0 - 1.0 / cfg.ac.discount_horizon
     is_last = batch["is_last"].astype(jnp.float32)
     cont = gamma * (1.0 - batch["is_terminal"].astype(jnp.float32))
-    feat = sg(feat)
+    if not cfg.ac.repval_grad:
+        feat = sg(feat)
     # Returns are cut where an episode ends inside the sequence (λ = 0 there, so the step's own
     # bootstrap is used) and the last step of an episode, whose successor belongs to another
     # episode, gets no weight.

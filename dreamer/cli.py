@@ -218,6 +218,7 @@ def evaluate_logdir(logdir: Path, episodes: int, mode: str = "sample", seed: int
 
     from dreamer import analysis, runner
     from dreamer.envs import make_env
+    from dreamer.rngs import Rngs
 
     if (logdir / "config.yaml").is_file():
         platform = Config.load(logdir / "config.yaml").jax.platform
@@ -226,7 +227,7 @@ def evaluate_logdir(logdir: Path, episodes: int, mode: str = "sample", seed: int
     run = analysis.load_run(logdir)
     env = make_env(run.cfg.env, seed)
     try:
-        policy = runner.AgentPolicy(run.agent, 1, seed)
+        policy = runner.AgentPolicy(run.agent, 1, Rngs(seed).key_stream("eval"))
         result = runner.evaluate(policy, run.params, env, episodes, run.cfg.env.action_repeat,
                                  video=video is not None, mode=mode)
     finally:

@@ -21,9 +21,13 @@ def symexp(x: jax.Array) -> jax.Array:
     return jnp.sign(x) * jnp.expm1(jnp.abs(x))
 
 
-def symlog_bins(num: int, limit: float = 20.0) -> jax.Array:
-    """[num] bin centres evenly spaced in symlog space on [-limit, limit] (paper Sec. 2)."""
-    return jnp.linspace(-limit, limit, num, dtype=jnp.float32)
+def symexp_bins(num: int, limit: float = 20.0) -> jax.Array:
+    """[num] bin positions in raw space: symexp of an even grid on [-limit, limit] in symlog
+    space (2024 code). The upper half mirrors the lower one, so the bins are exactly symmetric
+    around zero (an odd `num` has a bin at 0)."""
+    lower = symexp(jnp.linspace(-limit, limit, num, dtype=jnp.float32)[:num // 2])
+    middle = jnp.zeros(num % 2, jnp.float32)
+    return jnp.concatenate([lower, middle, -lower[::-1]])
 
 
 def twohot(x: jax.Array, bins: jax.Array) -> jax.Array:
@@ -48,20 +52,33 @@ def twohot(x: jax.Array, bins: jax.Array) -> jax.Array:
 
 
 class TwoHot:
-    """Categorical over symlog-spaced bins; predicts `symexp(E[bin])` (reward and value heads)."""
+    """Categorical over bins placed at symexp of an even symlog grid (`symexp_bins`); reward and
+    value heads (2024 code).
+
+    Targets are two-hot encoded and the prediction is averaged in raw space, so the predicted
+    mean of a mixture of returns is their mean (a 50/50 mix of 0 and 100 predicts 50), while the
+    symlog spacing of the bins still covers returns of any magnitude.
+    """
 
     def __init__(self, logits: jax.Array, bins: jax.Array):
         self.logits = logits.astype(jnp.float32)
         self.bins = bins
 
     def mean(self) -> jax.Array:
-        """[...] expected value in the original (symexp) space."""
+        """[...] expected value sum(p_k b_k). The two halves are added from the outside in, so
+        that symmetric bins under uniform probabilities give exactly 0 (a left-to-right sum
+        over bins of magnitude up to 5e8 leaves a rounding error far above typical rewards)."""
         probs = jax.nn.softmax(self.logits, -1)
-        return symexp(jnp.sum(probs * self.bins, -1))
+        n = probs.shape[-1]
+        m = n // 2
+        lower = (probs[..., :m] * self.bins[:m])[..., ::-1]
+        upper = probs[..., n - m:] * self.bins[n - m:]
+        middle = probs[..., m] * self.bins[m] if n % 2 else 0.0
+        return jnp.sum(lower + upper, -1) + middle
 
     def log_prob(self, target: jax.Array) -> jax.Array:
         """[...] log-likelihood of `target` [...] under the two-hot target distribution."""
-        target = twohot(symlog(target), self.bins)
+        target = twohot(target.astype(jnp.float32), self.bins)
         return jnp.sum(target * jax.nn.log_softmax(self.logits, -1), -1)
 
 
@@ -134,18 +151,19 @@ def bernoulli_log_prob(logits: jax.Array, target: jax.Array) -> jax.Array:
 class Policy:
     """Action distribution of the actor: one-hot categorical (discrete) or bounded normal.
 
-    Discrete: `out` [..., A] logits, with `unimix` uniform mixed in; samples are one-hot [..., A].
-    Continuous: `out` [..., 2A] -> mean tanh(m), std in [minstd, maxstd]; samples [..., A].
+    Discrete: `out` [..., A] logits of a plain categorical (the 2024 code mixes no uniform into
+    the policy); samples are one-hot [..., A].
+    Continuous: `out` is the pair (mean [..., A], std [..., A]) of the actor's two output layers
+    -> mean tanh(m), std in [minstd, maxstd]; samples [..., A].
     """
 
-    def __init__(self, out: jax.Array, discrete: bool, unimix: float = 0.01,
+    def __init__(self, out: jax.Array | tuple[jax.Array, jax.Array], discrete: bool,
                  minstd: float = 0.1, maxstd: float = 1.0):
-        out = out.astype(jnp.float32)
         self.discrete = discrete
         if discrete:
-            self.logits = unimix_logits(out, unimix)
+            self.logits = jax.nn.log_softmax(out.astype(jnp.float32), -1)
         else:
-            mean, std = jnp.split(out, 2, -1)
+            mean, std = (x.astype(jnp.float32) for x in out)
             self.loc = jnp.tanh(mean)
             self.std = (maxstd - minstd) * jax.nn.sigmoid(std + 2.0) + minstd
 

@@ -54,18 +54,24 @@ class Learner:
         """Host batch [self.batch_size, T, ...] -> split over the learner devices."""
         return batch if self._parallel is None else self._parallel.shard(batch)
 
-    def update(self, batch: Any, key: jax.Array) -> dict[str, jax.Array]:
-        """One update on a host batch [self.batch_size, T, ...] or one already `place`d;
-        returns metrics without waiting for them (the next batch is sampled while the devices
-        compute)."""
+    def update(self, batch: Any, key: jax.Array) -> tuple[dict[str, jax.Array], Any]:
+        """One update on a host batch [self.batch_size, L, ...] or one already `place`d;
+        returns (metrics, replay updates) without waiting for them (the next batch is sampled
+        while the devices compute); `local_rows` turns the replay updates into host rows."""
         if isinstance(batch["is_first"], np.ndarray):
             batch = self.place(batch)
         if self._parallel is None:
-            self.state, metrics = self.agent.train_step(self.state, batch, key)
+            self.state, metrics, rows = self.agent.train_step(self.state, batch, key)
         else:
-            self.state, metrics = self._parallel(self.state, batch, key)
+            self.state, metrics, rows = self._parallel(self.state, batch, key)
         self.updates += 1
-        return metrics
+        return metrics, rows
+
+    def local_rows(self, rows: Any) -> dict[str, np.ndarray]:
+        """Replay updates of `update` -> host arrays [self.batch_size, ...] in batch order."""
+        if self._parallel is None:
+            return jax.device_get(rows)
+        return self._parallel.local_rows(rows)
 
     def params(self) -> Any:
         """The current parameters on the CPU for acting; copied at most once per update."""

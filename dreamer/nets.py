@@ -34,7 +34,8 @@ def get_act(name: str) -> Callable[[jax.Array], jax.Array]:
 
 
 class Norm(nn.Module):
-    """RMSNorm or LayerNorm over the last axis with learned scale and shift; computed in float32."""
+    """RMSNorm (learned scale only, as in the 2024 code) or LayerNorm (learned scale and shift)
+    over the last axis; computed in float32."""
 
     impl: str = "rms"
     eps: float = 1e-4
@@ -52,9 +53,10 @@ class Norm(nn.Module):
             x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), -1, keepdims=True) + self.eps)
         else:
             raise ValueError(f"unknown norm '{self.impl}': use rms, layer or none")
-        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
-        shift = self.param("shift", nn.initializers.zeros, (x.shape[-1],), jnp.float32)
-        return (x * scale + shift).astype(dtype)
+        x = x * self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
+        if self.impl == "layer":
+            x = x + self.param("shift", nn.initializers.zeros, (x.shape[-1],), jnp.float32)
+        return x.astype(dtype)
 
 
 class Linear(nn.Module):
@@ -123,6 +125,29 @@ class GroupedInputLinear(nn.Module):
         return y + shared.astype(self.dtype) @ shared_kernel + bias.astype(self.dtype)
 
 
+class ConcatLinear(nn.Module):
+    """One linear map on the concatenation of inputs of `sizes` ([sum(sizes), units] kernel,
+    fan-in init over all of them), applied one input at a time: `part(x_i, i)` is x_i times the
+    kernel's rows of input i, and part 0 adds the bias. The sum over the parts equals the map on
+    the concatenation, so a caller may compute a part that does not change inside a scan once
+    for the whole sequence."""
+
+    units: int
+    sizes: tuple[int, ...]
+    dtype: Dtype = jnp.float32
+
+    def setup(self):
+        self.kernel = self.param("kernel", winit(), (sum(self.sizes), self.units), jnp.float32)
+        self.bias = self.param("bias", nn.initializers.zeros, (self.units,), jnp.float32)
+
+    def part(self, x: jax.Array, index: int) -> jax.Array:
+        """x [..., sizes[index]] -> [..., units]."""
+        start = sum(self.sizes[:index])
+        kernel = self.kernel[start:start + self.sizes[index]].astype(self.dtype)
+        y = x.astype(self.dtype) @ kernel
+        return y + self.bias.astype(self.dtype) if index == 0 else y
+
+
 class Dense(nn.Module):
     """Linear -> Norm -> activation."""
 
@@ -139,11 +164,12 @@ class Dense(nn.Module):
 
 
 class MLP(nn.Module):
-    """`layers` Dense blocks followed by a linear output of size `out` (if out > 0)."""
+    """`layers` Dense blocks followed by a linear output of size `out` (if out > 0), or by one
+    separate linear output per entry of a tuple `out` (e.g. a policy's mean and std)."""
 
     layers: int
     units: int
-    out: int = 0
+    out: int | tuple[int, ...] = 0
     outscale: float = 1.0
     norm: str = "rms"
     act: str = "silu"
@@ -154,6 +180,9 @@ class MLP(nn.Module):
         x = x.astype(self.dtype)
         for _ in range(self.layers):
             x = Dense(self.units, self.norm, self.act, dtype=self.dtype)(x)
+        if isinstance(self.out, tuple):
+            return tuple(Linear(n, self.outscale, dtype=self.dtype, name=f"out{i}")(x)
+                         .astype(jnp.float32) for i, n in enumerate(self.out))
         if self.out:
             x = Linear(self.out, self.outscale, dtype=self.dtype)(x)
         return x.astype(jnp.float32)

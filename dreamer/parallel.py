@@ -88,18 +88,31 @@ class DataParallel:
         else:
             def per_device(state, batch, key):
                 state, batch = jax.tree.map(lambda x: x[0], (state, batch))
-                state, metrics = step(state, batch, key)
-                return jax.tree.map(lambda x: x[None], state), metrics
+                state, metrics, rows = step(state, batch, key)
+                return jax.tree.map(lambda x: x[None], (state, rows)) + (metrics,)
 
             self._step = jax.jit(jax.shard_map(
                 per_device, mesh=self.mesh, in_specs=(P(AXIS), P(AXIS), P()),
-                out_specs=(P(AXIS), P()), check_vma=False), donate_argnums=donate_args)
+                out_specs=(P(AXIS), P(AXIS), P()), check_vma=False),
+                donate_argnums=donate_args)
 
-    def __call__(self, state: Any, batch: Any, key: jax.Array) -> tuple[Any, Any]:
-        state, metrics = self._step(state, batch, key)
+    def __call__(self, state: Any, batch: Any, key: jax.Array) -> tuple[Any, Any, Any]:
+        """(state, metrics, rows): `rows` are the step's per-sequence outputs, [N, B/N, ...]
+        split over the devices like the batch (see `local_rows`)."""
         if self.backend == "pmap":
-            metrics = jax.tree.map(lambda x: x[0], metrics)
-        return state, metrics
+            state, metrics, rows = self._step(state, batch, key)
+            return state, jax.tree.map(lambda x: x[0], metrics), rows
+        state, rows, metrics = self._step(state, batch, key)
+        return state, metrics, rows
+
+    def local_rows(self, rows: Any) -> Any:
+        """Per-sequence outputs [N, B/N, ...] -> this host's rows [local B, ...] as host arrays,
+        in the order of the host batch given to `shard`."""
+        def get(x):
+            shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+            data = np.concatenate([np.asarray(s.data) for s in shards])
+            return data.reshape((-1, *data.shape[2:]))
+        return jax.tree.map(get, rows)
 
     def replicate(self, tree: Any) -> Any:
         """One copy of `tree` on every device, stacked along a leading device axis."""

@@ -14,6 +14,7 @@ array per step key and `_stamp` int64 [length]: global insert indices, which ord
 from __future__ import annotations
 
 import bisect
+import collections
 import dataclasses
 import os
 import re
@@ -58,6 +59,7 @@ class _Stream:
     starts: list[int] = dataclasses.field(default_factory=list)
     end: int = 0  # position after the newest step
     tail: str = _NO_PREV  # uuid of the newest chunk, even once evicted
+    origin: int = 0  # position where this process started adding (online sequences align here)
 
     def append(self, chunk: _Chunk) -> None:
         self.chunks.append(chunk)
@@ -87,12 +89,18 @@ class Replay:
       length: steps T per sampled sequence. chunk: steps per chunk and file.
       directory: where `save` and `load` keep chunk files (None: no persistence).
       recency: fraction of each batch drawn from the `recency_window` newest valid starts.
+      online: queue each stream's consecutive, non-overlapping sequences as they complete;
+        training samples take queued sequences first (each new sequence is trained on once),
+        then draw the rest as configured (2024 code).
       seed: seed of the sampling generator; same seed and same inserts give the same samples.
+
+    `sample(..., ref=True)` also returns where the sequences came from, and `update` writes
+    values (e.g. a learner's fresh policy outputs) back into those steps.
     """
 
     def __init__(self, capacity: int, length: int, directory: str | Path | None = None,
                  chunk: int = 1024, recency: float = 0.0, recency_window: int = 10000,
-                 seed: int = 0):
+                 online: bool = False, seed: int | np.random.SeedSequence = 0):
         if min(capacity, length, chunk, recency_window) < 1:
             raise ValueError("capacity, length, chunk and recency_window must be >= 1")
         if not 0.0 <= recency <= 1.0:
@@ -105,7 +113,10 @@ class Replay:
         self._streams: list[_Stream] = []
         self._open: dict[int, _Stream] = {}  # worker -> stream it writes to
         self._size = self._next_stamp = self._last_time = 0
-        self._counts = {"inserts": 0, "samples": 0, "evicted": 0, "loaded": 0}
+        self.online = bool(online)
+        self._queue: collections.deque[tuple[_Stream, int]] = collections.deque()
+        self._counts = {"inserts": 0, "samples": 0, "evicted": 0, "loaded": 0, "online": 0,
+                        "updated": 0}
         # add, sample, save and load may be called from different threads (actor receivers).
         self._lock = threading.RLock()
 
@@ -133,19 +144,23 @@ class Replay:
             chunk.length += 1
             chunk.sealed = chunk.length == len(chunk.stamp)
             stream.end += 1
+            if self.online and (stream.end - stream.origin) % self.length == 0:
+                self._queue.append((stream, stream.end - self.length))
             self._next_stamp += 1
             self._size += 1
             self._counts["inserts"] += 1
             self._evict()
 
-    def sample(self, batch: int, rng: np.random.Generator | None = None
-               ) -> dict[str, np.ndarray]:
+    def sample(self, batch: int, rng: np.random.Generator | None = None, ref: bool = False):
         """Draws `batch` sequences: key -> [batch, length, ...] with the stored dtypes.
 
-        The last round(recency * batch) rows start uniformly among the `recency_window` newest
-        valid starts, the others uniformly among all valid starts. Draws use `rng` when given
-        (e.g. for reports that must not change the training batches), else the replay's own.
+        Training draws (no `rng`) first take queued online sequences, oldest first. Of the
+        rest, the last round(recency * batch) rows start uniformly among the `recency_window`
+        newest valid starts, the others uniformly among all valid starts. With `rng` (e.g. for
+        reports that must not change the training batches) draws use it and leave the online
+        queue alone. With `ref`, returns (batch, ref) for `update`.
         """
+        fresh = rng is None
         rng = self._rng if rng is None else rng
         with self._lock:
             streams = sorted((s for s in self._streams if s.chunks), key=lambda s: s.chunks[0].time)
@@ -155,18 +170,51 @@ class Replay:
                 longest = max(sizes, default=0)
                 raise ValueError(f"Replay needs {self.length} consecutive steps of one worker stream "
                                  f"to sample, the longest stream holds {longest}")
-            recent = round(self.recency * batch)
-            starts = self._draw(streams, counts, batch - recent, rng)
+            starts = self._pop_online(batch) if fresh and self.online else []
+            self._counts["online"] += len(starts)
+            recent = min(round(self.recency * batch), batch - len(starts))
+            starts += self._draw(streams, counts, batch - len(starts) - recent, rng)
             if recent:
                 starts += self._draw(streams, self._recent(streams, counts), recent, rng)
             out = {k: np.empty((batch, self.length, *shape), dtype)
                    for k, (shape, dtype) in self._spec.items()}
+            pieces = []
             for b, (stream, pos) in enumerate(starts):
-                for chunk, i, k, offset in stream.pieces(pos, self.length):
+                pieces.append(list(stream.pieces(pos, self.length)))
+                for chunk, i, k, offset in pieces[-1]:
                     for key, value in out.items():
                         value[b, offset:offset + k - i] = chunk.data[key][i:k]
             self._counts["samples"] += batch
-            return out
+            return (out, pieces) if ref else out
+
+    def update(self, ref: list, values: dict[str, np.ndarray]) -> None:
+        """Writes `values[key]` [batch, n, ...] into the last n steps of each sequence that the
+        `sample` call with this `ref` drew (the learner's replay context, 2024 code). Steps
+        evicted since are skipped. A chunk file already written keeps the values it was written
+        with; steps saved later carry the new ones."""
+        with self._lock:
+            for key, value in values.items():
+                if self._spec is None or key not in self._spec:
+                    raise KeyError(f"replay has no key {key!r} to update")
+                n = value.shape[1]
+                if n > self.length:
+                    raise ValueError(f"{key}: {n} steps per sequence, sequences hold {self.length}")
+                for row, pieces in zip(value, ref):
+                    for chunk, i, k, offset in pieces:
+                        lo = max(i, i + (self.length - n) - offset)
+                        if lo < k:
+                            chunk.data[key][lo:k] = row[offset + lo - i - (self.length - n):
+                                                        offset + k - i - (self.length - n)]
+            self._counts["updated"] += len(ref)
+
+    def _pop_online(self, batch: int) -> list[tuple[_Stream, int]]:
+        """Up to `batch` queued online sequences whose steps are all still held."""
+        out = []
+        while self._queue and len(out) < batch:
+            stream, pos = self._queue.popleft()
+            if stream.chunks and pos >= stream.starts[0]:
+                out.append((stream, pos))
+        return out
 
     def save(self) -> int:
         """Writes every chunk whose steps are not all on disk yet, and deletes the files of
@@ -236,8 +284,10 @@ class Replay:
         """What a resume needs besides the chunk files: insert count, counters and the
         sampling generator's state (JSON-serialisable)."""
         with self._lock:
+            queue = [int(next(s.pieces(pos, 1))[0].stamp[next(s.pieces(pos, 1))[1]])
+                     for s, pos in self._queue if s.chunks and pos >= s.starts[0]]
             return {"inserts": self._next_stamp, "counts": dict(self._counts),
-                    "rng": self._rng.bit_generator.state}
+                    "rng": self._rng.bit_generator.state, "online": queue}
 
     def load_state(self, state: dict) -> None:
         """Restores counters and the sampling generator from `state()` (after `load`)."""
@@ -245,6 +295,15 @@ class Replay:
             self._counts.update({k: int(v) for k, v in state["counts"].items()
                                  if k != "loaded"})  # `loaded` counts this process's load
             self._rng.bit_generator.state = state["rng"]
+            wanted = set(state.get("online", []))
+            found: dict[int, tuple[_Stream, int]] = {}
+            for stream in self._streams:
+                for start, chunk in zip(stream.starts, stream.chunks):
+                    for index in np.flatnonzero(np.isin(chunk.stamp[:chunk.length], list(wanted))):
+                        if stream.end - (start + index) >= self.length:
+                            found[int(chunk.stamp[index])] = (stream, start + int(index))
+            self._queue = collections.deque(found[s] for s in state.get("online", [])
+                                            if s in found)
 
     def _directory(self) -> Path:
         if self.directory is None:

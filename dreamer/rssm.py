@@ -19,7 +19,16 @@ import jax
 import jax.numpy as jnp
 
 from dreamer.distributions import onehot_straight_through, sg, split_keys, unimix_logits
-from dreamer.nets import BlockLinear, Dense, Dtype, GroupedInputLinear, Linear, Norm, get_act
+from dreamer.nets import (
+    BlockLinear,
+    ConcatLinear,
+    Dense,
+    Dtype,
+    GroupedInputLinear,
+    Linear,
+    Norm,
+    get_act,
+)
 
 State = dict[str, jax.Array]
 
@@ -29,6 +38,7 @@ class RSSM(nn.Module):
     hidden: int
     stoch: int
     classes: int
+    embed: int            # size of the encoder's embedding (the posterior's input)
     blocks: int = 8
     img_layers: int = 2
     obs_layers: int = 1
@@ -50,10 +60,10 @@ class RSSM(nn.Module):
         self.prior_layers = [Dense(self.hidden, name=f"prior{i}", **kw)
                              for i in range(self.img_layers)]
         self.prior_logit = Linear(self.stoch * self.classes, dtype=self.dtype, name="priorlogit")
-        # The first posterior layer sees [deter, embed]; its two halves are separate matrices so
-        # the embedding half can be applied to a whole sequence at once (`embed_proj`).
-        self.obs_deter = Linear(self.hidden, dtype=self.dtype, name="obs0deter")
-        self.obs_embed = Linear(self.hidden, bias=False, dtype=self.dtype, name="obs0embed")
+        # The first posterior layer is one linear map on [deter, embed]; it is applied in two
+        # parts so that the embedding's part runs on a whole sequence at once (`embed_proj`).
+        self.obs0 = ConcatLinear(self.hidden, (self.deter, self.embed), dtype=self.dtype,
+                                 name="obs0")
         self.obs_norm = Norm(self.norm, name="obs0norm")
         self.obs_layers_rest = [Dense(self.hidden, name=f"obs{i}", **kw)
                                 for i in range(1, self.obs_layers)]
@@ -91,11 +101,11 @@ class RSSM(nn.Module):
 
     def embed_proj(self, embed: jax.Array) -> jax.Array:
         """embed [..., E] -> [..., hidden]: the embedding's share of the first posterior layer."""
-        return self.obs_embed(embed).astype(jnp.float32)
+        return self.obs0.part(embed, 1).astype(jnp.float32)
 
     def posterior(self, deter: jax.Array, embed_proj: jax.Array) -> jax.Array:
         """(deter [N, D], projected embed [N, H]) -> posterior logits [N, S, K]."""
-        x = self.obs_deter(deter) + embed_proj.astype(self.dtype)
+        x = self.obs0.part(deter, 0) + embed_proj.astype(self.dtype)
         x = get_act(self.act)(self.obs_norm(x))
         for layer in self.obs_layers_rest:
             x = layer(x)

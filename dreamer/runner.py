@@ -1,6 +1,7 @@
 """The single-process training loop: prefill, train ratio, evaluation and logging."""
 from __future__ import annotations
 
+import math
 import sys
 import time
 import uuid
@@ -22,6 +23,7 @@ from dreamer.learner import Learner, setup_distributed
 from dreamer.logging import Logger, make_logger
 from dreamer.parallel import Prefetcher
 from dreamer.replay import Replay
+from dreamer.rngs import Rngs
 
 Policy = Callable[[dict[str, np.ndarray]], np.ndarray]
 
@@ -51,11 +53,14 @@ class Collector:
     def batch_obs(self) -> dict[str, np.ndarray]:
         return {k: np.stack([o[k] for o in self.obs]) for k in self.obs[0]}
 
-    def step(self, actions: np.ndarray) -> tuple[list[dict], list[dict]]:
-        """Apply actions [N, A]; returns (step records, finished episode stats)."""
+    def step(self, actions: np.ndarray, outputs: dict[str, np.ndarray] | None = None
+             ) -> tuple[list[dict], list[dict]]:
+        """Apply actions [N, A]; returns (step records, finished episode stats). `outputs`
+        ({key: [N, ...]}, the policy's per-step outputs) are stored in the records too."""
         records, episodes = [], []
         for i, env in enumerate(self.envs):
-            record = {**self.obs[i], "action": actions[i].astype(np.float32)}
+            record = {**self.obs[i], "action": actions[i].astype(np.float32),
+                      **{k: np.asarray(v[i]) for k, v in (outputs or {}).items()}}
             records.append(record)
             if record["is_last"]:
                 episodes.append({"score": self.score[i], "length": self.length[i]})
@@ -75,24 +80,27 @@ class Collector:
 
 
 class AgentPolicy:
-    """Jitted acting for N environments: keeps the recurrent carry between calls."""
+    """Jitted acting for N environments: keeps the recurrent carry between calls and draws
+    one key per call from `keys` (a named stream of `dreamer.rngs.Rngs`)."""
 
-    def __init__(self, agent: Agent, num_envs: int, seed: int):
+    def __init__(self, agent: Agent, num_envs: int, keys: Callable[[], jax.Array]):
         self.agent = agent
         self.num_envs = num_envs
         jit = agent.cfg.jax.jit
         self._step = jax.jit(agent.policy, static_argnames="mode") if jit else agent.policy
-        self.key = jax.random.PRNGKey(seed)
+        self.keys = keys
         self.reset()
 
     def reset(self) -> None:
         self.carry = self.agent.policy_initial(self.num_envs)
 
-    def __call__(self, params: Any, obs: dict[str, np.ndarray], mode: str = "sample"):
-        self.key, key = jax.random.split(self.key)
+    def __call__(self, params: Any, obs: dict[str, np.ndarray], mode: str = "sample"
+                 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(actions [N, A], per-step outputs {key: [N, ...]}) for observations [N, ...]."""
         inputs = {k: v for k, v in obs.items() if k in ("image", "vector", "is_first")}
-        self.carry, action = self._step(params, self.carry, inputs, key, mode=mode)
-        return np.asarray(action)
+        self.carry, action, outputs = self._step(params, self.carry, inputs, self.keys(),
+                                                 mode=mode)
+        return np.asarray(action), jax.device_get(outputs)
 
 
 def evaluate(policy: AgentPolicy, params: Any, env: Env, episodes: int, repeat: int = 1,
@@ -109,7 +117,7 @@ def evaluate(policy: AgentPolicy, params: Any, env: Env, episodes: int, repeat: 
         obs = collector.batch_obs()
         if video and not done and "image" in obs:
             frames.append(obs["image"][0])
-        action = policy(params, obs, mode=mode)
+        action, _ = policy(params, obs, mode=mode)
         done += collector.step(action)[1]
     scores = [e["score"] for e in done]
     out: dict[str, Any] = {"eval/score": float(np.mean(scores)),
@@ -234,7 +242,8 @@ class Session:
                  logger: Logger | None = None):
         self.cfg, self.logdir, self.checkpoints = cfg, logdir, checkpoints
         self.repeat = cfg.env.action_repeat
-        self.eval_env = make_env(cfg.env, cfg.seed * 1000 + 999)
+        self.rngs = Rngs(cfg.seed)
+        self.eval_env = make_env(cfg.env, self.rngs.int_seed("eval_env"))
         try:
             self._build(logger)
         except BaseException:
@@ -243,18 +252,20 @@ class Session:
 
     def _build(self, logger: Logger | None) -> None:
         cfg, logdir = self.cfg, self.logdir
-        key = jax.random.PRNGKey(cfg.seed)
-        self.key, init_key = jax.random.split(key)
-        self.learner = Learner(cfg, self.eval_env.obs_space, self.eval_env.act_space, init_key)
+        rngs = self.rngs
+        self.learner = Learner(cfg, self.eval_env.obs_space, self.eval_env.act_space,
+                               rngs.key("init"))
         self.agent = self.learner.agent
-        self.replay = Replay(cfg.replay.capacity, cfg.batch_length, logdir / "replay",
+        self.replay = Replay(cfg.replay.capacity, self.agent.sequence_length, logdir / "replay",
                              cfg.replay.chunk, cfg.replay.recency, cfg.replay.recency_window,
-                             cfg.seed)
-        self.policy = AgentPolicy(self.agent, cfg.run.envs, cfg.seed + 1)
-        self.eval_policy = AgentPolicy(self.agent, 1, cfg.seed + 2)
-        self.rng = np.random.default_rng(cfg.seed)  # random actions during prefill
-        self.report_rng = np.random.default_rng([cfg.seed, 1])
+                             cfg.replay.online, rngs.numpy("replay"))
+        self.policy = AgentPolicy(self.agent, cfg.run.envs, rngs.key_stream("policy"))
+        self.eval_policy = AgentPolicy(self.agent, 1, rngs.key_stream("eval"))
         self.batch_steps = self.learner.batch_size * cfg.batch_length
+        # Training starts once the replay holds one global batch of steps (2024 code), or
+        # after the random prefill when that is longer.
+        self.train_start = max(math.ceil(cfg.run.prefill / self.repeat), self.batch_steps)
+        self._context: tuple[Any, Any] | None = None  # replay updates not yet written back
         self.agent_steps = self.episodes = self.last_eval = self.last_report = 0
         self.starts, self.trained_seconds = 0, 0.0
         self.wandb_id = f"{logdir.name[:48]}-{uuid.uuid4().hex[:8]}"
@@ -277,21 +288,37 @@ class Session:
 
     def env_seed(self, index: int) -> int:
         """Seed of training environment `index`; a resumed run draws new episodes."""
-        if self.starts == 0:
-            return self.cfg.seed * 1000 + index
-        return int(np.random.SeedSequence([self.cfg.seed, self.starts, index]).generate_state(1)[0])
+        return self.rngs.int_seed("env", index, self.starts)
 
     def owed(self) -> int:
-        """Updates due for the steps collected so far (the train ratio); 0 during prefill."""
-        cfg = self.cfg
-        if self.env_steps < cfg.run.prefill or len(self.replay) < cfg.batch_length:
+        """Updates due for the agent steps collected so far: one when training starts, then
+        `run.train_ratio` replayed steps per agent step (each update replays
+        `batch_steps` = global batch x batch_length steps)."""
+        if (self.agent_steps < self.train_start
+                or len(self.replay) < self.agent.sequence_length):
             return 0
-        return (int((self.agent_steps - cfg.run.prefill / self.repeat) * cfg.run.train_ratio
+        return (int((self.agent_steps - self.train_start) * self.cfg.run.train_ratio
                     / self.batch_steps) + 1 - self.learner.updates)
 
-    def update(self, batch: Any) -> None:
-        self.key, step_key = jax.random.split(self.key)
-        self.pending.add(self.learner.update(batch, step_key))
+    def sample(self) -> tuple[dict[str, np.ndarray], Any]:
+        """A training batch and its replay reference (for writing the context back)."""
+        return self.replay.sample(self.learner.batch_size, ref=True)
+
+    def update(self, batch: Any, ref: Any) -> None:
+        """One update; the fresh replay context it returns is written back into the replay
+        after the next update has been dispatched, so the host does not wait for the devices."""
+        metrics, context = self.learner.update(batch, self.rngs.key("update"))
+        self.pending.add(metrics)
+        self.write_context()
+        if context:
+            self._context = (ref, context)
+
+    def write_context(self) -> None:
+        """Writes the last update's replay context into the replay (waits for that update)."""
+        if self._context is not None:
+            ref, context = self._context
+            self._context = None
+            self.replay.update(ref, self.learner.local_rows(context))
 
     def add_episode(self, score: float, length: float) -> None:
         self.episodes += 1
@@ -332,9 +359,9 @@ class Session:
     def report(self) -> dict[str, Any]:
         """Open-loop prediction and reconstruction videos on replayed sequences."""
         start = time.perf_counter()
-        batch = self.replay.sample(self.cfg.logger.report_batch, rng=self.report_rng)
-        key = jax.random.fold_in(jax.random.PRNGKey(self.cfg.seed + 3), self.learner.updates)
-        out = {f"report/{k}": v for k, v in self.learner.report(batch, key).items()}
+        batch = self.replay.sample(self.cfg.logger.report_batch, rng=self.rngs.numpy("report"))
+        out = {f"report/{k}": v
+               for k, v in self.learner.report(batch, self.rngs.key("report")).items()}
         self.timing["time/report_s"] = time.perf_counter() - start
         return out
 
@@ -370,6 +397,7 @@ class Session:
             warnings.warn("train state holds non-finite values; checkpoint not written",
                           stacklevel=2)
             return
+        self.write_context()
         self.replay.save()
         meta = {
             "env_steps": self.env_steps, "agent_steps": self.agent_steps,
@@ -377,9 +405,7 @@ class Session:
             "last_eval": self.last_eval, "last_report": self.last_report,
             "nonfinite_skips": self.pending.skips, "starts": self.starts,
             "trained_seconds": self.trained_seconds + time.time() - self.started,
-            "key": _key_list(self.key), "policy_key": _key_list(self.policy.key),
-            "eval_policy_key": _key_list(self.eval_policy.key),
-            "rng": self.rng.bit_generator.state, "report_rng": self.report_rng.bit_generator.state,
+            "rngs": self.rngs.state(),
             "replay": self.replay.state(), "wandb_id": self.wandb_id,
             "config": self.cfg.to_dict(), "saved_at": time.time(),
         }
@@ -407,11 +433,7 @@ class Session:
         self.pending.skips = meta["nonfinite_skips"]
         self.starts = meta["starts"] + 1
         self.trained_seconds = meta["trained_seconds"]
-        self.key = _key_array(meta["key"])
-        self.policy.key = _key_array(meta["policy_key"])
-        self.eval_policy.key = _key_array(meta["eval_policy_key"])
-        self.rng.bit_generator.state = meta["rng"]
-        self.report_rng.bit_generator.state = meta["report_rng"]
+        self.rngs.load_state(meta["rngs"])
         self.wandb_id = meta["wandb_id"]
         loaded = self.replay.load(until=meta["replay"]["inserts"])
         self.replay.load_state(meta["replay"])
@@ -433,14 +455,6 @@ class Session:
             self.eval_env.close()
 
 
-def _key_list(key: jax.Array) -> list[int]:
-    return np.asarray(jax.device_get(key)).tolist()
-
-
-def _key_array(values: list[int]) -> jax.Array:
-    return jax.numpy.asarray(values, jax.numpy.uint32)
-
-
 def _train(s: Session) -> dict[str, float]:
     """Steps `run.envs` environments in this process and trains at the train ratio."""
     cfg = s.cfg
@@ -449,17 +463,18 @@ def _train(s: Session) -> dict[str, float]:
         collector = Collector(envs, s.agent.act_dim)
         while s.env_steps < cfg.run.steps:
             if s.env_steps < cfg.run.prefill:
-                actions = collector.random_actions(s.rng)
+                actions = collector.random_actions(s.rngs.numpy("prefill"))
+                outputs = s.agent.policy_outputs_initial(len(envs))
             else:
-                actions = s.policy(s.learner.params(), collector.batch_obs())
-            records, episodes = collector.step(actions)
+                actions, outputs = s.policy(s.learner.params(), collector.batch_obs())
+            records, episodes = collector.step(actions, outputs)
             for worker, record in enumerate(records):
                 s.replay.add(record, worker)
             s.agent_steps += len(records)
             for ep in episodes:
                 s.add_episode(ep["score"], ep["length"] * s.repeat)
             for _ in range(max(0, s.owed())):
-                s.update(s.replay.sample(s.learner.batch_size))
+                s.update(*s.sample())
             s.tick()
     finally:
         for env in envs:
@@ -481,8 +496,11 @@ def _train_with_actors(s: Session) -> dict[str, float]:
     published, waited = -1, 0.0
     totals = {"actors/restarts": 0, "actors/env_restarts": 0}
     # A resumed run's actors draw new episodes.
-    pool = make_pool(cfg if s.starts == 0 else cfg.update({"seed": s.env_seed(0) % 2**31}))
+    pool = make_pool(cfg if s.starts == 0 else cfg.update({"seed": s.env_seed(0)}))
     prefetch: Prefetcher | None = None  # samples and places batches in a background thread
+    if cfg.run.prefill == 0:  # the actors act with the (initial) policy from the first step
+        pool.publish(learner.updates, jax.device_get(learner.params()))
+        published = learner.updates
 
     def extra(elapsed: float) -> dict[str, float]:
         nonlocal waited
@@ -500,9 +518,8 @@ def _train_with_actors(s: Session) -> dict[str, float]:
             pool.check()
             if s.owed() > 0:
                 if prefetch is None:  # replay holds enough steps from here on
-                    prefetch = Prefetcher(lambda: s.replay.sample(learner.batch_size),
-                                          learner.place)
-                s.update(prefetch.next())
+                    prefetch = Prefetcher(s.sample, lambda pair: (learner.place(pair[0]), pair[1]))
+                s.update(*prefetch.next())
                 if learner.updates - published >= publish_every:
                     pool.publish(learner.updates, jax.device_get(learner.params()))
                     published = learner.updates

@@ -64,21 +64,43 @@ class WMOut(NamedTuple):
     feat: jax.Array               # [B, T, F]
 
 
-def loss(nets: Nets, params: Any, batch: dict[str, jax.Array], key: jax.Array, cfg: Any):
-    """World-model loss on a replayed batch.
+def shifted_actions(action: jax.Array) -> jax.Array:
+    """action [B, T, A] (taken after observing step t) -> the action before each step, zero
+    before the first."""
+    return jnp.concatenate([jnp.zeros_like(action[:, :1]), action[:, :-1]], 1)
 
-    batch: image [B, T, H, W, C] uint8 and/or vector [B, T, V], action [B, T, A] (taken after
-    observing step t), reward [B, T], is_first [B, T], is_terminal [B, T].
+
+def sequence_inputs(nets: Nets, batch: dict[str, jax.Array], context: bool):
+    """(start state [B, ...], previous actions [B, T, A], steps [B, T, ...]) of a replayed batch.
+
+    With replay context (2024 code) the batch holds T+1 steps: the first supplies the model
+    state stored with it (`context_deter` [B, L, D], `context_stoch` [B, L, S] class indices)
+    and the action taken there, and the model trains on the T steps after it. Without, the T
+    steps start from the zero state and no previous action.
+    """
+    if not context:
+        return (rssm_lib.initial(nets.rssm, batch["is_first"].shape[0]),
+                shifted_actions(batch["action"]), batch)
+    stoch = jax.nn.one_hot(batch["context_stoch"][:, 0], nets.rssm.classes, dtype=jnp.float32)
+    start = {"deter": batch["context_deter"][:, 0].astype(jnp.float32),
+             "stoch": stoch.reshape((stoch.shape[0], -1))}
+    return start, batch["action"][:, :-1], jax.tree.map(lambda x: x[:, 1:], batch)
+
+
+def loss(nets: Nets, params: Any, batch: dict[str, jax.Array], start: dict[str, jax.Array],
+         prev_action: jax.Array, key: jax.Array, cfg: Any):
+    """World-model loss on replayed steps (see `sequence_inputs`).
+
+    batch: image [B, T, H, W, C] uint8 and/or vector [B, T, V], reward [B, T],
+    is_first [B, T], is_terminal [B, T]; start: the model state before the first step
+    ({'deter': [B, D], 'stoch': [B, S*K]}); prev_action [B, T, A]: the action before each step.
     Returns (scalar loss, (metrics, WMOut)).
     """
     b, t = batch["is_first"].shape
-    chex.assert_shape(batch["action"], (b, t, None))
+    chex.assert_shape(prev_action, (b, t, None))
     chex.assert_shape([batch["reward"], batch["is_terminal"]], (b, t))
     obs = obs_of(batch)
     embed = encode(nets, params, obs)
-    prev_action = jnp.concatenate(
-        [jnp.zeros_like(batch["action"][:, :1]), batch["action"][:, :-1]], 1)
-    start = rssm_lib.initial(nets.rssm, b)
     _, states, post, prior = rssm_lib.observe(
         nets.rssm, params["rssm"], start, prev_action, embed, batch["is_first"], key)
     feat = rssm_lib.feat(states)
@@ -121,10 +143,9 @@ def posterior(nets: Nets, params: Any, batch: dict[str, jax.Array], key: jax.Arr
     """Posterior model states of replayed sequences: {'deter': [B, T, D], 'stoch': [B, T, SK]}."""
     b, _ = batch["is_first"].shape
     embed = encode(nets, params, obs_of(batch))
-    prev_action = jnp.concatenate(
-        [jnp.zeros_like(batch["action"][:, :1]), batch["action"][:, :-1]], 1)
     _, states, _, _ = rssm_lib.observe(nets.rssm, params["rssm"], rssm_lib.initial(nets.rssm, b),
-                                       prev_action, embed, batch["is_first"], key)
+                                       shifted_actions(batch["action"]), embed,
+                                       batch["is_first"], key)
     return states
 
 

@@ -121,11 +121,31 @@ class AgentCase:
         return jax.tree.map(jnp.copy, self.state)
 
 
+def with_context(batch: dict[str, np.ndarray], agent: Agent, seed: int = 0
+                 ) -> dict[str, np.ndarray]:
+    """`batch` plus random replay context of `agent` (stored model states), when it uses it."""
+    if not agent.context:
+        return batch
+    rng = np.random.default_rng(seed)
+    b, length = batch["is_first"].shape
+    m = agent.cfg.model
+    return {**batch,
+            "context_deter": rng.normal(0, 0.5, (b, length, m.deter)).astype(np.float32),
+            "context_stoch": rng.integers(0, m.classes, (b, length, m.stoch)).astype(np.int32)}
+
+
+def agent_batch(agent: Agent, obs_space: dict, act_space: base.Space, batch: int = BATCH,
+                seed: int = 0) -> dict[str, np.ndarray]:
+    """A random batch of `agent.sequence_length` steps with the agent's replay context."""
+    data = random_batch(obs_space, act_space, batch, agent.sequence_length, seed)
+    return with_context(data, agent, seed)
+
+
 def _make_case(name: str, cfg: Config, obs_space: dict, act_space: base.Space) -> AgentCase:
     agent = Agent(cfg, obs_space, act_space)
     state = jax.jit(agent.init)(jax.random.key(0))
     return AgentCase(
-        name=name, agent=agent, state=state, batch=random_batch(obs_space, act_space),
+        name=name, agent=agent, state=state, batch=agent_batch(agent, obs_space, act_space),
         train_step=jax.jit(agent.train_step, donate_argnums=0),
         policy=jax.jit(agent.policy, static_argnames="mode"))
 
@@ -183,12 +203,13 @@ def imagination_outputs(case: AgentCase) -> dict[str, Any]:
     model if these losses did not stop them.
     """
     cfg = case.agent.cfg.update({"ac.entropy": 0.0})
-    nets, state, batch = case.agent.nets, case.state, case.batch
+    nets, state = case.agent.nets, case.state
+    start, prev_action, batch = world_model.sequence_inputs(nets, case.batch, case.agent.context)
     b, t = batch["is_first"].shape
     k_wm, k_ac = jax.random.split(jax.random.key(1))
 
     def posterior(p):
-        return world_model.loss(nets, p["wm"], batch, k_wm, cfg)[1][1]
+        return world_model.loss(nets, p["wm"], batch, start, prev_action, k_wm, cfg)[1][1]
 
     def view(p):
         return {**p["wm"], "actor": p["actor"], "critic": p["critic"]}
@@ -199,16 +220,18 @@ def imagination_outputs(case: AgentCase) -> dict[str, Any]:
         return behavior.actor_critic_loss(nets, view(p), state.slow_critic, state.retnorm,
                                           start, start_cont, k_ac, cfg)
 
-    def repval_loss(p, boot):
+    def repval_loss(p, boot, grad):
         return behavior.repval_loss(nets, view(p), state.slow_critic, posterior(p).feat, batch,
-                                    boot, cfg)
+                                    boot, cfg.update({"ac.repval_grad": grad}))
 
     @jax.jit
     def compute(p):
         (ac, aux), ac_grads = jax.value_and_grad(ac_loss, has_aux=True)(p)
-        rep, rep_grads = jax.value_and_grad(repval_loss)(p, aux[2].reshape(b, t))
+        boot = aux[2].reshape(b, t)
+        rep, rep_grads = jax.value_and_grad(repval_loss)(p, boot, True)
+        stopped = jax.grad(repval_loss)(p, boot, False)
         return {"ac_loss": ac, "ac_aux": aux, "ac_grads": ac_grads,
-                "repval_loss": rep, "repval_grads": rep_grads}
+                "repval_loss": rep, "repval_grads": rep_grads, "repval_stopped_grads": stopped}
 
     return compute(randomise_heads(state.params, jax.random.key(7)))
 

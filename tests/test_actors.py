@@ -14,6 +14,7 @@ import numpy as np
 
 from dreamer import actors, runner
 from dreamer.config import load_config
+from dreamer.replay import Replay
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,6 +113,15 @@ def test_training_with_actor_processes_keeps_the_train_ratio(tmp_path):
         assert key in keys, key
     staleness = [line["actors/staleness"] for line in lines if "actors/staleness" in line]
     assert max(staleness) <= cfg.actors.max_staleness
+    # The actors' steps carry the policy's model states (replay context), which the learner
+    # rewrites after its updates.
+    replay = Replay(10_000, 9, tmp_path / "replay", chunk=cfg.replay.chunk)
+    assert replay.load() == steps
+    batch = replay.sample(64)
+    assert batch["context_deter"].shape == (64, 9, cfg.model.deter)
+    assert batch["context_stoch"].shape == (64, 9, cfg.model.stoch)
+    assert (np.abs(batch["context_deter"]).sum(-1) > 0).mean() > 0.5
+    assert last["replay/updated"] > 0
 
 
 def test_sigterm_stops_training_and_actors(tmp_path):

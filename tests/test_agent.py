@@ -91,39 +91,50 @@ def full_grads(continuous_case, perturb_heads):
     full loss for discrete actions and images.
     """
     case = continuous_case
-    agent = Agent(case.agent.cfg.update({"ac.entropy": 0.0}), case.agent.obs_space,
-                  case.agent.act_space)
+    cfg = case.agent.cfg.update({"ac.entropy": 0.0})
+    agent = Agent(cfg, case.agent.obs_space, case.agent.act_space)
+    stopped = Agent(cfg.update({"ac.repval_grad": False}), case.agent.obs_space,
+                    case.agent.act_space)
     key = jax.random.key(2)
     # The world model's share of the keys inside Agent.loss: its half of every row's key.
     k_wm = split_keys(agent.row_keys(key, case.batch["is_first"].shape[0]), 2)[0]
+    start, prev_action, steps = world_model.sequence_inputs(agent.nets, case.batch, True)
 
     @jax.jit
     def grads(params):
-        full = jax.grad(lambda p: agent.loss(p, case.state, case.batch, key)[0])(params)
-        wm = jax.grad(lambda p: world_model.loss(agent.nets, p["wm"], case.batch, k_wm,
-                                                 agent.cfg)[0])(params)
-        return full, wm
+        full = jax.grad(lambda p: stopped.loss(p, case.state, case.batch, key)[0])(params)
+        wm = jax.grad(lambda p: world_model.loss(agent.nets, p["wm"], steps, start,
+                                                 prev_action, k_wm, agent.cfg)[0])(params)
+        with_repval = jax.grad(lambda p: agent.loss(p, case.state, case.batch, key)[0])(params)
+        return full, wm, with_repval
 
     return grads(perturb_heads(case.state.params, jax.random.key(8)))
 
 
 def test_full_loss_trains_actor_without_entropy(full_grads):
-    full, _ = full_grads
+    full, _, _ = full_grads
     chex.assert_tree_all_finite(full)
     for group in ("wm", "actor", "critic"):
         assert norm(full[group]) > 1e-4, group
 
 
 def test_world_model_loss_trains_only_the_world_model(full_grads):
-    full, wm = full_grads
+    full, wm, with_repval = full_grads
     chex.assert_tree_all_finite(wm)
     for module in WM_MODULES:
         assert norm(wm["wm"][module]) > 0, module
     assert_all_zero(wm["actor"], "actor")
     assert_all_zero(wm["critic"], "critic")
-    # Conversely the actor-critic terms of the full loss add nothing to the world model's
-    # gradients.
+    # Conversely, with the replayed-value loss stopped, the actor-critic terms of the full loss
+    # add nothing to the world model's gradients.
     chex.assert_trees_all_close(full["wm"], wm["wm"], rtol=1e-5, atol=1e-7)
+    # With `ac.repval_grad` (2024 default) the replayed-value loss adds to the encoder's and the
+    # RSSM's gradients, and to no other world-model module's.
+    for module in ("enc", "rssm"):
+        assert float(distance(with_repval["wm"][module], wm["wm"][module])) > 1e-6, module
+    for module in ("dec", "rew", "con"):
+        chex.assert_trees_all_close(with_repval["wm"][module], wm["wm"][module], rtol=1e-5,
+                                    atol=1e-7)
 
 
 # ------------------------------------------------------------------------------ train step
@@ -132,7 +143,7 @@ def test_world_model_loss_trains_only_the_world_model(full_grads):
 def test_train_step_metrics_and_state(discrete_case):
     case = discrete_case
     state_in = case.fresh_state()
-    state, metrics = case.train_step(state_in, case.batch, jax.random.key(4))
+    state, metrics, _ = case.train_step(state_in, case.batch, jax.random.key(4))
     # The state was donated: its buffers now hold the new state.
     assert all(leaf.is_deleted() for leaf in jax.tree.leaves(state_in.params))
     chex.assert_tree_all_finite((state, metrics))
@@ -166,12 +177,12 @@ def test_train_step_metrics_and_state(discrete_case):
     # Return statistics move from zero towards the batch's return percentiles.
     assert float(state.retnorm["hi"]) >= float(state.retnorm["lo"])
     # The caller's undonated state stays usable for the next step.
-    state2, _ = case.train_step(state, case.batch, jax.random.key(5))
+    state2, _, _ = case.train_step(state, case.batch, jax.random.key(5))
     assert int(state2.step) == 2
 
 
 def test_train_step_rejects_wrong_action_shape(discrete_case, make_batch, image_obs_space):
-    batch = make_batch(image_obs_space, base.discrete_space(4))
+    batch = make_batch(image_obs_space, base.discrete_space(4), length=9)
     with pytest.raises(AssertionError, match="shape"):
         discrete_case.agent.train_step(discrete_case.state, batch, jax.random.key(0))
 
@@ -198,9 +209,9 @@ def test_policy_actions_and_reset(case):
     carry_a, carry_b = random_carry(agent, n, 0), random_carry(agent, n, 1)
 
     first = {**obs, "is_first": np.ones(n, bool)}
-    out0, action0 = case.policy(params, initial, first, key)
-    out_a, action_a = case.policy(params, carry_a, first, key)
-    out_b, _ = case.policy(params, carry_b, first, key)
+    out0, action0, outputs0 = case.policy(params, initial, first, key)
+    out_a, action_a, _ = case.policy(params, carry_a, first, key)
+    out_b, _, _ = case.policy(params, carry_b, first, key)
     chex.assert_shape(action0, (n, agent.act_dim))
     chex.assert_tree_all_finite((out0, action0))
     chex.assert_trees_all_close(out_a, out0, atol=1e-6)
@@ -208,14 +219,20 @@ def test_policy_actions_and_reset(case):
     chex.assert_trees_all_close(action_a, action0, atol=1e-6)
     chex.assert_trees_all_close(out0[1], action0)  # the carry remembers the action
     chex.assert_shape(out0[0]["deter"], (n, agent.nets.rssm.deter))
+    # The step's outputs are the replay context: the posterior state just computed, with the
+    # latents as class indices.
+    np.testing.assert_array_equal(outputs0["context_deter"], out0[0]["deter"])
+    rssm = agent.nets.rssm
+    stoch = np.asarray(out0[0]["stoch"]).reshape(n, rssm.stoch, rssm.classes)
+    np.testing.assert_array_equal(outputs0["context_stoch"], stoch.argmax(-1))
     if agent.act_space.discrete:
         np.testing.assert_array_equal(np.sort(np.asarray(action0), -1),
                                       np.tile([0.0, 0.0, 1.0], (n, 1)))
 
     # Without is_first the carried state matters; a mixed batch resets only its first rows.
     mixed = {**obs, "is_first": np.array([True, False, False])}
-    out_a, _ = case.policy(params, carry_a, mixed, key)
-    out_b, _ = case.policy(params, carry_b, mixed, key)
+    out_a, _, _ = case.policy(params, carry_a, mixed, key)
+    out_b, _, _ = case.policy(params, carry_b, mixed, key)
     chex.assert_trees_all_close(out_a[0]["deter"][0], out0[0]["deter"][0], atol=1e-6)
     chex.assert_trees_all_close(out_b[0]["deter"][0], out0[0]["deter"][0], atol=1e-6)
     diff = np.abs(np.asarray(out_a[0]["deter"] - out_b[0]["deter"]))
@@ -230,8 +247,10 @@ def test_dynamics_gradients_reach_actor_not_world_model(kind, request, perturb_h
     cfg = case.agent.cfg.update({"ac.entropy": 0.0, "ac.actor_grad": "dynamics"})
     agent = Agent(cfg, case.agent.obs_space, case.agent.act_space)
     params = perturb_heads(case.state.params, jax.random.key(3))
-    _, (_, out) = world_model.loss(agent.nets, params["wm"], case.batch, jax.random.key(4), cfg)
-    b, t = case.batch["is_first"].shape
+    start, prev_action, steps = world_model.sequence_inputs(agent.nets, case.batch, True)
+    _, (_, out) = world_model.loss(agent.nets, params["wm"], steps, start, prev_action,
+                                   jax.random.key(4), cfg)
+    b, t = steps["is_first"].shape
     start = jax.tree.map(lambda x: x.reshape((b * t, *x.shape[2:])), out.states)
 
     def actor_only(p):
@@ -252,8 +271,54 @@ def test_nonfinite_update_is_skipped(discrete_case):
     case = discrete_case
     batch = {**case.batch, "reward": case.batch["reward"].copy()}
     batch["reward"][1, 3] = np.nan
-    state, metrics = case.train_step(case.fresh_state(), batch, jax.random.key(4))
+    state, metrics, context = case.train_step(case.fresh_state(), batch, jax.random.key(4))
     assert float(metrics["nonfinite"]) == 1.0
     chex.assert_trees_all_equal(state, case.state)  # nothing moved, not even the step counter
-    state, metrics = case.train_step(case.fresh_state(), case.batch, jax.random.key(4))
+    # The replay keeps the context it had (no non-finite latents are written back).
+    for key, value in context.items():
+        np.testing.assert_array_equal(value, batch[key][:, 1:])
+    state, metrics, _ = case.train_step(case.fresh_state(), case.batch, jax.random.key(4))
     assert float(metrics["nonfinite"]) == 0.0 and int(state.step) == 1
+
+
+# ------------------------------------------------------------------------------ replay context
+
+
+def test_replay_context_from_policy_is_the_sequence_start(continuous_case):
+    """Steps acted on by the policy store its model state; a train step on a sequence whose
+    first step carries that state continues the same recurrence: the deterministic state of the
+    second step (a function of the stored state and the action taken) equals the policy's."""
+    case = continuous_case
+    agent, params = case.agent, case.state.params
+    batch = {k: v.copy() for k, v in case.batch.items()}
+    b = batch["is_first"].shape[0]
+    batch["is_first"][:, :2] = [True, False]
+    carry, outputs = agent.policy_initial(b), []
+    for t in range(2):
+        obs = {"vector": batch["vector"][:, t], "is_first": batch["is_first"][:, t]}
+        carry, action, out = case.policy(params, carry, obs, jax.random.key(t))
+        batch["action"][:, t] = np.asarray(action)
+        outputs.append(jax.device_get(out))
+    for key in outputs[0]:
+        batch[key][:, 0] = outputs[0][key]
+    _, metrics, context = case.train_step(case.fresh_state(), batch, jax.random.key(9))
+    assert float(metrics["nonfinite"]) == 0.0
+    chex.assert_shape(context["context_deter"], (b, agent.cfg.batch_length, agent.cfg.model.deter))
+    chex.assert_shape(context["context_stoch"], (b, agent.cfg.batch_length, agent.cfg.model.stoch))
+    np.testing.assert_allclose(context["context_deter"][:, 0], outputs[1]["context_deter"],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_train_step_reads_only_the_first_steps_context(continuous_case):
+    """The stored state of the first step is the start of the recurrence (changing it changes
+    the loss); the stored states of later steps are only rewritten, never read."""
+    case = continuous_case
+    key = jax.random.key(3)
+    loss = jax.jit(lambda batch: case.agent.loss(case.state.params, case.state, batch, key)[0])
+    base_loss = float(loss(case.batch))
+    later = {**case.batch, "context_deter": case.batch["context_deter"].copy()}
+    later["context_deter"][:, 1:] += 1.0
+    assert float(loss(later)) == base_loss
+    first = {**case.batch, "context_deter": case.batch["context_deter"].copy()}
+    first["context_deter"][:, 0] += 1.0
+    assert float(loss(first)) != base_loss

@@ -131,6 +131,7 @@ def test_retnorm_scale_floored_at_limit(tiny_cfg):
 
 def test_actor_critic_loss_finite_with_shapes(case, imagination):
     b, t = case.batch["is_first"].shape
+    t -= case.agent.context  # the context step supplies the start state only
     loss = imagination["ac_loss"]
     metrics, retnorm, ret0 = imagination["ac_aux"]
     chex.assert_shape(loss, ())
@@ -144,12 +145,24 @@ def test_actor_critic_loss_finite_with_shapes(case, imagination):
     assert float(metrics["ac/adv_abs"]) > 0
 
 
-def test_repval_loss_finite_and_trains_only_the_critic(imagination):
+def test_repval_loss_trains_critic_and_world_model_representations(imagination):
+    """The replayed-value loss trains the critic and, with `ac.repval_grad` (2024 code), the
+    encoder and RSSM through the posterior features; never the actor or the other heads. With
+    the option off only the critic learns from it."""
     chex.assert_shape(imagination["repval_loss"], ())
     chex.assert_tree_all_finite(imagination["repval_loss"])
+
+    def moved(tree):
+        return float(np.sum([np.abs(g).sum() for g in jax.tree.leaves(tree)])) > 0
+
     grads = imagination["repval_grads"]
     chex.assert_tree_all_finite(grads)
-    assert float(np.sum([np.abs(g).sum() for g in jax.tree.leaves(grads["critic"])])) > 0
+    for reached in (grads["critic"], grads["wm"]["enc"], grads["wm"]["rssm"]):
+        assert moved(reached)
+    for name in ("actor", "dec", "rew", "con"):
+        assert not moved(grads.get(name, grads["wm"].get(name))), name
+    stopped = imagination["repval_stopped_grads"]
+    assert moved(stopped["critic"])
     for group in ("wm", "actor"):
-        for leaf in jax.tree.leaves(grads[group]):
-            assert not np.asarray(leaf).any(), group
+        assert not moved(stopped[group]), group
+    chex.assert_trees_all_close(stopped["critic"], grads["critic"], rtol=1e-5, atol=1e-8)

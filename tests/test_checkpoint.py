@@ -13,7 +13,7 @@ from dreamer.checkpoint import Checkpointer, CheckpointError, abstract
 @pytest.fixture(scope="module")
 def state(discrete_case):
     # One real update so that optimiser moments and counters are non-trivial.
-    new, _ = discrete_case.train_step(discrete_case.fresh_state(), discrete_case.batch,
+    new, _, _ = discrete_case.train_step(discrete_case.fresh_state(), discrete_case.batch,
                                       jax.random.key(1))
     return new
 

@@ -25,13 +25,13 @@ def twohot_stats(logits, bins, target):
 
 @jax.jit
 def discrete_policy(out, action, key):
-    dist = d.Policy(out, discrete=True, unimix=0.01)
+    dist = d.Policy(out, discrete=True)
     return dist.log_prob(action), dist.entropy(), dist.sample(key), dist.mode()
 
 
 @jax.jit
 def continuous_policy(out, action, key):
-    dist = d.Policy(out, discrete=False, minstd=0.1, maxstd=1.0)
+    dist = d.Policy(jnp.split(out, 2, -1), discrete=False, minstd=0.1, maxstd=1.0)
     return dist.loc, dist.std, dist.log_prob(action), dist.entropy(), dist.sample(key), dist.mode()
 
 
@@ -100,19 +100,34 @@ def test_twohot_hand_computed(x, expected):
                                 atol=1e-6)
 
 
+def np_symexp_bins(num: int, limit: float = 20.0) -> np.ndarray:
+    """Reference bins: symexp of an even grid on [-limit, limit], in float64."""
+    grid = np.linspace(-limit, limit, num)
+    return np.sign(grid) * np.expm1(np.abs(grid))
+
+
+@pytest.mark.parametrize("num", [255, 15, 16])
+def test_symexp_bins_are_symmetric_symexp_of_an_even_grid(num):
+    bins = np.asarray(d.symexp_bins(num), np.float64)
+    chex.assert_shape(bins, (num,))
+    np.testing.assert_allclose(bins, np_symexp_bins(num), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(bins, -bins[::-1])  # exactly mirrored
+    assert np.all(np.diff(bins) > 0)
+    assert bins[-1] == pytest.approx(math.expm1(20.0), rel=1e-5)
+
+
 def test_twohot_matches_reference_and_round_trips():
-    bins = d.symlog_bins(255)
-    chex.assert_shape(bins, (255,))
-    assert float(bins[0]) == -20.0 and float(bins[-1]) == 20.0
+    bins = d.symexp_bins(255)
     rng = np.random.default_rng(0)
-    x = np.concatenate([rng.uniform(-19.9, 19.9, 200), np.asarray(bins[::17]), [0.0]])
+    x = np.concatenate([rng.uniform(-500, 500, 100), rng.uniform(-2, 2, 100),
+                        np.asarray(bins[100:155:5]), [0.0]])
     x = x.astype(np.float32)
     enc = twohot(jnp.asarray(x), bins)
     chex.assert_shape(enc, (len(x), 255))
     expected = np.stack([np_twohot(v, np.asarray(bins, np.float64)) for v in x])
     chex.assert_trees_all_close(enc, expected.astype(np.float32), atol=1e-4)
     chex.assert_trees_all_close(enc.sum(-1), jnp.ones(len(x)), atol=1e-6)
-    chex.assert_trees_all_close((enc * bins).sum(-1), x, atol=1e-4)
+    chex.assert_trees_all_close((enc * bins).sum(-1), x, rtol=1e-5, atol=1e-4)
     assert int((enc > 0).sum(-1).max()) <= 2
 
 
@@ -123,24 +138,38 @@ def test_twohot_batched_shape():
 
 
 def test_twohot_dist_mean_recovers_target():
-    bins = d.symlog_bins(255)
+    bins = d.symexp_bins(255)
     x = jnp.array([-3000.0, -12.5, -1.0, 0.0, 0.3, 4.0, 250.0, 1e5])
-    logits = jnp.log(twohot(d.symlog(x), bins))  # -inf outside the two bins
+    logits = jnp.log(twohot(x, bins))  # -inf outside the two bins
     mean, _ = twohot_stats(logits, bins, x)
     chex.assert_trees_all_close(mean, x, rtol=1e-4, atol=1e-5)
 
 
+def test_twohot_mean_of_a_mixture_is_the_raw_mean():
+    """A head that puts half its probability on reward 0 and half on 100 (the cross-entropy
+    optimum for 50/50 targets) predicts their mean, 50, because interpolation and the mean are
+    in raw space. (Averaging in symlog space and then symexp would give
+    symexp(log(101) / 2) = 9.05.)"""
+    bins = d.symexp_bins(255)
+    probs = 0.5 * twohot(jnp.array([0.0, 100.0]), bins).sum(0)
+    mean, _ = twohot_stats(jnp.log(probs)[None], bins, jnp.zeros(1))
+    assert float(mean[0]) == pytest.approx(50.0, rel=1e-4)
+    assert math.expm1(math.log(101.0) / 2) == pytest.approx(9.05, abs=0.01)
+
+
 def test_twohot_dist_log_prob_against_numpy():
-    bins = d.symlog_bins(15)
+    bins = d.symexp_bins(15)
     rng = np.random.default_rng(1)
     logits = rng.normal(size=(6, 15)).astype(np.float32)
     target = np.array([-40.0, -1.0, 0.0, 0.7, 9.0, 1e4], np.float32)
-    expected = [np_twohot(np.sign(t) * np.log1p(abs(t)), np.asarray(bins, np.float64)) @ lp
+    expected = [np_twohot(t, np.asarray(bins, np.float64)) @ lp
                 for t, lp in zip(target, np_log_softmax(logits), strict=True)]
     _, got = twohot_stats(jnp.asarray(logits), bins, jnp.asarray(target))
     chex.assert_trees_all_close(got, np.array(expected, np.float32), rtol=1e-5)
-    uniform_mean, _ = twohot_stats(jnp.zeros((1, 15)), bins, jnp.zeros(1))
-    assert float(uniform_mean[0]) == pytest.approx(0.0, abs=1e-6)
+    # Uniform probabilities over mirrored bins predict exactly 0, though the bins reach 4.9e8.
+    for num in (15, 16, 255):
+        uniform_mean, _ = twohot_stats(jnp.zeros((1, num)), d.symexp_bins(num), jnp.zeros(1))
+        assert float(uniform_mean[0]) == 0.0
 
 
 # ------------------------------------------------------------------------------ categoricals
@@ -245,7 +274,7 @@ def test_discrete_policy_against_numpy():
     out = rng.normal(0, 2, size=(5, 4)).astype(np.float32)
     action = np.eye(4, dtype=np.float32)[[0, 3, 1, 2, 3]]
     logp, entropy, sample, mode = discrete_policy(jnp.asarray(out), action, jax.random.key(0))
-    probs = 0.99 * np.exp(np_log_softmax(out)) + 0.01 / 4
+    probs = np.exp(np_log_softmax(out))  # a plain categorical: no uniform mixed in (2024 code)
     chex.assert_trees_all_close(logp, np.log((probs * action).sum(-1)).astype(np.float32),
                                 rtol=1e-5)
     chex.assert_trees_all_close(entropy, (-(probs * np.log(probs)).sum(-1)).astype(np.float32),

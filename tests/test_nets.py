@@ -1,11 +1,21 @@
-"""Network blocks: the phase-decomposed upsampling conv equals upsample-then-conv."""
+"""Network blocks against dense references: the phase-decomposed upsampling conv, block and
+grouped-input linear layers, the split posterior layer, norms and the policy's output layers."""
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dreamer.nets import BlockLinear, Norm, UpConv, maxpool2, upsample2
+from dreamer.nets import (
+    MLP,
+    BlockLinear,
+    ConcatLinear,
+    GroupedInputLinear,
+    Norm,
+    UpConv,
+    maxpool2,
+    upsample2,
+)
 
 
 @pytest.mark.parametrize("kernel", [3, 5, 7])
@@ -31,6 +41,56 @@ def test_block_linear_is_block_diagonal():
     dense = np.zeros((8, 6), np.float32)
     dense[:4, :3], dense[4:, 3:] = kernel[0], kernel[1]
     chex.assert_trees_all_close(module.apply(params, x), np.asarray(x) @ dense, atol=1e-5)
+
+
+def test_grouped_input_linear_equals_block_linear_on_broadcast_input():
+    """Each group sees [its slice of `own`, all of `shared`]: the same map as a BlockLinear on
+    the concatenated, broadcast input with the same kernel."""
+    own = jax.random.normal(jax.random.PRNGKey(0), (3, 8))
+    shared = jax.random.normal(jax.random.PRNGKey(1), (3, 5))
+    module = GroupedInputLinear(6, 2)
+    params = module.init(jax.random.PRNGKey(2), own, shared)
+    params = jax.tree.map(lambda p: p + 0.1, params)
+    groups = jnp.concatenate([own.reshape(3, 2, 4), jnp.broadcast_to(shared[:, None], (3, 2, 5))],
+                             -1).reshape(3, 18)
+    want = BlockLinear(6, 2).apply(params, groups)
+    chex.assert_trees_all_close(module.apply(params, own, shared), want, atol=1e-5)
+
+
+def test_concat_linear_parts_sum_to_one_map_on_the_concatenation():
+    """The posterior's first layer: one [D + E, H] kernel, fan-in initialised over D + E, whose
+    parts applied separately add up to the map on [deter, embed]."""
+    d, e, h = 40, 24, 16
+    module = ConcatLinear(h, (d, e))
+    deter = jax.random.normal(jax.random.PRNGKey(0), (5, d))
+    embed = jax.random.normal(jax.random.PRNGKey(1), (5, e))
+    params = module.init(jax.random.PRNGKey(2), deter, 0, method="part")
+    kernel = params["params"]["kernel"]
+    chex.assert_shape(kernel, (d + e, h))
+    # Truncated normal with variance 1 / fan-in over both inputs (the kernel's std ~ 1/8).
+    assert abs(float(jnp.std(kernel)) * np.sqrt(d + e) - 1.0) < 0.2
+    params = jax.tree.map(lambda p: p + 0.1, params)  # a non-zero bias too
+    got = (module.apply(params, deter, 0, method="part")
+           + module.apply(params, embed, 1, method="part"))
+    want = jnp.concatenate([deter, embed], -1) @ params["params"]["kernel"] + 0.1
+    chex.assert_trees_all_close(got, want, atol=1e-5)
+
+
+def test_mlp_with_two_outputs_has_separate_layers():
+    """The continuous policy's mean and std come from two output layers (2024 code)."""
+    x = jnp.ones((2, 3))
+    module = MLP(1, 8, (4, 4), outscale=0.5)
+    params = module.init(jax.random.PRNGKey(0), x)["params"]
+    assert {"out0", "out1"} <= set(params)
+    mean, std = module.apply({"params": params}, x)
+    chex.assert_shape([mean, std], (2, 4))
+    assert not np.allclose(mean, std)
+
+
+def test_rms_norm_has_scale_only_and_layer_norm_scale_and_shift():
+    x = jnp.arange(1.0, 9.0).reshape(1, 8)
+    assert set(Norm("rms").init(jax.random.PRNGKey(0), x)["params"]) == {"scale"}
+    assert set(Norm("layer").init(jax.random.PRNGKey(0), x)["params"]) == {"scale", "shift"}
 
 
 def test_rms_norm_and_pool():

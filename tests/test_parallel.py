@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import optax
 import pytest
-from conftest import DEVICES, random_batch
+from conftest import DEVICES, agent_batch
 
 from dreamer.agent import Agent
 from dreamer.parallel import AXIS, DataParallel, select_devices
@@ -35,10 +35,10 @@ def reference(tiny_cfg, vector_obs_space, continuous_act_space):
             step = jax.jit(single.train_step)
             history = []
             for i in range(UPDATES):
-                batch = random_batch(vector_obs_space, continuous_act_space,
-                                     batch=PER_DEVICE * devices, seed=i)
-                state, metrics = step(state, batch, jax.random.key(10 + i))
-                history.append(metrics)
+                batch = agent_batch(single, vector_obs_space, continuous_act_space,
+                                    batch=PER_DEVICE * devices, seed=i)
+                state, metrics, rows = step(state, batch, jax.random.key(10 + i))
+                history.append((metrics, jax.device_get(rows)))
             cache[optimizer, devices] = (state, history)
         return cache[optimizer, devices]
 
@@ -57,10 +57,10 @@ def test_parallel_updates_equal_single_device(reference, tiny_cfg, vector_obs_sp
     parallel.assert_replicas_equal(state)
     history = []
     for i in range(UPDATES):
-        batch = random_batch(vector_obs_space, continuous_act_space,
-                             batch=PER_DEVICE * devices, seed=i)
-        state, metrics = parallel(state, parallel.shard(batch), jax.random.key(10 + i))
-        history.append(metrics)
+        batch = agent_batch(multi, vector_obs_space, continuous_act_space,
+                            batch=PER_DEVICE * devices, seed=i)
+        state, metrics, rows = parallel(state, parallel.shard(batch), jax.random.key(10 + i))
+        history.append((metrics, parallel.local_rows(rows)))
     parallel.assert_replicas_equal(state)
     expected_state, expected_history = reference(optimizer, devices)
     got = parallel.unreplicate(state)
@@ -68,11 +68,16 @@ def test_parallel_updates_equal_single_device(reference, tiny_cfg, vector_obs_sp
     chex.assert_trees_all_close(got.retnorm, expected_state.retnorm, atol=1e-5, rtol=1e-5)
     chex.assert_trees_all_close(got.slow_critic, expected_state.slow_critic, atol=1e-5)
     assert int(got.step) == UPDATES
-    for got_m, want_m in zip(history, expected_history, strict=True):
+    for (got_m, got_rows), (want_m, want_rows) in zip(history, expected_history, strict=True):
         assert set(got_m) == set(want_m)
         for key in want_m:
             np.testing.assert_allclose(np.asarray(got_m[key]), np.asarray(want_m[key]),
                                        rtol=1e-4, atol=1e-5, err_msg=key)
+        # The replay context written back comes in the order of the host batch.
+        assert set(got_rows) == set(want_rows) == {"context_deter", "context_stoch"}
+        np.testing.assert_allclose(got_rows["context_deter"], want_rows["context_deter"],
+                                   rtol=1e-4, atol=1e-5)
+        np.testing.assert_array_equal(got_rows["context_stoch"], want_rows["context_stoch"])
 
 
 def test_replicas_that_differ_are_reported(tiny_cfg, vector_obs_space, continuous_act_space):
@@ -92,10 +97,10 @@ def test_replicas_that_differ_are_reported(tiny_cfg, vector_obs_space, continuou
 
 
 def test_batch_must_split_evenly_and_devices_must_exist():
-    parallel = DataParallel(lambda s, b, k: (s, {}), select_devices(2), "shard_map")
+    parallel = DataParallel(lambda s, b, k: (s, {}, {}), select_devices(2), "shard_map")
     with pytest.raises(ValueError, match="does not split over 2 devices"):
         parallel.shard({"x": np.zeros((3, 4))})
     with pytest.raises(ValueError, match="xla_force_host_platform_device_count=64"):
         select_devices(64)
     with pytest.raises(ValueError, match="unknown parallel.backend"):
-        DataParallel(lambda s, b, k: (s, {}), select_devices(2), "vmap")
+        DataParallel(lambda s, b, k: (s, {}, {}), select_devices(2), "vmap")

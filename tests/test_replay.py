@@ -350,3 +350,82 @@ def test_save_deletes_the_files_of_evicted_chunks(tmp_path):
     assert stamps == list(range(40 - len(replay), 40))  # exactly the steps held
     loaded = Replay(capacity=8, length=2, directory=tmp_path, chunk=4)
     assert loaded.load() == len(replay)
+
+
+# ------------------------------------------------------------------------------ policy outputs
+
+
+def with_output(step: dict[str, np.ndarray], value: float) -> dict[str, np.ndarray]:
+    """A step that also carries a per-step policy output (e.g. a stored model state)."""
+    return {**step, "latent": np.full(4, value, np.float32)}
+
+
+def test_update_rewrites_the_sampled_steps_only():
+    """`update` writes values into the last n steps of each sampled sequence, across chunk
+    boundaries, and leaves every other step as the policy stored it."""
+    replay = Replay(capacity=1000, length=5, chunk=4, seed=3)
+    for t in range(30):
+        for w in range(2):
+            replay.add(with_output(make_step(w, t, 0, t == 0), -1.0), worker=w)
+    batch, ref = replay.sample(6, ref=True)
+    assert (batch["latent"] == -1.0).all()
+    w, t = batch["vector"][..., 0].astype(int), batch["vector"][..., 1].astype(int)
+    new = (100 * w + t)[..., None].astype(np.float32) + np.zeros(4, np.float32)
+    replay.update(ref, {"latent": new[:, 1:]})  # the first step is the context: kept
+    assert replay.stats["replay/updated"] == 6
+    written = {(a, b) for a, b in zip(w[:, 1:].ravel(), t[:, 1:].ravel())}
+    for _ in range(40):
+        check = replay.sample(8)
+        cw, ct = check["vector"][..., 0].astype(int), check["vector"][..., 1].astype(int)
+        for a, b, latent in zip(cw.ravel(), ct.ravel(), check["latent"].reshape(-1, 4)):
+            want = 100 * a + b if (a, b) in written else -1.0
+            np.testing.assert_array_equal(latent, want)
+
+
+def test_update_rejects_unknown_keys_and_long_rows():
+    replay = Replay(capacity=100, length=3, chunk=4)
+    fill(replay, workers=1, steps=10)
+    _, ref = replay.sample(2, ref=True)
+    with pytest.raises(KeyError, match="latent"):
+        replay.update(ref, {"latent": np.zeros((2, 2, 4), np.float32)})
+    with pytest.raises(ValueError, match="4 steps per sequence"):
+        replay.update(ref, {"reward": np.zeros((2, 4), np.float32)})
+
+
+def test_online_queue_trains_each_new_sequence_once_first():
+    """With `online`, every stream's consecutive, non-overlapping sequences are drawn first, in
+    order of completion, once each; then draws are uniform. Reports (own `rng`) leave the
+    queue alone."""
+    length = 4
+    replay = Replay(capacity=1000, length=length, chunk=3, online=True, seed=0)
+    for t in range(12):
+        for w in range(2):
+            replay.add(make_step(w, t, 0, t == 0), worker=w)
+    # 3 sequences per worker completed at t = 3, 7, 11.
+    report = replay.sample(6, rng=np.random.default_rng(0))
+    assert replay.stats["replay/online"] == 0 and report["vector"].shape[0] == 6
+    first = starts(replay.sample(4))
+    assert first == [(0, 0), (1, 0), (0, 4), (1, 4)]
+    second = starts(replay.sample(4))
+    assert second[:2] == [(0, 8), (1, 8)]  # the rest of the queue, then uniform draws
+    assert replay.stats["replay/online"] == 6
+    replay.add(make_step(0, 12, 0, False), worker=0)
+    replay.sample(3)  # nothing new is complete: all three uniform
+    assert replay.stats["replay/online"] == 6
+
+
+def test_online_queue_and_outputs_survive_save_and_load(tmp_path):
+    replay = Replay(capacity=1000, length=3, directory=tmp_path, chunk=4, online=True, seed=1)
+    for t in range(9):
+        replay.add(with_output(make_step(0, t, 0, t == 0), float(t)), worker=0)
+    assert starts(replay.sample(1)) == [(0, 0)]  # queued: (0, 0), (0, 3), (0, 6)
+    replay.save()
+    state = replay.state()
+    restored = Replay(capacity=1000, length=3, directory=tmp_path, chunk=4, online=True, seed=1)
+    restored.load(until=state["inserts"])
+    restored.load_state(state)
+    expected = replay.sample(2)
+    got = restored.sample(2)
+    assert starts(got) == starts(expected) == [(0, 3), (0, 6)]
+    np.testing.assert_array_equal(got["latent"], expected["latent"])
+    np.testing.assert_array_equal(got["latent"][:, :, 0], got["vector"][:, :, 1])

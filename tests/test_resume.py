@@ -33,6 +33,19 @@ def expected_updates(agent_steps: int) -> int:
     return int((agent_steps - PREFILL) * RATIO / STEPS_PER_UPDATE) + 1
 
 
+def stored_context(directory: Path) -> dict[str, np.ndarray]:
+    """The `context_*` arrays and insert stamps of every step in a replay folder, by stamp."""
+    parts: dict[str, list[np.ndarray]] = {}
+    for path in sorted(directory.glob("*.npz")):
+        with np.load(path) as archive:
+            for key in archive.files:
+                if key.startswith("context_") or key == "_stamp":
+                    parts.setdefault(key, []).append(archive[key])
+    data = {k: np.concatenate(v) for k, v in parts.items()}
+    order = np.argsort(data["_stamp"])
+    return {k: v[order] for k, v in data.items()}
+
+
 def latest_meta(logdir: Path) -> dict:
     ckpt = Checkpointer(logdir / "checkpoints")
     try:
@@ -59,6 +72,15 @@ def test_resume_continues_counters_replay_and_falls_back_past_damage(tmp_path):
     resumed = [x for x in lines if x["step"] > 300]
     assert min(x["train/updates"] for x in resumed) >= first["updates"]
     assert resumed[-1]["replay/loaded"] == 300
+    # Replay context: every step stores a model state; the policy's steps (after the random
+    # prefill) non-zero ones; updates wrote fresh states back, before and after the resume.
+    context = stored_context(logdir / "replay")
+    assert set(context) == {"context_deter", "context_stoch", "_stamp"}
+    assert len(context["_stamp"]) == 400
+    active = np.abs(context["context_deter"]).sum(-1) > 0
+    assert active[context["_stamp"] >= PREFILL].all() and not active[:PREFILL].all()
+    assert second["replay"]["counts"]["updated"] > first["replay"]["counts"]["updated"] > 0
+    assert second["rngs"]["seed"] == 0 and {"update", "policy"} <= set(second["rngs"]["keys"])
 
     # A change to a key that shapes the model is refused before anything is touched.
     config_before = (logdir / "config.yaml").read_text()

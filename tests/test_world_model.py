@@ -86,7 +86,7 @@ RESET_AT = 3  # row 0 starts a new episode here
 @pytest.fixture(scope="module")
 def rssm_setup():
     """A tiny RSSM (unimix on, one block layer) with parameters and jitted pieces."""
-    rssm = rssm_lib.RSSM(deter=8, hidden=8, stoch=3, classes=4, blocks=2, img_layers=1)
+    rssm = rssm_lib.RSSM(deter=8, hidden=8, stoch=3, classes=4, embed=E, blocks=2, img_layers=1)
     state0 = rssm_lib.initial(rssm, B)
     params = jax.jit(rssm.init)(jax.random.key(0), state0, jnp.zeros((B, A)), jnp.zeros((B, E)),
                                 jax.random.key(1))["params"]
@@ -253,7 +253,7 @@ def test_updates_on_a_fixed_batch_lower_the_world_model_loss(discrete_case):
     state = case.fresh_state()
     losses = []
     for _ in range(21):
-        state, metrics = case.train_step(state, case.batch, jax.random.key(100))
+        state, metrics, _ = case.train_step(state, case.batch, jax.random.key(100))
         losses.append(float(metrics["loss/wm"]))
     assert int(state.step) == 21
     assert np.isfinite(losses).all()
