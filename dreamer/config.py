@@ -519,3 +519,10 @@ def load_config(presets: Sequence[str] = (), overrides: Mapping[str, Any] | None
     if overrides:
         cfg = cfg.update(overrides, source="overrides")
     return cfg
+
+
+def updates_per_frame(cfg: Config, devices: int = 1) -> float:
+    """Updates per simulator frame: `run.train_ratio` counts replayed steps (batch_length per
+    sequence) per agent step, and an agent step is `env.action_repeat` frames."""
+    replayed = cfg.batch_size * devices * cfg.batch_length
+    return cfg.run.train_ratio / (replayed * cfg.env.action_repeat)

@@ -10,6 +10,7 @@ from dreamer.config import (
     available_presets,
     default_configs_dir,
     load_config,
+    updates_per_frame,
 )
 
 SIZES = ["size1m", "size12m", "size25m", "size50m", "size100m", "size200m", "size400m"]
@@ -279,3 +280,28 @@ def test_a_bare_boolean_switch_sets_it_true():
     cfg, info = parse_args(["--logger.wandb", "--jax.jit", "false", "--run.steps=10"])
     assert cfg.logger.wandb is True and cfg.jax.jit is False and cfg.run.steps == 10
     assert info["overrides"]["logger.wandb"] == "true"
+
+
+# The 2024 code's benchmark settings (dreamerv3/configs.yaml at e3f0224): train ratio per agent
+# step, action repeat, batch 16 x 64, model size; and the updates per simulator frame they give.
+OFFICIAL_2024 = {
+    "dmc_proprio": {"train_ratio": 1024, "action_repeat": 1, "deter": 512, "per_frame": 1.0},
+    "dmc_vision": {"train_ratio": 256, "action_repeat": 1, "deter": 8192, "per_frame": 0.25},
+    "atari100k": {"train_ratio": 256, "action_repeat": 4, "deter": 8192, "per_frame": 0.0625},
+}
+
+
+@pytest.mark.parametrize("preset", sorted(OFFICIAL_2024))
+def test_benchmark_presets_train_at_the_2024_codes_update_density(preset):
+    official = OFFICIAL_2024[preset]
+    cfg = load_config([preset])
+    assert (cfg.batch_size, cfg.batch_length) == (16, 64)
+    assert cfg.run.train_ratio == official["train_ratio"]
+    assert cfg.env.action_repeat == official["action_repeat"]
+    assert cfg.model.deter == official["deter"]
+    expected = official["train_ratio"] / (16 * 64 * official["action_repeat"])
+    assert updates_per_frame(cfg) == pytest.approx(expected) == official["per_frame"]
+    # The global batch grows with the devices; the ratio then gives fewer, larger updates.
+    assert updates_per_frame(cfg, devices=4) == pytest.approx(expected / 4)
+    # No random prefill: the policy acts from the first step (2024 code).
+    assert cfg.run.prefill == 0
