@@ -30,8 +30,8 @@ def read_series(path: str | Path, key: str) -> tuple[np.ndarray, np.ndarray]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            if number == len(lines):
-                continue  # a line cut short by a kill
+            if number == len(lines) or not line.rstrip().endswith("}"):
+                continue  # a line cut short by a kill (a resumed run writes on after it)
             raise ValueError(f"{path}:{number} is not a JSON object") from None
         if key in record and math.isfinite(record[key]):
             points[int(record["step"])] = float(record[key])
@@ -79,34 +79,53 @@ def at_budget(series: tuple[np.ndarray, np.ndarray], budget: int, width: int) ->
     return float(values[inside].mean()) if inside.any() else None
 
 
+def summary(series: Sequence[tuple[np.ndarray, np.ndarray]], budget: int, width: int
+            ) -> tuple[float, float, int] | None:
+    """Mean, std and number of the runs with a score at a budget (`at_budget`); None when no run
+    has one."""
+    scores = [x for x in (at_budget(s, budget, width) for s in series) if x is not None]
+    return (float(np.mean(scores)), float(np.std(scores)), len(scores)) if scores else None
+
+
 def table(methods: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]], budgets: Sequence[int],
-          width: int) -> str:
-    """A Markdown table: per method and budget, mean ± std over the runs that reached it (n)."""
-    head = ["method", *(f"{_steps(b)} steps" for b in budgets)]
+          width: int, reference: Mapping[str, Sequence[float | None]] | None = None,
+          reference_label: str = "reference", rows: str = "method") -> str:
+    """A Markdown table: per method and budget, mean ± std over the runs that reached it (n).
+    With `reference` (per method, one value or None per budget) each budget's column is followed
+    by a `reference_label` column of those values. `rows` heads the column of method labels."""
+    head = [rows]
+    for budget in budgets:
+        head += [f"{_steps(budget)} steps", *([reference_label] if reference is not None else [])]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, series in methods.items():
         cells = [label]
-        for budget in budgets:
-            scores = [x for x in (at_budget(s, budget, width) for s in series) if x is not None]
-            cells.append(f"{np.mean(scores):.1f} ± {np.std(scores):.1f} (n={len(scores)})"
-                         if scores else "–")
+        for i, budget in enumerate(budgets):
+            stats = summary(series, budget, width)
+            cells.append(f"{stats[0]:.1f} ± {stats[1]:.1f} (n={stats[2]})" if stats else "–")
+            if reference is not None:
+                value = reference.get(label, [None] * len(budgets))[i]
+                cells.append("–" if value is None else f"{value:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def plot(curves: Sequence[Curve], key: str, out: str | Path, title: str = "") -> None:
-    """Draws each curve's mean with its min–max band (std band with one run: none) to a PNG."""
+def plot(curves: Sequence[Curve], key: str, out: str | Path, title: str = "",
+         references: Sequence[Curve] = (), xmax: float | None = None) -> None:
+    """Draws each curve's mean with its min–max band (std band with one run: none) to a PNG;
+    `references` (e.g. published curves) dashed, with their bands; the x axis up to `xmax`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for curve in curves:
-        line, = ax.plot(curve.steps, curve.mean, label=f"{curve.label} ({curve.runs} runs)")
+    for curve, style in [*((c, "-") for c in curves), *((c, "--") for c in references)]:
+        line, = ax.plot(curve.steps, curve.mean, style, label=f"{curve.label} ({curve.runs} runs)")
         if curve.runs > 1:
             ax.fill_between(curve.steps, curve.low, curve.high, color=line.get_color(),
                             alpha=0.2, linewidth=0)
+    if xmax is not None:
+        ax.set_xlim(0, xmax)
     ax.set_xlabel("environment steps")
     ax.set_ylabel(key)
     ax.grid(alpha=0.3)

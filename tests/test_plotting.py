@@ -45,6 +45,26 @@ def test_series_binning_aggregation_and_table(tmp_path):
         plotting.read_series(tmp_path / "missing", "eval/score")
 
 
+def test_summary_reference_columns_and_reference_curves(tmp_path):
+    series = [(np.array([100, 200]), np.array([1.0, 3.0])), (np.array([200]), np.array([5.0]))]
+    assert plotting.summary(series, 200, 100) == (4.0, 1.0, 2)
+    assert plotting.summary(series, 100, 100) == (1.0, 0.0, 1)
+    assert plotting.summary(series, 300, 100) is None
+    text = plotting.table({"a": series, "b": series[:1]}, [100, 200], 100,
+                          reference={"a": [7.0, None]}, reference_label="paper", rows="task")
+    assert text.splitlines()[:2] == ["| task | 100 steps | paper | 200 steps | paper |",
+                                     "|---|---|---|---|---|"]
+    assert "| a | 1.0 ± 0.0 (n=1) | 7.0 | 4.0 ± 1.0 (n=2) | – |" in text
+    assert "| b | 1.0 ± 0.0 (n=1) | – | 3.0 ± 0.0 (n=1) | – |" in text  # no reference for b
+    ours = plotting.aggregate("ours", series, 100)
+    published = plotting.Curve("paper", 5, np.array([100, 300]), np.array([2.0, 6.0]),
+                               np.full(2, np.nan), np.array([1.0, 4.0]), np.array([3.0, 8.0]),
+                               np.array([5, 5]))
+    out = tmp_path / "with_reference.png"
+    plotting.plot([ours], "eval/score", out, "task", references=[published], xmax=200)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_plot_command_writes_png_and_table(tmp_path):
     for seed in range(3):
         write_run(tmp_path / f"runs/demo-{seed}", [(1000 * k, k + seed) for k in range(1, 5)])
