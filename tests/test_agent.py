@@ -9,8 +9,8 @@ import optax
 import pytest
 
 from dreamer import behavior, world_model
-from dreamer.agent import Agent
-from dreamer.config import load_config
+from dreamer.agent import Agent, compute_dtype
+from dreamer.config import ConfigError, load_config
 from dreamer.distributions import split_keys
 from dreamer.envs import base
 
@@ -322,3 +322,30 @@ def test_train_step_reads_only_the_first_steps_context(continuous_case):
     first = {**case.batch, "context_deter": case.batch["context_deter"].copy()}
     first["context_deter"][:, 0] += 1.0
     assert float(loss(first)) != base_loss
+
+
+# ------------------------------------------------------------------------------ precision
+
+
+def test_compute_dtype_auto_is_bfloat16_on_accelerators_and_float32_on_cpu():
+    assert compute_dtype("auto", "cpu") == jnp.float32
+    assert compute_dtype("auto", "gpu") == compute_dtype("auto", "tpu") == jnp.bfloat16
+    assert compute_dtype("float32", "tpu") == jnp.float32
+    with pytest.raises(ConfigError, match="auto, float32 or bfloat16"):
+        compute_dtype("float16")
+
+
+def test_bfloat16_step_keeps_float32_params_losses_and_context(continuous_case):
+    """With bfloat16 compute the parameters, optimiser state, losses and the replay context
+    stay float32 (traced only: the shapes and dtypes of one update)."""
+    case = continuous_case
+    cfg = case.agent.cfg.update({"jax.compute_dtype": "bfloat16"})
+    agent = Agent(cfg, case.agent.obs_space, case.agent.act_space)
+    assert agent.nets.rssm.dtype == jnp.bfloat16
+    state = jax.eval_shape(agent.init, jax.random.key(0))
+    new, metrics, context = jax.eval_shape(agent.train_step, state, case.batch,
+                                           jax.random.key(1))
+    for leaf in jax.tree.leaves((new.params, new.opt_state, new.slow_critic, new.retnorm)):
+        assert leaf.dtype in (jnp.float32, jnp.int32), leaf
+    assert all(m.dtype == jnp.float32 for m in jax.tree.leaves(metrics))
+    assert context["context_deter"].dtype == jnp.float32
