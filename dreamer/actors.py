@@ -88,7 +88,7 @@ class _Actor:
         self._seeds = [rngs.int_seed(f"{name}/env", i) for i in range(n)]
         self._make_env, self._collector_cls = make_env, Collector
         envs = [make_env(cfg.env, s) for s in self._seeds]
-        self.agent = Agent(cfg, envs[0].obs_space, envs[0].act_space)
+        self.agent = Agent(cfg, envs[0].obs_space, envs[0].act_space, platform="cpu")
         self.collectors = [Collector([env], self.agent.act_dim) for env in envs]
         self.env_incarnation = [0] * n
         self.policy = AgentPolicy(self.agent, n, rngs.key_stream(f"{name}/policy"))

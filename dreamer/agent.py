@@ -42,9 +42,12 @@ def compute_dtype(name: str, platform: str | None = None) -> jnp.dtype:
     return jnp.dtype(name)
 
 
-def build_nets(cfg: Any, obs_space: dict, act_space: Any) -> world_model.Nets:
-    """Module definitions from the config and the environment's spaces."""
-    m, dtype = cfg.model, compute_dtype(cfg.jax.compute_dtype, cfg.jax.platform or None)
+def build_nets(cfg: Any, obs_space: dict, act_space: Any,
+               platform: str | None = None) -> world_model.Nets:
+    """Module definitions from the config and the environment's spaces, computing in the dtype
+    of `jax.compute_dtype` for `platform` (default: `jax.platform`, else JAX's backend)."""
+    m = cfg.model
+    dtype = compute_dtype(cfg.jax.compute_dtype, platform or cfg.jax.platform or None)
     common = {"norm": m.norm, "act": m.act, "dtype": dtype}
     shapes = {k: tuple(space.shape) for k, space in obs_space.items()}
     cnn = {"depth": m.depth, "mults": tuple(m.mults), "kernel": m.kernel, "units": m.units}
@@ -72,15 +75,17 @@ class Agent:
     """DreamerV3. `train_step` and `policy` are pure functions of their arguments.
 
     `axis_name` names the device axis when the step runs under pmap/shard_map; gradients,
-    metrics and return statistics are then averaged (or gathered) over it.
+    metrics and return statistics are then averaged (or gathered) over it. `platform` is where
+    the agent computes ('cpu' for acting on the host), which `jax.compute_dtype: auto` follows.
     """
 
-    def __init__(self, cfg: Any, obs_space: dict, act_space: Any, axis_name: str | None = None):
+    def __init__(self, cfg: Any, obs_space: dict, act_space: Any, axis_name: str | None = None,
+                 platform: str | None = None):
         self.cfg = cfg
         self.obs_space = obs_space
         self.act_space = act_space
         self.act_dim = act_space.n if act_space.discrete else act_space.shape[-1]
-        self.nets = build_nets(cfg, obs_space, act_space)
+        self.nets = build_nets(cfg, obs_space, act_space, platform)
         self.opt = make_optimizer(cfg.opt)
         self.axis_name = axis_name
 
@@ -229,9 +234,14 @@ class Agent:
         return rssm_lib.initial(self.nets.rssm, batch), jnp.zeros((batch, self.act_dim))
 
     def policy_outputs_initial(self, batch: int) -> dict[str, np.ndarray]:
-        """Per-step outputs of steps not chosen by the policy (random actions): zero context,
-        the state an episode starts from, until an update rewrites it."""
-        return jax.device_get(self._context_of(rssm_lib.initial(self.nets.rssm, batch)))
+        """Per-step outputs of steps not chosen by the policy (random actions): the zero state
+        an episode starts from (latent class -1, which `sequence_inputs` reads as an all-zero
+        latent), until an update rewrites it."""
+        if not self.context:
+            return {}
+        m = self.cfg.model
+        return {"context_deter": np.zeros((batch, m.deter), np.float32),
+                "context_stoch": np.full((batch, m.stoch), -1, np.int32)}
 
     def policy(self, params: dict[str, Any], carry: Any, obs: Batch, key: jax.Array,
                mode: str = "sample"):

@@ -50,10 +50,12 @@ def spaces_of(cfg: Config) -> tuple[dict[str, Space], Space]:
         env.close()
 
 
-def random_batch(obs_space: dict[str, Space], act_dim: int, b: int, t: int,
+def random_batch(obs_space: dict[str, Space], agent: Agent, b: int,
                  seed: int = 0) -> dict[str, np.ndarray]:
-    """A synthetic replay batch [B, T, ...] with the replay's dtypes and some episode starts."""
+    """A synthetic replay batch [B, L, ...] of `agent.sequence_length` steps with the replay's
+    dtypes, some episode starts and, with replay context, stored model states."""
     rng = np.random.default_rng(seed)
+    t, act_dim = agent.sequence_length, agent.act_dim
     batch = {}
     for key, space in obs_space.items():
         if space.dtype == np.uint8:
@@ -65,6 +67,8 @@ def random_batch(obs_space: dict[str, Space], act_dim: int, b: int, t: int,
     batch["is_first"] = rng.random((b, t)) < 0.01
     batch["is_last"] = np.roll(batch["is_first"], -1, 1)
     batch["is_terminal"] = np.zeros((b, t), bool)
+    for key, value in agent.policy_outputs_initial(b * t).items():
+        batch[key] = value.reshape((b, t, *value.shape[1:]))
     return batch
 
 
@@ -85,7 +89,7 @@ def train_step(cfg: Config, updates: int = 5, warmup: int = 2) -> dict[str, Any]
     """Median seconds per update of the jitted train step on a synthetic batch."""
     obs_space, act_space = spaces_of(cfg)
     agent = Agent(cfg, obs_space, act_space)
-    batch = random_batch(obs_space, agent.act_dim, cfg.batch_size, cfg.batch_length)
+    batch = random_batch(obs_space, agent, cfg.batch_size)
     batch = jax.device_put(batch)
     state = agent.init(jax.random.PRNGKey(0))
     start = time.perf_counter()
@@ -98,7 +102,7 @@ def train_step(cfg: Config, updates: int = 5, warmup: int = 2) -> dict[str, Any]
     times = []
     for i in range(warmup + updates):
         start = time.perf_counter()
-        state, metrics = compiled(state, batch, jax.random.PRNGKey(i))
+        state, metrics, _ = compiled(state, batch, jax.random.PRNGKey(i))
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - start)
     median = float(np.median(times[warmup:]))
@@ -134,12 +138,11 @@ def train_step_parallel(cfg: Config, devices: int, updates: int = 5,
     parallel = DataParallel(agent.train_step, chosen, cfg.parallel.backend)
     with jax.default_device(jax.devices("cpu")[0]):
         state = parallel.replicate(jax.jit(agent.init)(jax.random.PRNGKey(0)))
-    batch = parallel.shard(random_batch(obs_space, agent.act_dim, cfg.batch_size * len(chosen),
-                                        cfg.batch_length))
+    batch = parallel.shard(random_batch(obs_space, agent, cfg.batch_size * len(chosen)))
     times = []
     for i in range(warmup + updates):
         start = time.perf_counter()
-        state, metrics = parallel(state, batch, jax.random.PRNGKey(i))
+        state, metrics, _ = parallel(state, batch, jax.random.PRNGKey(i))
         jax.block_until_ready((state, metrics))
         times.append(time.perf_counter() - start)
     parallel.assert_replicas_equal(state)

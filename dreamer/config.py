@@ -526,3 +526,20 @@ def updates_per_frame(cfg: Config, devices: int = 1) -> float:
     sequence) per agent step, and an agent step is `env.action_repeat` frames."""
     replayed = cfg.batch_size * devices * cfg.batch_length
     return cfg.run.train_ratio / (replayed * cfg.env.action_repeat)
+
+
+def train_start(cfg: Config, devices: int = 1) -> int:
+    """Agent steps after which training starts: once the replay holds one global batch of steps
+    (2024 code), or after the random prefill (`run.prefill` frames) when that is longer."""
+    return max(math.ceil(cfg.run.prefill / cfg.env.action_repeat),
+               cfg.batch_size * devices * cfg.batch_length)
+
+
+def updates_due(cfg: Config, agent_steps: int, devices: int = 1) -> int:
+    """Updates owed in total after `agent_steps`: one when training starts, then
+    `run.train_ratio` replayed steps per agent step (`elements.when.Ratio` of the 2024 code)."""
+    start = train_start(cfg, devices)
+    if agent_steps < start:
+        return 0
+    return int((agent_steps - start) * cfg.run.train_ratio
+               / (cfg.batch_size * devices * cfg.batch_length)) + 1

@@ -154,11 +154,13 @@ def check_wandb(cfg: Config) -> list[Check]:
 
 
 def replay_bytes_per_step(cfg: Config) -> int:
-    """Bytes one stored step takes in replay memory (image, vector, action, scalars)."""
+    """Bytes one stored step takes in replay memory (image, vector, action, scalars, and the
+    stored model state with replay context: float32 deter and int32 latent classes)."""
     h, w = cfg.env.size
     image = h * w * (1 if cfg.env.gray else 3) if cfg.env.obs in ("image", "both") else 0
     vector = 4 * 256 if cfg.env.obs in ("vector", "both") else 0  # up to 256 float32 features
-    return image + vector + 4 * 32 + 4 + 3 + 8  # action (<= 32 floats), reward, flags, stamp
+    context = 4 * (cfg.model.deter + cfg.model.stoch) if cfg.replay.context else 0
+    return image + vector + context + 4 * 32 + 4 + 3 + 8  # action (<= 32 floats), reward, flags, stamp
 
 
 def replay_steps(cfg: Config) -> int:

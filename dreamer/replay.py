@@ -59,7 +59,6 @@ class _Stream:
     starts: list[int] = dataclasses.field(default_factory=list)
     end: int = 0  # position after the newest step
     tail: str = _NO_PREV  # uuid of the newest chunk, even once evicted
-    origin: int = 0  # position where this process started adding (online sequences align here)
 
     def append(self, chunk: _Chunk) -> None:
         self.chunks.append(chunk)
@@ -124,6 +123,12 @@ class Replay:
         return self._size
 
     @property
+    def ready(self) -> bool:
+        """Whether some stream holds a whole sequence, so that `sample` can draw."""
+        with self._lock:
+            return any(s.chunks and s.end - s.starts[0] >= self.length for s in self._streams)
+
+    @property
     def stats(self) -> dict[str, float]:
         counts = {f"replay/{k}": float(v) for k, v in self._counts.items()}
         return {"replay/size": float(self._size), "replay/streams": float(len(self._streams)),
@@ -144,7 +149,7 @@ class Replay:
             chunk.length += 1
             chunk.sealed = chunk.length == len(chunk.stamp)
             stream.end += 1
-            if self.online and (stream.end - stream.origin) % self.length == 0:
+            if self.online and stream.end % self.length == 0:
                 self._queue.append((stream, stream.end - self.length))
             self._next_stamp += 1
             self._size += 1

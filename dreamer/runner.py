@@ -1,7 +1,6 @@
 """The single-process training loop: prefill, train ratio, evaluation and logging."""
 from __future__ import annotations
 
-import math
 import sys
 import time
 import uuid
@@ -17,7 +16,7 @@ import psutil
 
 from dreamer.agent import Agent
 from dreamer.checkpoint import Checkpointer, abstract, incompatible_keys
-from dreamer.config import Config, ConfigError
+from dreamer.config import Config, ConfigError, updates_due
 from dreamer.envs import Env, make_env
 from dreamer.learner import Learner, setup_distributed
 from dreamer.logging import Logger, make_logger
@@ -259,12 +258,12 @@ class Session:
         self.replay = Replay(cfg.replay.capacity, self.agent.sequence_length, logdir / "replay",
                              cfg.replay.chunk, cfg.replay.recency, cfg.replay.recency_window,
                              cfg.replay.online, rngs.numpy("replay"))
-        self.policy = AgentPolicy(self.agent, cfg.run.envs, rngs.key_stream("policy"))
-        self.eval_policy = AgentPolicy(self.agent, 1, rngs.key_stream("eval"))
+        # Acting runs on the host CPU (`Learner.params`), in float32 there under `auto`.
+        acting = Agent(cfg, self.eval_env.obs_space, self.eval_env.act_space, platform="cpu")
+        self.policy = AgentPolicy(acting, cfg.run.envs, rngs.key_stream("policy"))
+        self.eval_policy = AgentPolicy(acting, 1, rngs.key_stream("eval"))
         self.batch_steps = self.learner.batch_size * cfg.batch_length
-        # Training starts once the replay holds one global batch of steps (2024 code), or
-        # after the random prefill when that is longer.
-        self.train_start = max(math.ceil(cfg.run.prefill / self.repeat), self.batch_steps)
+        self.local_devices = self.learner.batch_size // cfg.batch_size
         self._context: tuple[Any, Any] | None = None  # replay updates not yet written back
         self.agent_steps = self.episodes = self.last_eval = self.last_report = 0
         self.starts, self.trained_seconds = 0, 0.0
@@ -291,14 +290,11 @@ class Session:
         return self.rngs.int_seed("env", index, self.starts)
 
     def owed(self) -> int:
-        """Updates due for the agent steps collected so far: one when training starts, then
-        `run.train_ratio` replayed steps per agent step (each update replays
-        `batch_steps` = global batch x batch_length steps)."""
-        if (self.agent_steps < self.train_start
-                or len(self.replay) < self.agent.sequence_length):
+        """Updates due for the agent steps collected so far and not done yet (`updates_due`);
+        none while no stream of the replay holds a whole sequence."""
+        if not self.replay.ready:
             return 0
-        return (int((self.agent_steps - self.train_start) * self.cfg.run.train_ratio
-                    / self.batch_steps) + 1 - self.learner.updates)
+        return updates_due(self.cfg, self.agent_steps, self.local_devices) - self.learner.updates
 
     def sample(self) -> tuple[dict[str, np.ndarray], Any]:
         """A training batch and its replay reference (for writing the context back)."""
@@ -461,10 +457,11 @@ def _train(s: Session) -> dict[str, float]:
     envs = [make_env(cfg.env, s.env_seed(i)) for i in range(cfg.run.envs)]
     try:
         collector = Collector(envs, s.agent.act_dim)
+        random_outputs = s.agent.policy_outputs_initial(len(envs))
         while s.env_steps < cfg.run.steps:
             if s.env_steps < cfg.run.prefill:
                 actions = collector.random_actions(s.rngs.numpy("prefill"))
-                outputs = s.agent.policy_outputs_initial(len(envs))
+                outputs = random_outputs
             else:
                 actions, outputs = s.policy(s.learner.params(), collector.batch_obs())
             records, episodes = collector.step(actions, outputs)

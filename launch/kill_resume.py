@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from dreamer.checkpoint import Checkpointer
-from dreamer.config import Config
+from dreamer.config import Config, updates_due
 from dreamer.replay import stored_stamps
 
 
@@ -76,10 +76,8 @@ def main(argv: list[str]) -> int:
                 f"resumed {a}: {b}" for a, b in re.findall(r"resumed (\S+): (.*)", err)))
     meta = latest(logdir)
     cfg = Config.load(logdir / "config.yaml")
-    batch = cfg.batch_size * cfg.batch_length * max(cfg.parallel.devices, 1)
     agent_steps = meta["agent_steps"]
-    expected = int((agent_steps - cfg.run.prefill / cfg.env.action_repeat) * cfg.run.train_ratio
-                   / batch) + 1
+    expected = updates_due(cfg, agent_steps, max(cfg.parallel.devices, 1))
     stamps = stored_stamps(logdir / "replay").tolist()
     lines = [json.loads(x) for x in (logdir / "metrics.jsonl").read_text().splitlines()]
     evals = [(x["step"], round(x["eval/score"], 2)) for x in lines if "eval/score" in x]

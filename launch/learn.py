@@ -162,8 +162,9 @@ def plan(opts: dict[str, str], switches: set[str], train: list[str]) -> Suite:
 
 
 def runs_of(suite: Suite) -> list[Run]:
-    """Every (task, seed) of the suite with its logdir ROOT/TASK/seed_S."""
-    return [Run(t, s, suite.root / t / f"seed_{s}") for t in suite.tasks for s in suite.seeds]
+    """Every (task, seed) of the suite with its logdir ROOT/TASK/seed_S, seed by seed, so that
+    a suite stopped early has covered every task with its first seeds."""
+    return [Run(t, s, suite.root / t / f"seed_{s}") for s in suite.seeds for t in suite.tasks]
 
 
 def scores(logdir: Path) -> tuple[np.ndarray, np.ndarray]:

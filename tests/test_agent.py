@@ -349,3 +349,18 @@ def test_bfloat16_step_keeps_float32_params_losses_and_context(continuous_case):
         assert leaf.dtype in (jnp.float32, jnp.int32), leaf
     assert all(m.dtype == jnp.float32 for m in jax.tree.leaves(metrics))
     assert context["context_deter"].dtype == jnp.float32
+
+
+def test_steps_without_policy_state_start_from_the_zero_state(continuous_case):
+    """Random-action steps store the zero state (latent class -1): a sequence starting there
+    starts from `policy_initial`'s state, as an episode does."""
+    agent = continuous_case.agent
+    outputs = agent.policy_outputs_initial(3)
+    np.testing.assert_array_equal(outputs["context_stoch"], -1)
+    batch = {**continuous_case.batch}
+    for key, value in outputs.items():
+        batch[key] = np.repeat(value[:, None], batch["is_first"].shape[1], 1)
+        batch[key] = np.concatenate([batch[key]] * 2)[:batch["is_first"].shape[0]]
+    start, _, _ = world_model.sequence_inputs(agent.nets, batch, True)
+    initial = agent.policy_initial(batch["is_first"].shape[0])[0]
+    chex.assert_trees_all_equal(jax.device_get(start), jax.device_get(initial))

@@ -15,6 +15,7 @@ from dreamer.config import (
 
 SIZES = ["size1m", "size12m", "size25m", "size50m", "size100m", "size200m", "size400m"]
 TASKS = ["atari100k", "debug", "demo", "dmc_proprio", "dmc_vision", "gym"]
+MODIFIERS = ["cpu"]  # applied after a task preset
 
 
 def test_defaults_have_the_types_written_in_defaults_yaml():
@@ -89,7 +90,7 @@ def test_size_presets_match_dreamerv3():
 
 @pytest.mark.parametrize("task", TASKS)
 def test_every_preset_combines_with_every_size(task):
-    assert set(available_presets()) == set(SIZES + TASKS)
+    assert set(available_presets()) == set(SIZES + TASKS + MODIFIERS)
     for size in SIZES:
         cfg = load_config([task, size])
         assert cfg.model.deter == load_config([size]).model.deter
@@ -305,3 +306,13 @@ def test_benchmark_presets_train_at_the_2024_codes_update_density(preset):
     assert updates_per_frame(cfg, devices=4) == pytest.approx(expected / 4)
     # No random prefill: the policy acts from the first step (2024 code).
     assert cfg.run.prefill == 0
+
+
+@pytest.mark.parametrize("task", ["dmc_proprio", "gym", "dmc_vision"])
+def test_cpu_preset_keeps_the_task_and_sets_a_cpu_budget(task):
+    """`--configs TASK cpu`: the task's environment, with our 2-core model and train ratio."""
+    base, cfg = load_config([task]), load_config([task, "cpu"])
+    assert (cfg.env.task, cfg.env.obs, cfg.run.steps) == (base.env.task, base.env.obs,
+                                                          base.run.steps)
+    assert (cfg.model.deter, cfg.batch_length, cfg.env.action_repeat) == (256, 32, 2)
+    assert updates_per_frame(cfg) == pytest.approx(128 / (16 * 32 * 2))
