@@ -38,7 +38,9 @@ def test_command_line_and_defaults():
     assert (suite.steps, suite.width) == (steps, 50)
     assert suite.budgets == learn.default_budgets(steps, 50)
     assert suite.benchmark is None and suite.report_only
-    assert [str(r.logdir) for r in learn.runs_of(suite)][1] == "runs/x/a/seed_1"
+    # Seed by seed: a suite stopped early has covered every task.
+    assert [str(r.logdir) for r in learn.runs_of(suite)][:3] == [
+        "runs/x/a/seed_0", "runs/x/b/seed_0", "runs/x/a/seed_1"]
     # The budget's quarters, rounded down to the bin grid.
     assert learn.default_budgets(50_000, 5_000) == [10_000, 25_000, 35_000, 50_000]
     assert learn.default_budgets(300, 100) == [100, 200, 300]
