@@ -30,7 +30,7 @@ STRUCTURE_KEYS = (
     *(f"model.{k}" for k in ("deter", "hidden", "stoch", "classes", "blocks", "depth", "mults",
                              "kernel", "units", "enc_layers", "dec_layers", "head_layers",
                              "img_layers", "obs_layers", "dyn_layers", "bspace", "bins", "norm")),
-    "ac.layers",
+    "ac.layers", "replay.context",  # the replay's steps hold the model states or not
 )
 # Optimiser settings whose on/off switch adds or removes optimiser state.
 SWITCH_KEYS = ("opt.agc", "opt.beta1", "opt.warmup")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -134,14 +135,17 @@ def train_main(argv: list[str] | None = None) -> int:
         print(f"dreamer-train: {e}", file=sys.stderr)
         return 2
 
+    stop = threading.Event()
+
     def terminate(signum, frame):
+        stop.set()  # the loops check it too, in case this exception is swallowed
         raise KeyboardInterrupt  # unwinds like Ctrl-C: actors stopped, replay saved
 
     signal.signal(signal.SIGTERM, terminate)
     try:
         logdir = runner.resolve_logdir(cfg)
         print(f"dreamer-train: logging to {logdir}", file=sys.stderr)
-        runner.run(cfg.update({"logdir": str(logdir)}))
+        runner.run(cfg.update({"logdir": str(logdir)}), stop=stop)
     except (ConfigError, EnvError, CheckpointError) as e:
         print(f"dreamer-train: {e}", file=sys.stderr)
         return 2

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 import uuid
 import warnings
@@ -203,7 +204,8 @@ def check_resumable(meta: dict[str, Any], cfg: Config, directory: Path) -> None:
             f"{directory.parent / 'config.yaml'}) or train in a new --logdir.")
 
 
-def run(cfg: Config, logger: Logger | None = None) -> dict[str, Any]:
+def run(cfg: Config, logger: Logger | None = None,
+        stop: threading.Event | None = None) -> dict[str, Any]:
     """Train an agent as configured; returns the last evaluation metrics.
 
     A logdir that holds checkpoints resumes from the newest readable one: train state, counters,
@@ -219,7 +221,7 @@ def run(cfg: Config, logger: Logger | None = None) -> dict[str, Any]:
         if meta is not None:  # before config.yaml is overwritten or anything is built
             check_resumable(meta, cfg, checkpoints.directory)
         prepare_logdir(cfg)
-        session = Session(cfg, logdir, checkpoints, logger)
+        session = Session(cfg, logdir, checkpoints, logger, stop)
         extra = _train_with_actors(session) if cfg.actors.num > 0 else _train(session)
         return session.finish(extra)
     finally:
@@ -238,8 +240,9 @@ class Session:
     """
 
     def __init__(self, cfg: Config, logdir: Path, checkpoints: Checkpointer,
-                 logger: Logger | None = None):
+                 logger: Logger | None = None, stop: threading.Event | None = None):
         self.cfg, self.logdir, self.checkpoints = cfg, logdir, checkpoints
+        self.stop = stop or threading.Event()  # set: the loops stop as on Ctrl-C
         self.repeat = cfg.env.action_repeat
         self.rngs = Rngs(cfg.seed)
         self.eval_env = make_env(cfg.env, self.rngs.int_seed("eval_env"))
@@ -315,6 +318,13 @@ class Session:
             ref, context = self._context
             self._context = None
             self.replay.update(ref, self.learner.local_rows(context))
+
+    def check_stop(self) -> None:
+        """Raises KeyboardInterrupt once a stop was requested (`run`'s `stop` event): a signal
+        handler's own exception can be swallowed where Python ignores exceptions (a garbage
+        collection callback), the loops' check cannot."""
+        if self.stop.is_set():
+            raise KeyboardInterrupt
 
     def add_episode(self, score: float, length: float) -> None:
         self.episodes += 1
@@ -459,6 +469,7 @@ def _train(s: Session) -> dict[str, float]:
         collector = Collector(envs, s.agent.act_dim)
         random_outputs = s.agent.policy_outputs_initial(len(envs))
         while s.env_steps < cfg.run.steps:
+            s.check_stop()
             if s.env_steps < cfg.run.prefill:
                 actions = collector.random_actions(s.rngs.numpy("prefill"))
                 outputs = random_outputs
@@ -512,6 +523,7 @@ def _train_with_actors(s: Session) -> dict[str, float]:
 
     try:
         while s.env_steps < cfg.run.steps:
+            s.check_stop()
             pool.check()
             if s.owed() > 0:
                 if prefetch is None:  # replay holds enough steps from here on

@@ -1,5 +1,6 @@
 """End-to-end: the training loop on the tiny `debug` preset writes what the README promises."""
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -64,3 +65,16 @@ def test_update_metrics_count_skips_and_stop_after_the_limit():
     tracker.add({"nonfinite": np.float32(1), "loss/total": np.float32(np.nan)})
     with pytest.raises(runner.NonFiniteError, match="last 3 updates had a non-finite loss"):
         tracker.flush(averages)
+
+
+def test_a_stop_request_ends_training_with_a_checkpoint(tmp_path):
+    """`run(stop=...)`: the loops check the event (set by dreamer-train's SIGTERM handler, whose
+    own KeyboardInterrupt Python may swallow in a callback) and stop as on Ctrl-C, saving."""
+    cfg = load_config(["debug"], {"logdir": str(tmp_path), "run.steps": 1e6,
+                                  "parallel.devices": 1, "run.eval_every": 0,
+                                  "logger.console": False})
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(cfg, stop=stop)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()] == ["0"]
