@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dreamer.agent import Agent
+from dreamer.agent import Agent, compute_dtype
 from dreamer.config import Config, load_config
 from dreamer.envs import Space
 
@@ -72,9 +72,11 @@ def random_batch(obs_space: dict[str, Space], agent: Agent, b: int,
     return batch
 
 
-def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
-    """Measured float32 matmul FLOP/s of the default device (median of `repeats`)."""
-    x = jnp.ones((n, n), jnp.float32)
+def matmul_peak(dtype: Any = jnp.float32, n: int | None = None, repeats: int = 5) -> float:
+    """Measured matmul FLOP/s of the default device in `dtype` (median of `repeats`); n x n
+    operands, n = 2048 on the CPU and 8192 on accelerators unless given."""
+    n = n or (2048 if jax.default_backend() == "cpu" else 8192)
+    x = jnp.ones((n, n), dtype)
     f = jax.jit(lambda a: a @ a)
     f(x).block_until_ready()
     times = []
@@ -85,12 +87,13 @@ def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n ** 3 / float(np.median(times))
 
 
-def train_step(cfg: Config, updates: int = 5, warmup: int = 2) -> dict[str, Any]:
-    """Median seconds per update of the jitted train step on a synthetic batch."""
+def compile_train_step(cfg: Config) -> dict[str, Any]:
+    """The jitted train step compiled for a synthetic batch, with its initial state, the batch,
+    the compile time and XLA's FLOP count; `time_train_step` runs it. Separate so that several
+    configurations can compile at once (compilation runs on the host) and be timed one by one."""
     obs_space, act_space = spaces_of(cfg)
     agent = Agent(cfg, obs_space, act_space)
-    batch = random_batch(obs_space, agent, cfg.batch_size)
-    batch = jax.device_put(batch)
+    batch = jax.device_put(random_batch(obs_space, agent, cfg.batch_size))
     state = agent.init(jax.random.PRNGKey(0))
     start = time.perf_counter()
     compiled = jax.jit(agent.train_step, donate_argnums=0).lower(
@@ -99,31 +102,52 @@ def train_step(cfg: Config, updates: int = 5, warmup: int = 2) -> dict[str, Any]
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+    return {"cfg": cfg, "agent": agent, "state": state, "batch": batch, "compiled": compiled,
+            "compile_s": compile_s, "flops": flops}
+
+
+def time_train_step(prepared: dict[str, Any], updates: int = 5, warmup: int = 2,
+                    peak: float | None = None) -> dict[str, Any]:
+    """Median seconds per update of a `compile_train_step` result over `updates` updates after
+    `warmup`, with the fraction of the measured matmul peak in the compute dtype (`peak`
+    FLOP/s when given)."""
+    cfg, agent, compiled = prepared["cfg"], prepared["agent"], prepared["compiled"]
+    state, batch, flops = prepared["state"], prepared["batch"], prepared["flops"]
     times = []
     for i in range(warmup + updates):
         start = time.perf_counter()
         state, metrics, _ = compiled(state, batch, jax.random.PRNGKey(i))
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - start)
+    prepared["state"] = state  # the old one was donated; a second call continues from here
     median = float(np.median(times[warmup:]))
-    peak = matmul_peak()
+    dtype = compute_dtype(cfg.jax.compute_dtype, cfg.jax.platform or None)
+    peak = peak or matmul_peak(dtype)
     return {
         "seconds_per_update": median,
+        "updates_per_s": 1 / median,
         "updates_timed": updates,
+        "seconds_min_max": [float(min(times[warmup:])), float(max(times[warmup:]))],
         "replayed_steps_per_s": cfg.batch_size * cfg.batch_length / median,
         "flops_per_update": flops,
         "flops_per_s": flops / median,
         "matmul_peak_flops_per_s": peak,
+        "matmul_peak_dtype": str(dtype),
         "fraction_of_peak": flops / median / peak,
-        "compile_s": compile_s,
+        "compile_s": prepared["compile_s"],
         "params": agent.param_counts(state.params)["total"],
         "batch": [cfg.batch_size, cfg.batch_length],
-        "compute_dtype": cfg.jax.compute_dtype,
+        "compute_dtype": str(dtype),
         "device": str(jax.devices()[0].device_kind),
         "cpu_cores": os.cpu_count(),
         "machine": platform.machine(),
         "loss_finite": bool(np.isfinite(float(metrics["loss/total"]))),
     }
+
+
+def train_step(cfg: Config, updates: int = 5, warmup: int = 2) -> dict[str, Any]:
+    """Median seconds per update of the jitted train step on a synthetic batch."""
+    return time_train_step(compile_train_step(cfg), updates, warmup)
 
 
 def train_step_parallel(cfg: Config, devices: int, updates: int = 5,

@@ -6,6 +6,13 @@ from dreamer.config import load_config
 
 def test_train_step_benchmark_runs_the_agents_sequences():
     cfg = load_config(["debug"])
-    out = benchmark.train_step(cfg, updates=1, warmup=1)
-    assert out["loss_finite"] and out["seconds_per_update"] > 0
-    assert out["batch"] == [cfg.batch_size, cfg.batch_length] and out["flops_per_update"] > 0
+    prepared = benchmark.compile_train_step(cfg)
+    first = benchmark.time_train_step(prepared, updates=1, warmup=1)
+    # A second timing continues from the state the first left (the old one was donated).
+    second = benchmark.time_train_step(prepared, updates=1, warmup=0, peak=1e9)
+    for out in first, second:
+        assert out["loss_finite"] and out["seconds_per_update"] > 0
+        assert out["batch"] == [cfg.batch_size, cfg.batch_length] and out["flops_per_update"] > 0
+    # On the CPU `auto` computes in float32, and the peak is measured in that dtype.
+    assert first["compute_dtype"] == first["matmul_peak_dtype"] == "float32"
+    assert second["fraction_of_peak"] == second["flops_per_s"] / 1e9
