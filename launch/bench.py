@@ -7,6 +7,8 @@
                                                                     when there is no accelerator)
   python launch/bench.py actors --actors 1 2 [--seconds 20] [--configs dmc_vision ...]
   python launch/bench.py replay [--capacity 50000] [--size 64]   (bytes per stored step)
+  python launch/bench.py profile --configs dmc_proprio size1m [--updates 3] [--key=value ...]
+                                 (shares of the step's time by function, from one trace)
   python launch/bench.py compare --official-src DIR --configs dmc_proprio size1m [--rounds 2]
                                  [--updates 5] [--warmup 2] [--official-bench PATH]
 
@@ -26,7 +28,7 @@ from dreamer import benchmark
 from dreamer.cli import parse_args
 from dreamer.config import ConfigError
 
-COMMANDS = ("params", "train-step", "actors", "replay", "compare")
+COMMANDS = ("params", "train-step", "actors", "replay", "compare", "profile")
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -120,6 +122,14 @@ def main(argv: list[str]) -> int:
     if command == "actors":
         counts = [int(c) for c in counts] or [1, 2]
         result = {"actors": benchmark.actors(cfg, counts, float(seconds[0]) if seconds else 20.0)}
+    elif command == "profile":
+        from dreamer import profiling
+
+        with profiling.named_scopes():
+            prepared = benchmark.compile_train_step(cfg)
+        result = {"profile": profiling.profile_train_step(
+            prepared, steps=int(updates[0]) if updates else 3,
+            warmup=int(warmup[0]) if warmup else 2)}
     elif devices:
         import jax
 
