@@ -45,9 +45,11 @@ def compute_dtype(name: str, platform: str | None = None) -> jnp.dtype:
 def build_nets(cfg: Any, obs_space: dict, act_space: Any,
                platform: str | None = None) -> world_model.Nets:
     """Module definitions from the config and the environment's spaces, computing in the dtype
-    of `jax.compute_dtype` for `platform` (default: `jax.platform`, else JAX's backend)."""
+    of `jax.compute_dtype` for `platform` (default: `jax.platform`, else JAX's backend); on
+    accelerators the block GRU's blocks run as one batched matmul (`nets.block_matmul`)."""
     m = cfg.model
-    dtype = compute_dtype(cfg.jax.compute_dtype, platform or cfg.jax.platform or None)
+    platform = platform or cfg.jax.platform or jax.default_backend()
+    dtype = compute_dtype(cfg.jax.compute_dtype, platform)
     common = {"norm": m.norm, "act": m.act, "dtype": dtype}
     shapes = {k: tuple(space.shape) for k, space in obs_space.items()}
     cnn = {"depth": m.depth, "mults": tuple(m.mults), "kernel": m.kernel, "units": m.units}
@@ -60,7 +62,8 @@ def build_nets(cfg: Any, obs_space: dict, act_space: Any,
     return world_model.Nets(
         enc=enc,
         rssm=rssm_lib.RSSM(m.deter, m.hidden, m.stoch, m.classes, embed.shape[-1], m.blocks,
-                           m.img_layers, m.obs_layers, m.dyn_layers, m.unimix, **common),
+                           m.img_layers, m.obs_layers, m.dyn_layers, m.unimix, **common,
+                           batched_blocks=platform != "cpu"),
         dec=Decoder(shapes, layers=m.dec_layers, bspace=m.bspace, **cnn, **common),
         rew=MLP(m.head_layers, m.units, m.bins, outscale=0.0, **common),
         con=MLP(m.head_layers, m.units, 1, outscale=1.0, **common),

@@ -73,12 +73,17 @@ class Linear(nn.Module):
                         dtype=self.dtype, param_dtype=jnp.float32, name="dense")(x)
 
 
-def block_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+def block_matmul(x: jax.Array, kernel: jax.Array, batched: bool = False) -> jax.Array:
     """x [..., G*I] times a block-diagonal matrix of G blocks `kernel` [G, I, O] -> [..., G*O].
 
-    One matmul per block: on CPU this runs faster than a batched matmul over the group axis,
-    which XLA lowers with transposes around a strided batch dimension."""
-    g, i, _ = kernel.shape
+    Default: one matmul per block, which on the CPU runs faster than a batched matmul over the
+    group axis (XLA lowers that with transposes around a strided batch dimension). `batched`:
+    one batched matmul, for accelerators, where each separate matmul is a kernel launch of its
+    own inside the scans."""
+    g, i, o = kernel.shape
+    if batched:
+        y = jnp.einsum("...gi,gio->...go", x.reshape((*x.shape[:-1], g, i)), kernel)
+        return y.reshape((*x.shape[:-1], g * o))
     return jnp.concatenate([x[..., k * i:(k + 1) * i] @ kernel[k] for k in range(g)], -1)
 
 
@@ -91,6 +96,7 @@ class BlockLinear(nn.Module):
     units: int
     groups: int
     dtype: Dtype = jnp.float32
+    batched: bool = False  # one batched matmul over the blocks (accelerators; `block_matmul`)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -99,7 +105,8 @@ class BlockLinear(nn.Module):
         assert i % g == 0 and o % g == 0, (i, o, g)
         kernel = self.param("kernel", winit(), (g, i // g, o // g), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (o,), jnp.float32)
-        return block_matmul(x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
+        y = block_matmul(x.astype(self.dtype), kernel.astype(self.dtype), self.batched)
+        return y + bias.astype(self.dtype)
 
 
 class GroupedInputLinear(nn.Module):
@@ -113,6 +120,7 @@ class GroupedInputLinear(nn.Module):
     units: int
     groups: int
     dtype: Dtype = jnp.float32
+    batched: bool = False  # as in BlockLinear
 
     @nn.compact
     def __call__(self, own: jax.Array, shared: jax.Array) -> jax.Array:
@@ -120,7 +128,7 @@ class GroupedInputLinear(nn.Module):
         kernel = self.param("kernel", winit(), (g, i // g + shared.shape[-1], o // g),
                             jnp.float32).astype(self.dtype)
         bias = self.param("bias", nn.initializers.zeros, (o,), jnp.float32)
-        y = block_matmul(own.astype(self.dtype), kernel[:, : i // g])
+        y = block_matmul(own.astype(self.dtype), kernel[:, : i // g], self.batched)
         shared_kernel = kernel[:, i // g:].transpose((1, 0, 2)).reshape((-1, o))
         return y + shared.astype(self.dtype) @ shared_kernel + bias.astype(self.dtype)
 

@@ -47,16 +47,19 @@ class RSSM(nn.Module):
     norm: str = "rms"
     act: str = "silu"
     dtype: Dtype = jnp.float32
+    batched_blocks: bool = False  # block GRU as batched matmuls (accelerators; `block_matmul`)
 
     def setup(self):
         kw = {"norm": self.norm, "act": self.act, "dtype": self.dtype}
         self.dynin = [Dense(self.hidden, name=f"dynin{i}", **kw) for i in range(3)]
         self.dynhid = [
             (GroupedInputLinear if i == 0 else BlockLinear)(
-                self.deter, self.blocks, dtype=self.dtype, name=f"dynhid{i}")
+                self.deter, self.blocks, dtype=self.dtype, batched=self.batched_blocks,
+                name=f"dynhid{i}")
             for i in range(self.dyn_layers)]
         self.dynhid_norm = [Norm(self.norm, name=f"dynhid{i}norm") for i in range(self.dyn_layers)]
-        self.dyngru = BlockLinear(3 * self.deter, self.blocks, dtype=self.dtype, name="dyngru")
+        self.dyngru = BlockLinear(3 * self.deter, self.blocks, dtype=self.dtype,
+                                  batched=self.batched_blocks, name="dyngru")
         self.prior_layers = [Dense(self.hidden, name=f"prior{i}", **kw)
                              for i in range(self.img_layers)]
         self.prior_logit = Linear(self.stoch * self.classes, dtype=self.dtype, name="priorlogit")

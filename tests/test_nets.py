@@ -33,9 +33,11 @@ def test_upconv_equals_conv_of_upsampled(kernel):
     chex.assert_trees_all_close(got, want, atol=1e-5)
 
 
-def test_block_linear_is_block_diagonal():
+@pytest.mark.parametrize("batched", [False, True])
+def test_block_linear_is_block_diagonal(batched):
+    """Both forms (a matmul per block, CPU; one batched matmul, accelerators) are the same map."""
     x = jax.random.normal(jax.random.PRNGKey(0), (3, 8))
-    module = BlockLinear(6, 2)
+    module = BlockLinear(6, 2, batched=batched)
     params = module.init(jax.random.PRNGKey(1), x)
     kernel = np.asarray(params["params"]["kernel"])  # [2, 4, 3]
     dense = np.zeros((8, 6), np.float32)
@@ -43,12 +45,13 @@ def test_block_linear_is_block_diagonal():
     chex.assert_trees_all_close(module.apply(params, x), np.asarray(x) @ dense, atol=1e-5)
 
 
-def test_grouped_input_linear_equals_block_linear_on_broadcast_input():
+@pytest.mark.parametrize("batched", [False, True])
+def test_grouped_input_linear_equals_block_linear_on_broadcast_input(batched):
     """Each group sees [its slice of `own`, all of `shared`]: the same map as a BlockLinear on
     the concatenated, broadcast input with the same kernel."""
     own = jax.random.normal(jax.random.PRNGKey(0), (3, 8))
     shared = jax.random.normal(jax.random.PRNGKey(1), (3, 5))
-    module = GroupedInputLinear(6, 2)
+    module = GroupedInputLinear(6, 2, batched=batched)
     params = module.init(jax.random.PRNGKey(2), own, shared)
     params = jax.tree.map(lambda p: p + 0.1, params)
     groups = jnp.concatenate([own.reshape(3, 2, 4), jnp.broadcast_to(shared[:, None], (3, 2, 5))],
@@ -101,3 +104,25 @@ def test_rms_norm_and_pool():
     chex.assert_trees_all_close(y, np.arange(1.0, 9.0)[None] / rms, atol=1e-5)
     img = jnp.arange(16.0).reshape(1, 4, 4, 1)
     chex.assert_trees_all_close(maxpool2(img)[0, :, :, 0], np.array([[5.0, 7.0], [13.0, 15.0]]))
+
+
+def test_agent_on_an_accelerator_runs_the_block_gru_batched_with_the_same_result():
+    """`build_nets` picks the batched block matmul for non-CPU platforms; the RSSM step gives
+    the same next state with the same parameters either way."""
+    from dreamer.agent import build_nets
+    from dreamer.config import load_config
+    from dreamer.envs import Space
+
+    cfg = load_config(["debug"], {"jax.compute_dtype": "float32"})
+    obs = {"vector": Space(np.float32, (5,))}
+    act = Space(np.float32, (2,), -1.0, 1.0)
+    cpu, gpu = build_nets(cfg, obs, act, "cpu"), build_nets(cfg, obs, act, "gpu")
+    assert not cpu.rssm.batched_blocks and gpu.rssm.batched_blocks
+    n, m = 3, cfg.model
+    state = {"deter": jax.random.normal(jax.random.PRNGKey(0), (n, m.deter)),
+             "stoch": jax.random.normal(jax.random.PRNGKey(1), (n, m.stoch * m.classes))}
+    action = jax.random.normal(jax.random.PRNGKey(2), (n, 2))
+    params = cpu.rssm.init(jax.random.PRNGKey(3), state, action, jnp.zeros((n, cpu.rssm.embed)),
+                           jax.random.PRNGKey(4))
+    got = [nets.rssm.apply(params, state, action, method="core") for nets in (cpu, gpu)]
+    chex.assert_trees_all_close(got[0], got[1], atol=1e-5)
