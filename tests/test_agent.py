@@ -364,3 +364,23 @@ def test_steps_without_policy_state_start_from_the_zero_state(continuous_case):
     start, _, _ = world_model.sequence_inputs(agent.nets, batch, True)
     initial = agent.policy_initial(batch["is_first"].shape[0])[0]
     chex.assert_trees_all_equal(jax.device_get(start), jax.device_get(initial))
+
+
+# ------------------------------------------------------------------------------ accelerators
+
+HOST_TRANSFERS = ("callback", "infeed", "outfeed", "stablehlo.send", "stablehlo.recv",
+                  "host_compute")
+
+
+def test_train_step_has_no_host_round_trip_and_donates_its_state(case):
+    """On an accelerator the update must run without the host: no callbacks, infeed/outfeed or
+    send/recv in the lowered step. And the train state's buffers are donated to the update
+    (the old state is consumed, so the device holds one copy of it)."""
+    lowered = jax.jit(case.agent.train_step, donate_argnums=0).lower(
+        case.state, case.batch, jax.random.key(1))
+    text = lowered.as_text()
+    for word in HOST_TRANSFERS:
+        assert word not in text, f"the train step lowers with {word!r}"
+    state = case.fresh_state()
+    case.train_step(state, case.batch, jax.random.key(1))
+    assert all(leaf.is_deleted() for leaf in jax.tree.leaves(state.params))
