@@ -73,9 +73,17 @@ class Learner:
             return jax.device_get(rows)
         return self._parallel.local_rows(rows)
 
-    def params(self) -> Any:
-        """The current parameters on the CPU for acting; copied at most once per update."""
-        if self._params is None or self._params[0] != self.updates:
+    @property
+    def on_host(self) -> bool:
+        """Whether the learner devices are the host's CPU."""
+        return all(d.platform == "cpu" for d in self.devices)
+
+    def params(self, max_lag: int = 0) -> Any:
+        """The parameters on the CPU for acting, at most `max_lag` updates behind the learner:
+        copied from the learner devices only when the last copy is older than that (0: the
+        current parameters, copied at most once per update). A copy waits for the update in
+        flight, so a lag lets the host act while an accelerator computes."""
+        if self._params is None or self.updates - self._params[0] > max_lag:
             params = self.state.params
             if self._parallel is not None:
                 params = self._parallel.unreplicate(params)

@@ -265,6 +265,10 @@ class Session:
         acting = Agent(cfg, self.eval_env.obs_space, self.eval_env.act_space, platform="cpu")
         self.policy = AgentPolicy(acting, cfg.run.envs, rngs.key_stream("policy"))
         self.eval_policy = AgentPolicy(acting, 1, rngs.key_stream("eval"))
+        # Acting in this process may lag the learner by up to `actors.max_staleness` updates on
+        # accelerators, so that env steps overlap updates; on the CPU both share the cores and
+        # the policy acts with the current parameters.
+        self.acting_lag = 0 if self.learner.on_host else int(cfg.actors.max_staleness)
         self.batch_steps = self.learner.batch_size * cfg.batch_length
         self.local_devices = self.learner.batch_size // cfg.batch_size
         self._context: tuple[Any, Any] | None = None  # replay updates not yet written back
@@ -474,7 +478,8 @@ def _train(s: Session) -> dict[str, float]:
                 actions = collector.random_actions(s.rngs.numpy("prefill"))
                 outputs = random_outputs
             else:
-                actions, outputs = s.policy(s.learner.params(), collector.batch_obs())
+                actions, outputs = s.policy(s.learner.params(s.acting_lag),
+                                            collector.batch_obs())
             records, episodes = collector.step(actions, outputs)
             for worker, record in enumerate(records):
                 s.replay.add(record, worker)

@@ -78,3 +78,25 @@ def test_a_stop_request_ends_training_with_a_checkpoint(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         runner.run(cfg, stop=stop)
     assert [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()] == ["0"]
+
+
+def test_acting_params_lag_the_learner_by_at_most_max_lag(tiny_cfg, vector_obs_space,
+                                                          continuous_act_space):
+    """`Learner.params(max_lag)` copies the parameters to the host only when its last copy is
+    more than `max_lag` updates old (0: after every update)."""
+    import jax
+
+    from dreamer.learner import Learner
+
+    learner = Learner(tiny_cfg, vector_obs_space, continuous_act_space, jax.random.key(0))
+    assert learner.on_host
+    first = learner.params(2)
+    for _ in range(2):
+        learner.updates += 1
+        assert learner.params(2) is first  # 1 and 2 updates behind: the same copy
+    learner.updates += 1
+    assert learner.params(2) is not first  # 3 behind: copied again
+    newest = learner.params(0)
+    assert learner.params(0) is newest
+    learner.updates += 1
+    assert learner.params(0) is not newest
