@@ -335,7 +335,7 @@ def main(argv: list[str]) -> int:
     print(text)
     print(json.dumps({
         "root": str(suite.root), "benchmark": suite.benchmark, "runs": len(runs),
-        "finished": sum(finished(r.logdir, suite.steps) for r in runs), "failed": failed,
+        "finished": sum(finished(r.logdir, suite.steps) for r in todo), "failed": failed,
         "skipped": len(skipped), "scores": table, "plots": plots}))
     return 1 if failed else 0
 

@@ -75,7 +75,9 @@ def test_report_only_against_the_published_curves(tmp_path, capsys):
     assert learn.main(argv) == 0
     out = capsys.readouterr().out
     result = last_json(out)
-    assert (result["benchmark"], result["runs"], result["finished"]) == ("dmc_proprio", 4, 2)
+    # The two runs that evaluated at the budget count as skipped; nothing was trained now.
+    assert (result["benchmark"], result["runs"], result["finished"], result["skipped"]) == (
+        "dmc_proprio", 4, 0, 2)
     # dmc_proprio,dmc_cartpole_balance,10000,316.3,... and 20000,226.7,...; walker_stand: 132.4
     assert result["scores"]["dmc_cartpole_balance"]["10000"] == {
         "mean": 205.0, "std": 5.0, "n": 2, "published": 316.3}
