@@ -30,11 +30,12 @@ def symexp_bins(num: int, limit: float = 20.0) -> jax.Array:
     return jnp.concatenate([lower, middle, -lower[::-1]])
 
 
-def twohot(x: jax.Array, bins: jax.Array) -> jax.Array:
-    """Two-hot encoding of `x` [...] over sorted `bins` [K] -> [..., K] (paper Eq. 9).
+def twohot_weights(x: jax.Array, bins: jax.Array):
+    """The two bins around `x` [...] in sorted `bins` [K] and their weights: (index below,
+    index above, weight below, weight above), each [...] (paper Eq. 9).
 
-    The two neighbouring bins share the weight so that `sum(enc * bins) == x` inside the range;
-    values outside the range put all weight on the nearest end bin.
+    The weights interpolate linearly, so that `w_below * bins[below] + w_above * bins[above]
+    == x` inside the range; outside it both indices name the nearest end bin.
     """
     k = bins.shape[0]
     below = jnp.sum((bins <= x[..., None]).astype(jnp.int32), -1) - 1
@@ -45,8 +46,17 @@ def twohot(x: jax.Array, bins: jax.Array) -> jax.Array:
     dist_below = jnp.where(equal, 1.0, jnp.abs(bins[below] - x))
     dist_above = jnp.where(equal, 1.0, jnp.abs(bins[above] - x))
     total = dist_below + dist_above
-    w_below = dist_above / total
-    w_above = dist_below / total
+    return below, above, dist_above / total, dist_below / total
+
+
+def twohot(x: jax.Array, bins: jax.Array) -> jax.Array:
+    """Two-hot encoding of `x` [...] over sorted `bins` [K] -> [..., K] (paper Eq. 9).
+
+    The two neighbouring bins share the weight so that `sum(enc * bins) == x` inside the range;
+    values outside the range put all weight on the nearest end bin.
+    """
+    k = bins.shape[0]
+    below, above, w_below, w_above = twohot_weights(x, bins)
     return (jax.nn.one_hot(below, k) * w_below[..., None]
             + jax.nn.one_hot(above, k) * w_above[..., None])
 
@@ -58,6 +68,10 @@ class TwoHot:
     Targets are two-hot encoded and the prediction is averaged in raw space, so the predicted
     mean of a mixture of returns is their mean (a 50/50 mix of 0 and 100 predicts 50), while the
     symlog spacing of the bins still covers returns of any magnitude.
+
+    Both statistics avoid extra passes over the [..., K] logits (the heads evaluate them on
+    every imagined state): the mean divides by the softmax's normaliser once per row, and the
+    log-likelihood reads the two target bins' logits instead of building the two-hot vector.
     """
 
     def __init__(self, logits: jax.Array, bins: jax.Array):
@@ -68,18 +82,22 @@ class TwoHot:
         """[...] expected value sum(p_k b_k). The two halves are added from the outside in, so
         that symmetric bins under uniform probabilities give exactly 0 (a left-to-right sum
         over bins of magnitude up to 5e8 leaves a rounding error far above typical rewards)."""
-        probs = jax.nn.softmax(self.logits, -1)
-        n = probs.shape[-1]
+        # Unnormalised probabilities; the shift by the (stopped) maximum cancels in the ratio.
+        e = jnp.exp(self.logits - sg(jnp.max(self.logits, -1, keepdims=True)))
+        n = e.shape[-1]
         m = n // 2
-        lower = (probs[..., :m] * self.bins[:m])[..., ::-1]
-        upper = probs[..., n - m:] * self.bins[n - m:]
-        middle = probs[..., m] * self.bins[m] if n % 2 else 0.0
-        return jnp.sum(lower + upper, -1) + middle
+        lower = (e[..., :m] * self.bins[:m])[..., ::-1]
+        upper = e[..., n - m:] * self.bins[n - m:]
+        middle = e[..., m] * self.bins[m] if n % 2 else 0.0
+        return (jnp.sum(lower + upper, -1) + middle) / jnp.sum(e, -1)
 
     def log_prob(self, target: jax.Array) -> jax.Array:
-        """[...] log-likelihood of `target` [...] under the two-hot target distribution."""
-        target = twohot(target.astype(jnp.float32), self.bins)
-        return jnp.sum(target * jax.nn.log_softmax(self.logits, -1), -1)
+        """[...] log-likelihood of `target` [...] under the two-hot target distribution:
+        sum_k twohot_k log p_k, of which only the two target bins are non-zero."""
+        below, above, w_below, w_above = twohot_weights(target.astype(jnp.float32), self.bins)
+        pick = lambda index: jnp.take_along_axis(self.logits, index[..., None], -1)[..., 0]
+        return (w_below * pick(below) + w_above * pick(above)
+                - jax.nn.logsumexp(self.logits, -1))
 
 
 def unimix_logits(logits: jax.Array, unimix: float) -> jax.Array:

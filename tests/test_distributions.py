@@ -172,6 +172,29 @@ def test_twohot_dist_log_prob_against_numpy():
         assert float(uniform_mean[0]) == 0.0
 
 
+def test_twohot_statistics_and_gradients_equal_the_dense_formulas():
+    """The mean (one division per row) and the log-likelihood (two picked logits) equal
+    sum(softmax * bins) and sum(twohot * log_softmax), values and gradients."""
+    bins = d.symexp_bins(255)
+    logits = jax.random.normal(jax.random.key(0), (6, 255)) * 3
+    target = jnp.array([-5000.0, -2.5, 0.0, 0.4, 30.0, 1e12])  # the last beyond the bins
+
+    def dense(lg):
+        mean = jnp.sum(jax.nn.softmax(lg, -1) * bins, -1)
+        return mean, jnp.sum(d.twohot(target, bins) * jax.nn.log_softmax(lg, -1), -1)
+
+    def fast(lg):
+        dist = d.TwoHot(lg, bins)
+        return dist.mean(), dist.log_prob(target)
+
+    for i in range(2):
+        want = jax.jit(jax.jacrev(lambda lg: dense(lg)[i]))(logits)
+        got = jax.jit(jax.jacrev(lambda lg: fast(lg)[i]))(logits)
+        chex.assert_trees_all_close(got, want, rtol=1e-4, atol=1e-3 if i == 0 else 1e-6)
+        chex.assert_trees_all_close(jax.jit(fast)(logits)[i], jax.jit(dense)(logits)[i],
+                                    rtol=1e-5, atol=1e-2 if i == 0 else 1e-5)
+
+
 # ------------------------------------------------------------------------------ categoricals
 
 
