@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dreamer import benchmark
+from dreamer import compare as side_by_side
 from dreamer.cli import parse_args
 from dreamer.config import ConfigError
 
@@ -64,21 +65,21 @@ def compare_main(rest: list[str]) -> int:
               "--updates take a positive integer, --warmup one of at least 0"
               + (f" (not {', '.join(bad)})" if bad else ""), file=sys.stderr)
         return 2
-    script_path = benchmark.official_bench_script(ROOT, script[0] if script else None)
-    problem = benchmark.compare_setup_problem(src[0], script_path)
+    script_path = side_by_side.official_bench_script(ROOT, script[0] if script else None)
+    problem = side_by_side.compare_setup_problem(src[0], script_path)
     if problem:
         print(f"bench compare: {problem}", file=sys.stderr)
         return 2
     try:
-        summary = benchmark.compare(
+        summary = side_by_side.compare(
             configs, src[0], script_path, Path(__file__).resolve(), **counts,
             log=lambda line: print(f"bench compare: {line}", file=sys.stderr, flush=True))
-    except benchmark.CompareFailed as e:
+    except side_by_side.CompareFailed as e:
         print(f"bench compare: {e}", file=sys.stderr)
         if e.stderr_tail:
             print(f"--- the last lines of its stderr ---\n{e.stderr_tail}", file=sys.stderr)
         return 1
-    print(benchmark.compare_table(summary))
+    print(side_by_side.compare_table(summary))
     print(json.dumps(summary))
     return 0
 

@@ -188,8 +188,8 @@ def test_twohot_statistics_and_gradients_equal_the_dense_formulas():
         return dist.mean(), dist.log_prob(target)
 
     for i in range(2):
-        want = jax.jit(jax.jacrev(lambda lg: dense(lg)[i]))(logits)
-        got = jax.jit(jax.jacrev(lambda lg: fast(lg)[i]))(logits)
+        want = jax.jit(jax.jacrev(lambda lg, i=i: dense(lg)[i]))(logits)
+        got = jax.jit(jax.jacrev(lambda lg, i=i: fast(lg)[i]))(logits)
         chex.assert_trees_all_close(got, want, rtol=1e-4, atol=1e-3 if i == 0 else 1e-6)
         chex.assert_trees_all_close(jax.jit(fast)(logits)[i], jax.jit(dense)(logits)[i],
                                     rtol=1e-5, atol=1e-2 if i == 0 else 1e-5)
