@@ -70,10 +70,10 @@ class _Actor:
     def __init__(self, index, incarnation, cfg, params_queue, out_queue, stop, version, parent):
         import jax
 
-        from dreamer.agent import Agent
+        from dreamer.acting import AgentPolicy, Collector
+        from dreamer.agents import make_agent
         from dreamer.envs import make_env
         from dreamer.rngs import Rngs
-        from dreamer.runner import AgentPolicy, Collector
 
         jax.config.update("jax_platforms", "cpu")
         self.index, self.cfg = index, cfg
@@ -88,10 +88,10 @@ class _Actor:
         self._seeds = [rngs.int_seed(f"{name}/env", i) for i in range(n)]
         self._make_env, self._collector_cls = make_env, Collector
         envs = [make_env(cfg.env, s) for s in self._seeds]
-        self.agent = Agent(cfg, envs[0].obs_space, envs[0].act_space, platform="cpu")
+        self.agent = make_agent(cfg, envs[0].obs_space, envs[0].act_space, platform="cpu")
         self.collectors = [Collector([env], self.agent.act_dim) for env in envs]
         self.env_incarnation = [0] * n
-        self.policy = AgentPolicy(self.agent, n, rngs.key_stream(f"{name}/policy"))
+        self.policy = AgentPolicy(self.agent, n, rngs.key_stream(f"{name}/policy"), cfg.jax.jit)
         self.rng = rngs.numpy(f"{name}/prefill")
         self._initial_outputs = self.agent.policy_outputs_initial(1)
         self.params, self.version = None, -1

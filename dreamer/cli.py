@@ -220,7 +220,8 @@ def evaluate_logdir(logdir: Path, episodes: int, mode: str = "sample", seed: int
     """Evaluates the newest checkpoint of a training logdir (see `eval_main`)."""
     import jax
 
-    from dreamer import analysis, runner
+    from dreamer import analysis
+    from dreamer.acting import AgentPolicy, evaluate
     from dreamer.envs import make_env
     from dreamer.rngs import Rngs
 
@@ -231,8 +232,8 @@ def evaluate_logdir(logdir: Path, episodes: int, mode: str = "sample", seed: int
     run = analysis.load_run(logdir)
     env = make_env(run.cfg.env, seed)
     try:
-        policy = runner.AgentPolicy(run.agent, 1, Rngs(seed).key_stream("eval"))
-        result = runner.evaluate(policy, run.params, env, episodes, run.cfg.env.action_repeat,
+        policy = AgentPolicy(run.agent, 1, Rngs(seed).key_stream("eval"), run.cfg.jax.jit)
+        result = evaluate(policy, run.params, env, episodes, run.cfg.env.action_repeat,
                                  video=video is not None, mode=mode)
     finally:
         env.close()

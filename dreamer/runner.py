@@ -15,117 +15,17 @@ import jax
 import numpy as np
 import psutil
 
-from dreamer.agent import Agent
+from dreamer.acting import AgentPolicy, Collector, evaluate
+from dreamer.actors import make_pool
+from dreamer.agents import make_agent
 from dreamer.checkpoint import Checkpointer, abstract, incompatible_keys
 from dreamer.config import Config, ConfigError, updates_due
-from dreamer.envs import Env, make_env
+from dreamer.envs import make_env
 from dreamer.learner import Learner, setup_distributed
 from dreamer.logging import Logger, make_logger
 from dreamer.parallel import Prefetcher
 from dreamer.replay import Replay
 from dreamer.rngs import Rngs
-
-Policy = Callable[[dict[str, np.ndarray]], np.ndarray]
-
-
-def to_env_action(action: np.ndarray, discrete: bool) -> np.ndarray:
-    """Agent action [A] (one-hot or continuous) -> what the environment takes."""
-    if discrete:
-        return np.int32(np.argmax(action))
-    return np.clip(action, -1.0, 1.0).astype(np.float32)
-
-
-class Collector:
-    """Steps N environments together and reports finished episodes.
-
-    Each step record holds the observation, the action chosen after seeing it, the reward
-    received on arriving there and the episode flags, which is the replay's layout.
-    """
-
-    def __init__(self, envs: list[Env], act_dim: int):
-        self.envs = envs
-        self.act_dim = act_dim
-        self.discrete = envs[0].act_space.discrete
-        self.obs = [env.reset() for env in envs]
-        self.score = np.zeros(len(envs))
-        self.length = np.zeros(len(envs), np.int64)
-
-    def batch_obs(self) -> dict[str, np.ndarray]:
-        return {k: np.stack([o[k] for o in self.obs]) for k in self.obs[0]}
-
-    def step(self, actions: np.ndarray, outputs: dict[str, np.ndarray] | None = None
-             ) -> tuple[list[dict], list[dict]]:
-        """Apply actions [N, A]; returns (step records, finished episode stats). `outputs`
-        ({key: [N, ...]}, the policy's per-step outputs) are stored in the records too."""
-        records, episodes = [], []
-        for i, env in enumerate(self.envs):
-            record = {**self.obs[i], "action": actions[i].astype(np.float32),
-                      **{k: np.asarray(v[i]) for k, v in (outputs or {}).items()}}
-            records.append(record)
-            if record["is_last"]:
-                episodes.append({"score": self.score[i], "length": self.length[i]})
-                self.score[i], self.length[i] = 0.0, 0
-                self.obs[i] = env.reset()
-            else:
-                self.obs[i] = env.step(to_env_action(actions[i], self.discrete))
-                self.score[i] += float(self.obs[i]["reward"])
-                self.length[i] += 1
-        return records, episodes
-
-    def random_actions(self, rng: np.random.Generator) -> np.ndarray:
-        n = len(self.envs)
-        if self.discrete:
-            return np.eye(self.act_dim, dtype=np.float32)[rng.integers(0, self.act_dim, n)]
-        return rng.uniform(-1, 1, (n, self.act_dim)).astype(np.float32)
-
-
-class AgentPolicy:
-    """Jitted acting for N environments: keeps the recurrent carry between calls and draws
-    one key per call from `keys` (a named stream of `dreamer.rngs.Rngs`)."""
-
-    def __init__(self, agent: Agent, num_envs: int, keys: Callable[[], jax.Array]):
-        self.agent = agent
-        self.num_envs = num_envs
-        jit = agent.cfg.jax.jit
-        self._step = jax.jit(agent.policy, static_argnames="mode") if jit else agent.policy
-        self.keys = keys
-        self.reset()
-
-    def reset(self) -> None:
-        self.carry = self.agent.policy_initial(self.num_envs)
-
-    def __call__(self, params: Any, obs: dict[str, np.ndarray], mode: str = "sample"
-                 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """(actions [N, A], per-step outputs {key: [N, ...]}) for observations [N, ...]."""
-        inputs = {k: v for k, v in obs.items() if k in ("image", "vector", "is_first")}
-        self.carry, action, outputs = self._step(params, self.carry, inputs, self.keys(),
-                                                 mode=mode)
-        return np.asarray(action), jax.device_get(outputs)
-
-
-def evaluate(policy: AgentPolicy, params: Any, env: Env, episodes: int, repeat: int = 1,
-             video: bool = False, mode: str = "sample") -> dict[str, Any]:
-    """Mean and spread of the score and the mean length (env steps) of `episodes` episodes.
-
-    `mode` is the policy's 'sample' (as in training) or greedy 'mode'. With `video` and image
-    observations, `eval/video` holds the first episode's frames, uint8 [T, H, W, C].
-    """
-    collector = Collector([env], policy.agent.act_dim)
-    policy.reset()
-    done, frames = [], []
-    while len(done) < episodes:
-        obs = collector.batch_obs()
-        if video and not done and "image" in obs:
-            frames.append(obs["image"][0])
-        action, _ = policy(params, obs, mode=mode)
-        done += collector.step(action)[1]
-    scores = [e["score"] for e in done]
-    out: dict[str, Any] = {"eval/score": float(np.mean(scores)),
-                           "eval/score_std": float(np.std(scores)),
-                           "eval/length": float(np.mean([e["length"] for e in done])) * repeat}
-    if frames:
-        out["eval/video"] = np.stack(frames)
-    return out
 
 
 def resolve_logdir(cfg: Config) -> Path:
@@ -262,9 +162,10 @@ class Session:
                              cfg.replay.chunk, cfg.replay.recency, cfg.replay.recency_window,
                              cfg.replay.online, rngs.numpy("replay"))
         # Acting runs on the host CPU (`Learner.params`), in float32 there under `auto`.
-        acting = Agent(cfg, self.eval_env.obs_space, self.eval_env.act_space, platform="cpu")
-        self.policy = AgentPolicy(acting, cfg.run.envs, rngs.key_stream("policy"))
-        self.eval_policy = AgentPolicy(acting, 1, rngs.key_stream("eval"))
+        acting = make_agent(cfg, self.eval_env.obs_space, self.eval_env.act_space,
+                            platform="cpu")
+        self.policy = AgentPolicy(acting, cfg.run.envs, rngs.key_stream("policy"), cfg.jax.jit)
+        self.eval_policy = AgentPolicy(acting, 1, rngs.key_stream("eval"), cfg.jax.jit)
         # Acting in this process may lag the learner by up to `actors.max_staleness` updates on
         # accelerators, so that env steps overlap updates; on the CPU both share the cores and
         # the policy acts with the current parameters.
@@ -502,8 +403,6 @@ def _train_with_actors(s: Session) -> dict[str, float]:
     otherwise waits for steps; the time it waits after prefill is `learner/wait_fraction`.
     Batches are sampled and copied to the devices ahead of time by a background thread.
     """
-    from dreamer.actors import make_pool
-
     cfg, learner = s.cfg, s.learner
     publish_every = max(1, cfg.actors.max_staleness // 2)
     published, waited = -1, 0.0

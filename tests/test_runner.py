@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 
-from dreamer import runner
+from dreamer import acting, runner
 from dreamer.config import Config, load_config
 
 
@@ -50,9 +50,9 @@ def test_debug_run_on_two_devices(tmp_path, backend):
 
 
 def test_env_action_conversion():
-    assert runner.to_env_action(np.array([0.0, 1.0, 0.0]), discrete=True) == 1
+    assert acting.to_env_action(np.array([0.0, 1.0, 0.0]), discrete=True) == 1
     np.testing.assert_allclose(
-        runner.to_env_action(np.array([1.5, -0.2]), discrete=False), [1.0, -0.2])
+        acting.to_env_action(np.array([1.5, -0.2]), discrete=False), [1.0, -0.2])
 
 
 def test_update_metrics_count_skips_and_stop_after_the_limit():
