@@ -1,4 +1,4 @@
-"""DreamerV3 in JAX: world model, imagination actor-critic, replay, environments, training loop."""
+"""Model-based RL in JAX: DreamerV3 and PETS on shared replay, environments, training loop."""
 from dreamer.agent import Agent, TrainState
 from dreamer.config import Config, ConfigError, load_config
 from dreamer.envs import Env, EnvError, Space, make_env

@@ -91,6 +91,7 @@ class Agent:
         self.nets = build_nets(cfg, obs_space, act_space, platform)
         self.opt = make_optimizer(cfg.opt)
         self.axis_name = axis_name
+        self.obs_keys = tuple(obs_space)
 
     # ----------------------------------------------------------------------------- init
     def init_params(self, key: jax.Array) -> dict[str, Any]:
@@ -226,9 +227,12 @@ class Agent:
         metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
         return state, metrics, context
 
-    def report(self, params: dict[str, Any], batch: Batch, key: jax.Array, context: int):
-        """Open-loop prediction and reconstruction videos of a replayed batch (see
-        `world_model.report`)."""
+    def report(self, params: dict[str, Any], batch: Batch, key: jax.Array,
+               context: int | None = None):
+        """Open-loop prediction and reconstruction videos of a replayed batch after `context`
+        observed frames (default `logger.report_context`; see `world_model.report`)."""
+        if context is None:
+            context = self.cfg.logger.report_context
         return world_model.report(self.nets, params["wm"], batch, key, context)
 
     # ----------------------------------------------------------------------------- acting

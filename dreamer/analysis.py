@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from dreamer import world_model
-from dreamer.agent import Agent
+from dreamer.agents import Agent, make_agent
 from dreamer.checkpoint import Checkpointer, CheckpointError, abstract
 from dreamer.config import Config, ConfigError
 from dreamer.envs import make_env
@@ -54,7 +54,7 @@ def load_run(logdir: str | Path) -> TrainedRun:
     cfg = Config.load(logdir / "config.yaml")
     env = make_env(cfg.env, 0)
     try:
-        agent = Agent(cfg, env.obs_space, env.act_space)
+        agent = make_agent(cfg, env.obs_space, env.act_space)
     finally:
         env.close()
     checkpoints = Checkpointer(logdir / "checkpoints")

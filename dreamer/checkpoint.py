@@ -26,11 +26,12 @@ class CheckpointError(RuntimeError):
 # Config keys that shape the train state or the replayed data: a checkpoint continues only
 # under the same values. Loss scales, learning rates, ratios and the like may change on resume.
 STRUCTURE_KEYS = (
-    "env.task", "env.obs", "env.size", "env.gray",
+    "agent", "env.task", "env.obs", "env.size", "env.gray",
     *(f"model.{k}" for k in ("deter", "hidden", "stoch", "classes", "blocks", "depth", "mults",
                              "kernel", "units", "enc_layers", "dec_layers", "head_layers",
                              "img_layers", "obs_layers", "dyn_layers", "bspace", "bins", "norm")),
     "ac.layers", "replay.context",  # the replay's steps hold the model states or not
+    "pets.members", "pets.units", "pets.layers",
 )
 # Optimiser settings whose on/off switch adds or removes optimiser state.
 SWITCH_KEYS = ("opt.agc", "opt.beta1", "opt.warmup")

@@ -2,13 +2,12 @@
 policy parameters that acting reads (on the CPU, versioned by update count)."""
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import jax
 import numpy as np
 
-from dreamer.agent import Agent
+from dreamer.agents import make_agent
 from dreamer.config import Config
 from dreamer.parallel import AXIS, DataParallel, initialize_distributed, select_devices
 
@@ -21,7 +20,7 @@ def setup_distributed(cfg: Config) -> None:
 
 
 class Learner:
-    """Runs `Agent.train_step` data-parallel over `parallel.devices` devices.
+    """Runs the agent's `train_step` data-parallel over `parallel.devices` devices.
 
     Each update consumes `batch_size` sequences per local device (`self.batch_size` in all on
     this host). With `jax.jit=false` the step runs eagerly on one device, for debugging.
@@ -29,14 +28,14 @@ class Learner:
 
     def __init__(self, cfg: Config, obs_space: dict, act_space: Any, key: jax.Array):
         self.cfg = cfg
-        self.agent = Agent(cfg, obs_space, act_space)
+        self.agent = make_agent(cfg, obs_space, act_space)
         if not cfg.jax.jit:
             self.devices = [jax.devices()[0]]
             self._parallel = None
             self.state = self.agent.init(key)
         else:
             self.devices = select_devices(cfg.parallel.devices)
-            parallel_agent = Agent(cfg, obs_space, act_space, axis_name=AXIS)
+            parallel_agent = make_agent(cfg, obs_space, act_space, axis_name=AXIS)
             self._parallel = DataParallel(parallel_agent.train_step, self.devices,
                                           cfg.parallel.backend)
             with jax.default_device(jax.devices("cpu")[0]):
@@ -109,10 +108,12 @@ class Learner:
         self._params = None
 
     def report(self, batch: dict[str, np.ndarray], key: jax.Array) -> dict[str, np.ndarray]:
-        """Open-loop and reconstruction videos of a host batch (`Agent.report`), computed on
-        the first learner device; host arrays."""
+        """The agent's `report` (e.g. open-loop and reconstruction videos) of a host batch,
+        computed on the first learner device; host arrays. Empty for agents without one."""
+        if not hasattr(self.agent, "report"):
+            return {}
         if self._report is None:
-            fn = partial(self.agent.report, context=self.cfg.logger.report_context)
+            fn = self.agent.report
             self._report = jax.jit(fn) if self.cfg.jax.jit else fn
         params = self.state.params
         if self._parallel is not None:

@@ -16,6 +16,7 @@ from dreamer.config import (
 SIZES = ["size1m", "size12m", "size25m", "size50m", "size100m", "size200m", "size400m"]
 TASKS = ["atari100k", "debug", "demo", "dmc_proprio", "dmc_vision", "gym"]
 MODIFIERS = ["cpu"]  # applied after a task preset
+AGENTS = ["pets"]  # select another agent than DreamerV3, with its settings
 
 
 def test_defaults_have_the_types_written_in_defaults_yaml():
@@ -90,7 +91,7 @@ def test_size_presets_match_dreamerv3():
 
 @pytest.mark.parametrize("task", TASKS)
 def test_every_preset_combines_with_every_size(task):
-    assert set(available_presets()) == set(SIZES + TASKS + MODIFIERS)
+    assert set(available_presets()) == set(SIZES + TASKS + MODIFIERS + AGENTS)
     for size in SIZES:
         cfg = load_config([task, size])
         assert cfg.model.deter == load_config([size]).model.deter

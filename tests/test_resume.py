@@ -162,12 +162,18 @@ def test_a_foreign_checkpoint_folder_is_a_clear_error(tmp_path):
     assert "no readable checkpoint" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_sigkill_and_resume(tmp_path):
+PETS_ARGS = ["pets", "--env.task=builtin_reach", "--pets.members=2", "--pets.particles=2",
+             "--pets.units=16", "--pets.layers=1", "--pets.candidates=16", "--pets.elites=4",
+             "--pets.iterations=2", "--pets.horizon=4", "--batch_size=8", "--batch_length=3"]
+
+
+@pytest.mark.parametrize("agent_args", [[], PETS_ARGS], ids=["dreamerv3", "pets"])
+def test_sigkill_and_resume(tmp_path, agent_args):
     """Killed at a random moment after two checkpoints, the same command resumes from the last
     complete one: counters match, no step is lost or stored twice."""
     logdir = tmp_path / "run"
     command = [sys.executable, str(ROOT / "launch" / "train.py"), "--configs", "debug",
-               "--parallel.devices=1", "--run.eval_every=0", "--run.log_every=1",
+               *agent_args, "--parallel.devices=1", "--run.eval_every=0", "--run.log_every=1",
                "--run.checkpoint_every=2", "--logger.report_every=0", f"--logdir={logdir}"]
     proc = subprocess.Popen([*command, "--run.steps=1e6"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, cwd=ROOT)

@@ -1,0 +1,265 @@
+"""PETS (Chua et al. 2018): a probabilistic ensemble of dynamics models and planning with it.
+
+The model: K Gaussian MLPs (`dreamer.ensemble`) map the normalised (state vector, action) to
+the normalised (state change, reward) and a termination logit; each member trains on its own
+online bootstrap of every batch (Poisson(1) weights per transition, Oza & Russell 2001), so the
+members differ where data is scarce. Acting plans with CEM or MPPI (`dreamer.planners`) over
+`pets.horizon` steps, with trajectory sampling TS-inf: each of a sequence's particles keeps one
+member for the whole horizon and samples from its Gaussian at every step; a sequence's return
+is the mean over its particles. The agent acts on the plan's first action and warm-starts the
+next step's search from the rest.
+
+Replayed sequences of `batch_length` steps give B x (L - 1) transitions (s_t, a_t) ->
+(s_t+1 - s_t, r_t+1, terminal_t+1); pairs across an episode boundary are masked out. The
+normalisers are the exact running moments of every transition seen.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from dreamer import ensemble, planners
+from dreamer.config import ConfigError
+from dreamer.parallel import mean_over
+
+Batch = dict[str, jax.Array]
+PLANNERS = ("cem", "mppi")
+
+
+class PETSState(flax.struct.PyTreeNode):
+    params: dict[str, Any]   # {'model': ensemble params [K, ...], 'norm': running moments}
+    opt_state: Any
+    step: jax.Array
+
+
+def _merge(count, mean, var, n, batch_mean, batch_var):
+    """Running moments (count, mean, var) merged with a batch's (Chan et al. 1979)."""
+    total = count + n
+    delta = batch_mean - mean
+    frac = n / jnp.maximum(total, 1.0)
+    new_mean = mean + delta * frac
+    new_var = (count * var + n * batch_var + jnp.square(delta) * count * frac) / jnp.maximum(
+        total, 1.0)
+    return total, new_mean, new_var
+
+
+class PETS:
+    """The PETS agent on the shared agent interface (see `dreamer.agents.Agent`)."""
+
+    def __init__(self, cfg: Any, obs_space: dict, act_space: Any, axis_name: str | None = None,
+                 platform: str | None = None):
+        del platform  # float32 everywhere: the networks are small
+        p = cfg.pets
+        if "vector" not in obs_space or "image" in obs_space:
+            raise ConfigError("pets plans from state vectors: set env.obs=vector (the task "
+                              f"{cfg.env.task} gives {', '.join(obs_space)})")
+        if p.planner not in PLANNERS:
+            raise ConfigError(f"unknown pets.planner {p.planner!r}: use one of "
+                              f"{', '.join(PLANNERS)}")
+        if p.particles % p.members:
+            raise ConfigError(f"pets.particles ({p.particles}) must be a multiple of "
+                              f"pets.members ({p.members}): each member carries as many")
+        if cfg.batch_length < 2:
+            raise ConfigError(f"pets trains on transitions: batch_length must be at least 2, "
+                              f"got {cfg.batch_length}")
+        self.cfg, self.axis_name = cfg, axis_name
+        self.discrete = bool(act_space.discrete)
+        self.act_dim = act_space.n if self.discrete else act_space.shape[-1]
+        self.obs_dim = obs_space["vector"].shape[-1]
+        self.obs_keys = ("vector",)
+        self.sequence_length = cfg.batch_length
+        self.net = ensemble.GaussianMLP(self.obs_dim + 1, p.units, p.layers, p.act, extra=1,
+                                        min_logvar=p.min_logvar, max_logvar=p.max_logvar)
+        self.opt = optax.adamw(p.lr, weight_decay=p.weight_decay)
+
+    # ----------------------------------------------------------------------------- init
+    def init(self, key: jax.Array) -> PETSState:
+        inputs, outputs = self.obs_dim + self.act_dim, self.obs_dim + 1
+        model = ensemble.init(self.net, key, self.cfg.pets.members, inputs)
+        norm = {"count": jnp.zeros([]),
+                "in_mean": jnp.zeros(inputs), "in_var": jnp.ones(inputs),
+                "out_mean": jnp.zeros(outputs), "out_var": jnp.ones(outputs)}
+        return PETSState(params={"model": model, "norm": norm}, opt_state=self.opt.init(model),
+                         step=jnp.zeros([], jnp.int32))
+
+    # ----------------------------------------------------------------------------- model
+    @staticmethod
+    def _std(var: jax.Array) -> jax.Array:
+        return jnp.sqrt(var + 1e-8)
+
+    def predict(self, params: dict[str, Any], states: jax.Array, actions: jax.Array,
+                key: jax.Array | None = None):
+        """Every member on its own rows: states [K, N, D], actions [K, N, A] -> (next states
+        [K, N, D], rewards [K, N], termination probabilities [K, N]); the members' means
+        without `key`, samples from their Gaussians with it."""
+        norm = params["norm"]
+        x = jnp.concatenate([states, actions], -1)
+        x = (x - norm["in_mean"]) / self._std(norm["in_var"])
+        mean, logvar, logits = ensemble.apply(self.net, params["model"], x)
+        if key is not None:
+            mean = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape)
+        y = mean * self._std(norm["out_var"]) + norm["out_mean"]
+        return states + y[..., :-1], y[..., -1], jax.nn.sigmoid(logits[..., 0])
+
+    # ----------------------------------------------------------------------------- training
+    def _transitions(self, batch: Batch):
+        """[B, L, ...] sequences -> inputs [B, L-1, D+A], targets [B, L-1, D+1], terminals and
+        the mask of pairs within one episode [B, L-1]."""
+        vec = batch["vector"].astype(jnp.float32)
+        x = jnp.concatenate([vec[:, :-1], batch["action"][:, :-1]], -1)
+        y = jnp.concatenate([vec[:, 1:] - vec[:, :-1], batch["reward"][:, 1:, None]], -1)
+        mask = 1.0 - batch["is_last"][:, :-1].astype(jnp.float32)
+        return x, y, batch["is_terminal"][:, 1:].astype(jnp.float32), mask
+
+    def _sum(self, x: jax.Array) -> jax.Array:
+        return x if self.axis_name is None else jax.lax.psum(x, self.axis_name)
+
+    def _moments(self, x: jax.Array, mask: jax.Array):
+        """Masked mean and variance over every device's rows: x [..., F], mask [...]."""
+        n = self._sum(mask.sum())
+        w = mask[..., None]
+        mean = self._sum((w * x).reshape(-1, x.shape[-1]).sum(0)) / jnp.maximum(n, 1.0)
+        var = self._sum((w * jnp.square(x - mean)).reshape(-1, x.shape[-1]).sum(0))
+        return n, mean, var / jnp.maximum(n, 1.0)
+
+    def _update_norm(self, norm: dict[str, jax.Array], x, y, mask) -> dict[str, jax.Array]:
+        n, x_mean, x_var = self._moments(x, mask)
+        _, y_mean, y_var = self._moments(y, mask)
+        count, in_mean, in_var = _merge(norm["count"], norm["in_mean"], norm["in_var"], n,
+                                        x_mean, x_var)
+        _, out_mean, out_var = _merge(norm["count"], norm["out_mean"], norm["out_var"], n,
+                                      y_mean, y_var)
+        return {"count": count, "in_mean": in_mean, "in_var": in_var,
+                "out_mean": out_mean, "out_var": out_var}
+
+    def _bootstrap(self, key: jax.Array, rows: int, steps: int) -> jax.Array:
+        """Poisson(1) weights [K, B, L-1], drawn per replayed sequence from its index in the
+        global batch, so that N devices draw what one device holding every row draws."""
+        index = jnp.arange(rows)
+        if self.axis_name is not None:
+            index = index + jax.lax.axis_index(self.axis_name) * rows
+        keys = jax.vmap(jax.random.fold_in, (None, 0))(key, index)
+        members = self.cfg.pets.members
+        w = jax.vmap(lambda k: jax.random.poisson(k, 1.0, (members, steps)))(keys)
+        return jnp.swapaxes(w, 0, 1).astype(jnp.float32)
+
+    def loss(self, model: Any, norm: dict[str, jax.Array], x, y, term, weights):
+        """Bootstrap-weighted Gaussian NLL of the normalised targets plus the termination
+        cross-entropy, summed over members, plus the log-variance bound loss. `weights`
+        [K, B, L-1] include the mask and are divided by their sum over all devices, so the
+        mean of the per-device gradients is the gradient on the whole batch."""
+        k = self.cfg.pets.members
+        flat = lambda a: jnp.broadcast_to(a.reshape(1, -1, *a.shape[2:]),
+                                          (k, a.shape[0] * a.shape[1], *a.shape[2:]))
+        xn = (x - norm["in_mean"]) / self._std(norm["in_var"])
+        yn = (y - norm["out_mean"]) / self._std(norm["out_var"])
+        mean, logvar, logits = ensemble.apply(self.net, model, flat(xn))
+        nll = ensemble.gaussian_nll(mean, logvar, flat(yn)).mean(-1)
+        bce = optax.sigmoid_binary_cross_entropy(logits[..., 0], flat(term))
+        w = weights.reshape(k, -1)
+        terms = {"nll": (w * nll).sum() / k, "termination": (w * bce).sum() / k,
+                 "mse": (w * jnp.square(mean - flat(yn)).mean(-1)).sum() / k}
+        bounds = ensemble.bound_loss(model)
+        total = k * (terms["nll"] + terms["termination"]) + self.cfg.pets.bound_reg * bounds
+        metrics = {f"loss/{n}": v for n, v in terms.items()}
+        metrics.update({"loss/bounds": bounds, "model/logvar": logvar.mean()})
+        return total, metrics
+
+    def train_step(self, state: PETSState, batch: Batch, key: jax.Array):
+        """One update of the ensemble on [B, L, ...] sequences; no replay updates. A
+        non-finite loss or gradient leaves the state as it was (`metrics['nonfinite']`)."""
+        b, length = batch["is_first"].shape
+        if length != self.sequence_length:
+            raise ValueError(f"batch sequences hold {length} steps, pets trains on "
+                             f"{self.sequence_length} (batch_length)")
+        x, y, term, mask = self._transitions(batch)
+        norm = self._update_norm(state.params["norm"], x, y, mask)
+        weights = self._bootstrap(key, b, length - 1) * mask
+        devices = self._sum(jnp.ones([]))
+        total = self._sum(weights.sum((1, 2)))  # [K]: each member's weight on the whole batch
+        weights = weights * devices / jnp.maximum(total, 1.0)[:, None, None]
+        grads, metrics = jax.grad(self.loss, has_aux=True)(
+            state.params["model"], norm, x, y, term, weights)
+        grads = mean_over(grads, self.axis_name)
+        updates, opt_state = self.opt.update(grads, state.opt_state, state.params["model"])
+        model = optax.apply_updates(state.params["model"], updates)
+        metrics["grad_norm/model"] = optax.tree.norm(grads)
+        metrics = mean_over(metrics, self.axis_name)
+        metrics["norm/count"] = norm["count"]
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        finite = finite & jnp.isfinite(metrics["loss/nll"])
+        new = PETSState(params={"model": model, "norm": norm}, opt_state=opt_state,
+                        step=state.step + 1)
+        state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+        metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
+        return state, metrics, {}
+
+    # ----------------------------------------------------------------------------- acting
+    def _actions(self, plan: jax.Array) -> jax.Array:
+        """Plan entries in [-1, 1] -> actions: one-hot of the largest entry when discrete."""
+        if self.discrete:
+            return jax.nn.one_hot(jnp.argmax(plan, -1), self.act_dim)
+        return plan
+
+    def rollout(self, params: dict[str, Any], state: dict[str, jax.Array],
+                actions: jax.Array) -> jax.Array:
+        """Returns [N] of action sequences [N, H, A] from `state` {'obs': [D], 'key'}: the
+        mean discounted return over `pets.particles` TS-inf particles, each kept on one
+        member, the rewards of later steps weighted by the predicted chance of no termination."""
+        p = self.cfg.pets
+        n, horizon, _ = actions.shape
+        per = p.particles // p.members
+        acts = jnp.broadcast_to(self._actions(actions)[None, :, None],
+                                (p.members, n, per, horizon, self.act_dim))
+        acts = jnp.moveaxis(acts.reshape(p.members, n * per, horizon, self.act_dim), 2, 0)
+        states = jnp.broadcast_to(state["obs"], (p.members, n * per, self.obs_dim))
+
+        def step(carry, inputs):
+            states, alive, scale, ret = carry
+            action, key = inputs
+            states, reward, done = self.predict(params, states, action, key)
+            ret = ret + scale * alive * reward
+            return (states, alive * (1.0 - done), scale * p.discount, ret), None
+
+        zeros = jnp.zeros((p.members, n * per))
+        init = (states, zeros + 1.0, jnp.ones([]), zeros)
+        keys = jax.random.split(state["key"], horizon)
+        (_, _, _, ret), _ = jax.lax.scan(step, init, (acts, keys))
+        return ret.reshape(p.members, n, per).mean((0, 2))
+
+    def plan(self, params: dict[str, Any], obs: jax.Array, mean: jax.Array,
+             key: jax.Array) -> jax.Array:
+        """The planner's refined sequence [H, A] from observation [D] and warm start [H, A]."""
+        p = self.cfg.pets
+        k_plan, k_model = jax.random.split(key)
+        state = {"obs": obs.astype(jnp.float32), "key": k_model}
+        if p.planner == "cem":
+            return planners.cem(self.rollout, params, state, k_plan, mean,
+                                candidates=p.candidates, elites=p.elites,
+                                iterations=p.iterations, init_std=p.init_std,
+                                smoothing=p.smoothing)
+        return planners.mppi(self.rollout, params, state, k_plan, mean,
+                             candidates=p.candidates, iterations=p.iterations,
+                             init_std=p.init_std, temperature=p.temperature)
+
+    def policy_initial(self, batch: int) -> jax.Array:
+        """The warm-start plans [N, H, A] (zeros: the middle of the action range)."""
+        return jnp.zeros((batch, self.cfg.pets.horizon, self.act_dim))
+
+    def policy_outputs_initial(self, batch: int) -> dict[str, np.ndarray]:
+        return {}
+
+    def policy(self, params: dict[str, Any], carry: jax.Array, obs: Batch, key: jax.Array,
+               mode: str = "sample"):
+        """Plans for N environments: obs vector [N, D], is_first [N]. The planner's search is
+        the same in both modes ('sample' and greedy 'mode'): its randomness is the search's."""
+        del mode
+        carry = jnp.where(obs["is_first"][:, None, None], 0.0, carry)
+        keys = jax.random.split(key, carry.shape[0])
+        plans = jax.vmap(self.plan, (None, 0, 0, 0))(params, obs["vector"], carry, keys)
+        return planners.shift(plans), self._actions(plans[:, 0]), {}
