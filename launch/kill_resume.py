@@ -76,7 +76,7 @@ def main(argv: list[str]) -> int:
                 f"resumed {a}: {b}" for a, b in re.findall(r"resumed (\S+): (.*)", err)))
     meta = latest(logdir)
     cfg = Config.load(logdir / "config.yaml")
-    agent_steps = meta["agent_steps"]
+    agent_steps = meta["counters"]["agent_steps"]
     expected = updates_due(cfg, agent_steps, max(cfg.parallel.devices, 1))
     stamps = stored_stamps(logdir / "replay").tolist()
     lines = [json.loads(x) for x in (logdir / "metrics.jsonl").read_text().splitlines()]

@@ -66,7 +66,8 @@ def test_resume_continues_counters_replay_and_falls_back_past_damage(tmp_path):
     runner.run(debug_cfg(logdir, 400))
     second = latest_meta(logdir)
     assert (second["env_steps"], second["updates"]) == (400, expected_updates(400))
-    assert second["episodes"] > first["episodes"] and second["starts"] == 1
+    assert second["counters"]["episodes"] > first["counters"]["episodes"]
+    assert second["counters"]["starts"] == 1
     np.testing.assert_array_equal(stored_stamps(logdir / "replay"), np.arange(400))  # none lost or twice
     lines = [json.loads(x) for x in (logdir / "metrics.jsonl").read_text().splitlines()]
     resumed = [x for x in lines if x["step"] > 300]
@@ -97,8 +98,24 @@ def test_resume_continues_counters_replay_and_falls_back_past_damage(tmp_path):
         runner.run(debug_cfg(logdir, 450))
     third = latest_meta(logdir)
     assert (third["env_steps"], third["updates"]) == (450, expected_updates(450))
-    assert third["starts"] == 1  # continued from the first run's checkpoint
+    assert third["counters"]["starts"] == 1  # continued from the first run's checkpoint
     np.testing.assert_array_equal(stored_stamps(logdir / "replay"), np.arange(450))
+
+
+def test_a_checkpoint_with_flat_counters_resumes(tmp_path, capsys):
+    """Checkpoints written before the counters were one record (flat keys in the JSON record)
+    resume with the same counters."""
+    logdir = tmp_path / "run"
+    runner.run(debug_cfg(logdir, 150))
+    record = logdir / "checkpoints" / "150" / "meta" / "metadata"
+    meta = json.loads(record.read_text())
+    counters = meta.pop("counters")
+    record.write_text(json.dumps({**meta, **counters}))
+    runner.run(debug_cfg(logdir, 180))
+    assert "resumed" in capsys.readouterr().err
+    final = latest_meta(logdir)["counters"]
+    assert final["starts"] == 1 and final["episodes"] >= counters["episodes"]
+    assert final["wandb_id"] == counters["wandb_id"]
 
 
 def test_replay_without_a_checkpoint_is_moved_aside(tmp_path):
@@ -213,7 +230,7 @@ def test_wandb_offline_run_with_videos_resumes_the_same_run(tmp_path, monkeypatc
     runner.run(debug_cfg(logdir, 160, **wandb))
     runs = sorted((logdir / "wandb").glob("offline-run-*"))
     assert len(runs) == 2
-    run_id = latest_meta(logdir)["wandb_id"]
+    run_id = latest_meta(logdir)["counters"]["wandb_id"]
     assert all(run.name.endswith(run_id) for run in runs)  # the resumed run is the same run
     media = runs[0] / "files" / "media" / "videos"
     for name in ("report/openloop_", "report/recon_", "eval/video_"):

@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 
-from dreamer import acting, runner
+from dreamer import acting, runner, session
 from dreamer.config import Config, load_config
 
 
@@ -56,14 +56,14 @@ def test_env_action_conversion():
 
 
 def test_update_metrics_count_skips_and_stop_after_the_limit():
-    tracker = runner.UpdateMetrics(limit=3)
-    averages = runner.Averages()
+    tracker = session.UpdateMetrics(limit=3)
+    averages = session.Averages()
     for bad in (0, 1, 1, 0, 1, 1):
         tracker.add({"nonfinite": np.float32(bad), "loss/total": np.float32(np.nan if bad else 2)})
     assert tracker.flush(averages) == {"train/nonfinite_skips": 4.0}
     assert averages.flush() == {"train/loss/total": 2.0}  # skipped updates are not averaged
     tracker.add({"nonfinite": np.float32(1), "loss/total": np.float32(np.nan)})
-    with pytest.raises(runner.NonFiniteError, match="last 3 updates had a non-finite loss"):
+    with pytest.raises(session.NonFiniteError, match="last 3 updates had a non-finite loss"):
         tracker.flush(averages)
 
 

@@ -1,0 +1,43 @@
+"""The clocks that schedule periodic work, each alone."""
+import math
+
+from dreamer.clocks import Every, EverySeconds, Ratio
+from dreamer.config import load_config, updates_due
+
+
+def test_every_fires_once_per_period_and_resumes_from_last():
+    every = Every(100)
+    assert [n for n in range(0, 450, 30) if every(n)] == [120, 240, 360]
+    assert every.last == 360
+    resumed = Every(100, last=360)
+    assert not resumed(420) and resumed(460)
+
+
+def test_every_zero_never_fires():
+    assert not any(Every(0)(n) for n in range(0, 1000, 7))
+
+
+def test_every_seconds_follows_its_clock():
+    now = [10.0]
+    clock = EverySeconds(5.0, clock=lambda: now[0])
+    fired = []
+    for t in (11, 14.9, 15, 16, 19.9, 20.5, 30):
+        now[0] = t
+        fired.append(clock())
+    assert fired == [False, False, True, False, False, True, True]
+    now[0] = 32.0
+    assert clock.elapsed() == 2.0
+    assert EverySeconds(0.0)() and not EverySeconds(math.inf)()
+
+
+def test_ratio_owes_the_updates_of_the_train_ratio():
+    cfg = load_config(["debug"], {"run.prefill": 100, "run.train_ratio": 16})
+    ratio = Ratio(cfg, devices=2)
+    # Starts once the replay holds max(prefill, 2 devices x 4 x 8 = 64) steps, with one update;
+    # then 16 replayed steps per agent step, 64 per update: one update per 4 agent steps.
+    assert ratio.owed(99, 0) == 0
+    assert ratio.owed(100, 0) == 1
+    assert ratio.owed(140, 1) == 10
+    assert ratio.owed(140, 20) == -9
+    for steps in (0, 100, 250, 1001):
+        assert ratio.owed(steps, 3) == updates_due(cfg, steps, 2) - 3
