@@ -13,9 +13,10 @@ import jax
 import jax.numpy as jnp
 
 from dreamer import rssm as rssm_lib
+from dreamer.config import CHOICES
 from dreamer.distributions import Policy, TwoHot, sg
 
-ACTOR_GRADS = ("reinforce", "dynamics")
+ACTOR_GRADS = CHOICES["ac.actor_grad"]
 
 
 def lambda_return(reward: jax.Array, cont: jax.Array, boot: jax.Array,

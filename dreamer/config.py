@@ -38,6 +38,31 @@ class ConfigError(ValueError):
     """An unknown key, a value of the wrong type, or an unknown preset."""
 
 
+# Keys that take one of a few names: a value outside these is an error when the config is made,
+# not later inside the code that reads it. The modules that act on a key name their choices
+# from here (tests/test_config.py checks that they agree).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "agent": ("dreamerv3", "pets"),
+    "jax.compute_dtype": ("auto", "float32", "bfloat16"),
+    "env.obs": ("image", "vector", "both"),
+    "logger.mode": ("auto", "online", "offline", "disabled"),
+    "parallel.backend": ("pmap", "shard_map"),
+    "model.act": ("silu", "gelu", "relu", "elu", "tanh"),
+    "model.norm": ("rms", "layer", "none"),
+    "ac.actor_grad": ("reinforce", "dynamics"),
+    "pets.act": ("silu", "gelu", "relu", "elu", "tanh"),
+    "pets.planner": ("cem", "mppi"),
+}
+
+
+def _check_choice(key: str, value: Any) -> Any:
+    choices = CHOICES.get(key)
+    if choices is not None and value not in choices:
+        names = ", ".join(repr(c) for c in choices)
+        raise ConfigError(f"invalid value for config key {key!r}: {value!r}; choose one of {names}")
+    return value
+
+
 # ---------------------------------------------------------------------------------------------
 # YAML loading
 
@@ -305,7 +330,7 @@ def _apply(tree: dict[str, Any], schema: _Schema, updates: Mapping[str, Any], *,
                               f"expected {_describe(node)}, got {dict(value)!r}")
         else:
             try:
-                subtree[last] = _coerce(key, value, node)
+                subtree[last] = _check_choice(key, _coerce(key, value, node))
             except ConfigError as e:
                 raise ConfigError(f"{e}{where}") from None
 
@@ -317,7 +342,7 @@ def _validated(tree: Mapping[str, Any], schema: _Schema, prefix: str = "") -> di
         if isinstance(sub, dict):
             out[name] = _validated(tree[name], sub, f"{prefix}{name}.")
         else:
-            out[name] = _coerce(prefix + name, tree[name], sub)
+            out[name] = _check_choice(prefix + name, _coerce(prefix + name, tree[name], sub))
     return out
 
 

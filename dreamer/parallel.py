@@ -23,10 +23,10 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from dreamer.config import ConfigError
+from dreamer.config import CHOICES, ConfigError
 
 AXIS = "devices"
-BACKENDS = ("pmap", "shard_map")
+BACKENDS = CHOICES["parallel.backend"]
 
 
 def mean_over(tree: Any, axis_name: str | None) -> Any:

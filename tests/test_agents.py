@@ -47,7 +47,7 @@ def test_the_agent_interface(agent):
 
 
 def test_an_unknown_agent_is_a_clear_error(tmp_path):
-    with pytest.raises(ConfigError, match="must be one of dreamerv3, pets"):
+    with pytest.raises(ConfigError, match="choose one of 'dreamerv3', 'pets'"):
         runner.run(tiny_cfg("dreamerv3", tmp_path, 100, agent="muzero"))
 
 

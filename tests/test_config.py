@@ -5,6 +5,7 @@ import yaml
 
 from dreamer.cli import parse_args
 from dreamer.config import (
+    CHOICES,
     Config,
     ConfigError,
     available_presets,
@@ -317,3 +318,30 @@ def test_cpu_preset_keeps_the_task_and_sets_a_cpu_budget(task):
                                                           base.run.steps)
     assert (cfg.model.deter, cfg.batch_length, cfg.env.action_repeat) == (256, 32, 2)
     assert updates_per_frame(cfg) == pytest.approx(128 / (16 * 32 * 2))
+
+
+def test_choice_keys_reject_other_values_when_the_config_is_made():
+    with pytest.raises(ConfigError, match=r"'model.norm': 'batch'; choose one of 'rms', 'layer'"):
+        load_config([], {"model.norm": "batch"})
+    with pytest.raises(ConfigError, match=r"'ac.actor_grad'.*choose one of"):
+        Config().update({"ac.actor_grad": "backprop"})
+    with pytest.raises(ConfigError, match=r"'agent'.*'dreamerv3', 'pets'"):
+        Config({"agent": "muzero"})
+    for key, choices in CHOICES.items():
+        assert Config()[key] in choices, key  # every default is a valid choice
+        for value in choices:
+            assert Config({key: value})[key] == value
+
+
+def test_choices_agree_with_the_code_that_reads_them():
+    from dreamer.agent import compute_dtype
+    from dreamer.agents import AGENTS
+    from dreamer.envs.base import OBS_MODES
+    from dreamer.nets import get_act
+
+    assert CHOICES["agent"] == tuple(AGENTS)
+    assert CHOICES["env.obs"] == OBS_MODES
+    for name in (*CHOICES["model.act"], *CHOICES["pets.act"]):
+        assert callable(get_act(name))
+    for name in CHOICES["jax.compute_dtype"]:
+        compute_dtype(name, "cpu")

@@ -184,7 +184,7 @@ def test_bad_settings_are_clear_errors():
         PETS(tiny(), {"image": base.Space(np.uint8, (16, 16, 3))}, ACT)
     with pytest.raises(ConfigError, match="multiple of pets.members"):
         PETS(tiny(**{"pets.particles": 3}), OBS, ACT)
-    with pytest.raises(ConfigError, match="cem, mppi"):
+    with pytest.raises(ConfigError, match="'cem', 'mppi'"):
         PETS(tiny(**{"pets.planner": "random"}), OBS, ACT)
-    with pytest.raises(ConfigError, match="dreamerv3, pets"):
+    with pytest.raises(ConfigError, match="'dreamerv3', 'pets'"):
         make_agent(tiny(agent="dreamer"), OBS, ACT)

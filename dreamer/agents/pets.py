@@ -24,11 +24,11 @@ import numpy as np
 import optax
 
 from dreamer import ensemble, planners
-from dreamer.config import ConfigError
+from dreamer.config import CHOICES, ConfigError
 from dreamer.parallel import mean_over
 
 Batch = dict[str, jax.Array]
-PLANNERS = ("cem", "mppi")
+PLANNERS = CHOICES["pets.planner"]
 
 
 class PETSState(flax.struct.PyTreeNode):
