@@ -59,8 +59,8 @@ def test_wandb_mode_and_credentials(monkeypatch, tmp_path):
     monkeypatch.setenv("NETRC", str(tmp_path / "none"))
     (check,) = doctor.check_wandb(load_config(["debug"], {"logger.wandb": True}))
     assert "offline" in check.detail and "wandb login" in check.fix
-    bad = load_config(["debug"], {"logger.mode": "cloud"})
-    assert doctor.check_wandb(bad)[0].status == "fail"
+    with pytest.raises(ConfigError, match="'logger.mode': 'cloud'; choose one of 'auto'"):
+        load_config(["debug"], {"logger.mode": "cloud"})  # refused before the doctor sees it
 
 
 def test_doctor_command_on_this_machine(capsys):
