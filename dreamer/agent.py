@@ -16,7 +16,7 @@ from dreamer.config import ConfigError
 from dreamer.distributions import split_keys, symexp_bins
 from dreamer.nets import MLP, Decoder, Encoder, count_params
 from dreamer.optim import GROUPS, make_optimizer
-from dreamer.parallel import mean_over
+from dreamer.parallel import mean_over, row_keys
 
 Batch = dict[str, jax.Array]
 
@@ -184,10 +184,7 @@ class Agent:
 
         Every random draw of the update comes from these, so N devices that each hold B/N
         sequences draw exactly what one device holding all B draws."""
-        index = jnp.arange(rows)
-        if self.axis_name is not None:
-            index = index + jax.lax.axis_index(self.axis_name) * rows
-        return jax.vmap(jax.random.fold_in, (None, 0))(key, index)
+        return row_keys(key, rows, self.axis_name)
 
     def train_step(self, state: TrainState, batch: Batch, key: jax.Array):
         """One update: (state, batch [B, L, ...], key) -> (state, metrics, replay updates).

@@ -36,6 +36,22 @@ def mean_over(tree: Any, axis_name: str | None) -> Any:
     return jax.lax.pmean(tree, axis_name)
 
 
+def sum_over(tree: Any, axis_name: str | None) -> Any:
+    """Sum every leaf over the device axis when running under it; identity otherwise."""
+    if axis_name is None:
+        return tree
+    return jax.lax.psum(tree, axis_name)
+
+
+def row_keys(key: jax.Array, rows: int, axis_name: str | None) -> jax.Array:
+    """One key per row of the batch, derived from the row's index in the global batch, so that
+    N devices holding B/N rows each draw exactly what one device holding all B rows draws."""
+    index = jax.numpy.arange(rows)
+    if axis_name is not None:
+        index = index + jax.lax.axis_index(axis_name) * rows
+    return jax.vmap(jax.random.fold_in, (None, 0))(key, index)
+
+
 def initialize_distributed(coordinator: str = "", num_processes: int = 0,
                            process_id: int = -1) -> None:
     """Join a multi-host run (TPU pod slice, multi-node GPU) before any other JAX call.

@@ -24,11 +24,10 @@ import numpy as np
 import optax
 
 from dreamer import ensemble, planners
-from dreamer.config import CHOICES, ConfigError
-from dreamer.parallel import mean_over
+from dreamer.config import ConfigError
+from dreamer.parallel import mean_over, row_keys, sum_over
 
 Batch = dict[str, jax.Array]
-PLANNERS = CHOICES["pets.planner"]
 
 
 class PETSState(flax.struct.PyTreeNode):
@@ -58,9 +57,6 @@ class PETS:
         if "vector" not in obs_space or "image" in obs_space:
             raise ConfigError("pets plans from state vectors: set env.obs=vector (the task "
                               f"{cfg.env.task} gives {', '.join(obs_space)})")
-        if p.planner not in PLANNERS:
-            raise ConfigError(f"unknown pets.planner {p.planner!r}: use one of "
-                              f"{', '.join(PLANNERS)}")
         if p.particles % p.members:
             raise ConfigError(f"pets.particles ({p.particles}) must be a multiple of "
                               f"pets.members ({p.members}): each member carries as many")
@@ -117,7 +113,7 @@ class PETS:
         return x, y, batch["is_terminal"][:, 1:].astype(jnp.float32), mask
 
     def _sum(self, x: jax.Array) -> jax.Array:
-        return x if self.axis_name is None else jax.lax.psum(x, self.axis_name)
+        return sum_over(x, self.axis_name)
 
     def _moments(self, x: jax.Array, mask: jax.Array):
         """Masked mean and variance over every device's rows: x [..., F], mask [...]."""
@@ -140,10 +136,7 @@ class PETS:
     def _bootstrap(self, key: jax.Array, rows: int, steps: int) -> jax.Array:
         """Poisson(1) weights [K, B, L-1], drawn per replayed sequence from its index in the
         global batch, so that N devices draw what one device holding every row draws."""
-        index = jnp.arange(rows)
-        if self.axis_name is not None:
-            index = index + jax.lax.axis_index(self.axis_name) * rows
-        keys = jax.vmap(jax.random.fold_in, (None, 0))(key, index)
+        keys = row_keys(key, rows, self.axis_name)
         members = self.cfg.pets.members
         w = jax.vmap(lambda k: jax.random.poisson(k, 1.0, (members, steps)))(keys)
         return jnp.swapaxes(w, 0, 1).astype(jnp.float32)
