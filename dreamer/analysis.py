@@ -14,8 +14,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from dreamer import world_model
 from dreamer.agents import Agent, make_agent
+from dreamer.agents.dreamerv3 import world_model
 from dreamer.checkpoint import Checkpointer, CheckpointError, abstract
 from dreamer.config import Config, ConfigError
 from dreamer.envs import make_env
@@ -38,11 +38,12 @@ class TrainedRun:
     def params(self) -> dict[str, Any]:
         return self.state.params
 
-    def compiled(self, name: str, build: Callable[[world_model.Nets], Callable]) -> Callable:
+    def compiled(self, name: str, build: Callable[[world_model.WorldModelNets], Callable]
+                 ) -> Callable:
         """`build(nets)`, a jitted function of the params and arrays, made once per run, so
         repeated calls with the same shapes reuse one compilation."""
         if name not in self._compiled:
-            self._compiled[name] = build(self.agent.nets)
+            self._compiled[name] = build(self.agent.wm)
         return self._compiled[name]
 
 
@@ -109,7 +110,7 @@ def reward_predictions(run: TrainedRun, batch: dict[str, np.ndarray], seed: int 
     return np.asarray(fn(run.params["wm"], batch, jax.random.PRNGKey(seed))), batch["reward"]
 
 
-def _imagine(nets: world_model.Nets):
+def _imagine(nets: world_model.WorldModelNets):
     def fn(params, batch, actions, key, context):
         states, imagined = world_model.open_loop_prediction(nets, params, batch, key, context,
                                                             actions)
@@ -120,7 +121,7 @@ def _imagine(nets: world_model.Nets):
     return jax.jit(fn, static_argnames="context")
 
 
-def _rewards(nets: world_model.Nets):
+def _rewards(nets: world_model.WorldModelNets):
     def fn(params, batch, key):
         states = world_model.posterior(nets, params, batch, key)
         return world_model.predict_rewards(nets, params, states)

@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dreamer.agent import Agent
+from dreamer.agents.dreamerv3 import DreamerV3
+from dreamer.agents.dreamerv3 import agent as dreamerv3_agent
 from dreamer.config import Config, load_config
 from dreamer.envs import Space
 
@@ -34,9 +35,9 @@ def param_counts() -> dict[str, Any]:
         cfg = load_config([size])
         out[size] = {}
         for kind, obs in WALKER_OBS.items():
-            agent = Agent(cfg, obs, WALKER_ACT)
-            shapes = jax.eval_shape(agent.init_params, jax.random.PRNGKey(0))
-            out[size][kind] = agent.param_counts(shapes)["total"]
+            agent = DreamerV3(cfg, obs, WALKER_ACT)
+            shapes = jax.eval_shape(agent.init, jax.random.PRNGKey(0)).params
+            out[size][kind] = dreamerv3_agent.param_counts(shapes)["total"]
     return out
 
 
@@ -51,7 +52,7 @@ def spaces_of(cfg: Config) -> tuple[dict[str, Space], Space]:
         env.close()
 
 
-def random_batch(obs_space: dict[str, Space], agent: Agent, b: int,
+def random_batch(obs_space: dict[str, Space], agent: DreamerV3, b: int,
                  seed: int = 0) -> dict[str, np.ndarray]:
     """A synthetic replay batch [B, L, ...] of `agent.sequence_length` steps with the replay's
     dtypes, some episode starts and, with replay context, stored model states."""
@@ -93,7 +94,7 @@ def compile_train_step(cfg: Config) -> dict[str, Any]:
     the compile time and XLA's FLOP count; `time_train_step` runs it. Separate so that several
     configurations can compile at once (compilation runs on the host) and be timed one by one."""
     obs_space, act_space = spaces_of(cfg)
-    agent = Agent(cfg, obs_space, act_space)
+    agent = DreamerV3(cfg, obs_space, act_space)
     batch = jax.device_put(random_batch(obs_space, agent, cfg.batch_size))
     state = agent.init(jax.random.PRNGKey(0))
     start = time.perf_counter()
@@ -122,7 +123,7 @@ def time_train_step(prepared: dict[str, Any], updates: int = 5, warmup: int = 2,
         times.append(time.perf_counter() - start)
     prepared["state"] = state  # the old one was donated; a second call continues from here
     median = float(np.median(times[warmup:]))
-    dtype = agent.nets.rssm.dtype  # the compute dtype `jax.compute_dtype` resolved to
+    dtype = agent.wm.rssm.dtype  # the compute dtype `jax.compute_dtype` resolved to
     peak = peak or matmul_peak(dtype)
     return {
         "seconds_per_update": median,
@@ -136,7 +137,7 @@ def time_train_step(prepared: dict[str, Any], updates: int = 5, warmup: int = 2,
         "matmul_peak_dtype": str(dtype),
         "fraction_of_peak": flops / median / peak,
         "compile_s": prepared["compile_s"],
-        "params": agent.param_counts(state.params)["total"],
+        "params": dreamerv3_agent.param_counts(state.params)["total"],
         "batch": [cfg.batch_size, cfg.batch_length],
         "batch_shape_fed": [cfg.batch_size, agent.sequence_length],
         "compute_dtype": str(dtype),
@@ -161,7 +162,7 @@ def train_step_parallel(cfg: Config, devices: int, updates: int = 5,
 
     obs_space, act_space = spaces_of(cfg)
     chosen = select_devices(devices)
-    agent = Agent(cfg, obs_space, act_space, axis_name=AXIS)
+    agent = DreamerV3(cfg, obs_space, act_space, axis_name=AXIS)
     parallel = DataParallel(agent.train_step, chosen, cfg.parallel.backend)
     with jax.default_device(jax.devices("cpu")[0]):
         state = parallel.replicate(jax.jit(agent.init)(jax.random.PRNGKey(0)))

@@ -2,7 +2,7 @@
 train step (`jax.pmap` or `jax.shard_map` over a 1-D mesh), replicate / shard / unreplicate,
 a batch prefetcher and the multi-host switch.
 
-The step is written per device (`Agent(axis_name=AXIS)`): it averages gradients and metrics with
+The step is written per device (`DreamerV3(axis_name=AXIS)`): it averages gradients and metrics with
 `mean_over` and gathers return statistics, so N devices holding B sequences each compute the
 update of one device holding all N*B. The state is kept as N identical replicas stacked along a
 leading device axis that the mesh shards, with both backends. shard_map runs with

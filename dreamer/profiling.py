@@ -27,10 +27,11 @@ from typing import Any
 import jax
 
 SCOPED = (
-    ("dreamer.world_model", ("loss", "encode", "kl_losses")),
-    ("dreamer.rssm", ("observe", "imagine")),
-    ("dreamer.behavior", ("actor_critic_loss", "rollout", "critic_loss", "policy_dist",
-                          "value_dist", "lambda_return", "repval_loss")),
+    ("dreamer.agents.dreamerv3.world_model", ("loss", "encode", "kl_losses")),
+    ("dreamer.agents.dreamerv3.rssm", ("observe", "imagine")),
+    ("dreamer.agents.dreamerv3.behavior", ("actor_critic_loss", "rollout", "critic_loss",
+                                           "policy_dist", "value_dist", "lambda_return",
+                                           "repval_loss")),
 )
 PREFIX = "scope:"
 CONTAINERS = ("while", "conditional", "call")

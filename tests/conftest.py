@@ -15,8 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dreamer import behavior, world_model
-from dreamer.agent import Agent, TrainState
+from dreamer.agents.dreamerv3 import DreamerV3, TrainState, behavior, world_model
 from dreamer.config import Config, load_config
 from dreamer.envs import base
 
@@ -110,18 +109,18 @@ class AgentCase:
     """An agent with its initial train state, a batch and the compiled functions tests share."""
 
     name: str
-    agent: Agent
+    agent: DreamerV3
     state: TrainState
     batch: dict[str, np.ndarray]
     train_step: Callable  # jitted, donates its state argument: pass a copy
-    policy: Callable      # jitted Agent.policy
+    policy: Callable      # jitted DreamerV3.policy
 
     def fresh_state(self) -> TrainState:
         """A copy of the initial state that may be donated."""
         return jax.tree.map(jnp.copy, self.state)
 
 
-def with_context(batch: dict[str, np.ndarray], agent: Agent, seed: int = 0
+def with_context(batch: dict[str, np.ndarray], agent: DreamerV3, seed: int = 0
                  ) -> dict[str, np.ndarray]:
     """`batch` plus random replay context of `agent` (stored model states), when it uses it."""
     if not agent.context:
@@ -134,7 +133,7 @@ def with_context(batch: dict[str, np.ndarray], agent: Agent, seed: int = 0
             "context_stoch": rng.integers(0, m.classes, (b, length, m.stoch)).astype(np.int32)}
 
 
-def agent_batch(agent: Agent, obs_space: dict, act_space: base.Space, batch: int = BATCH,
+def agent_batch(agent: DreamerV3, obs_space: dict, act_space: base.Space, batch: int = BATCH,
                 seed: int = 0) -> dict[str, np.ndarray]:
     """A random batch of `agent.sequence_length` steps with the agent's replay context."""
     data = random_batch(obs_space, act_space, batch, agent.sequence_length, seed)
@@ -142,7 +141,7 @@ def agent_batch(agent: Agent, obs_space: dict, act_space: base.Space, batch: int
 
 
 def _make_case(name: str, cfg: Config, obs_space: dict, act_space: base.Space) -> AgentCase:
-    agent = Agent(cfg, obs_space, act_space)
+    agent = DreamerV3(cfg, obs_space, act_space)
     state = jax.jit(agent.init)(jax.random.key(0))
     return AgentCase(
         name=name, agent=agent, state=state, batch=agent_batch(agent, obs_space, act_space),
@@ -202,32 +201,35 @@ def imagination_outputs(case: AgentCase) -> dict[str, Any]:
     states computed inside the differentiated functions, so gradients would reach the world
     model if these losses did not stop them.
     """
-    cfg = case.agent.cfg.update({"ac.entropy": 0.0})
-    nets, state = case.agent.nets, case.state
-    start, prev_action, batch = world_model.sequence_inputs(nets, case.batch, case.agent.context)
+    agent, state = case.agent, case.state
+    kwargs = {**agent.imagination_kwargs(), "entropy": 0.0}
+    start, prev_action, batch = world_model.sequence_inputs(agent.wm, case.batch, agent.context)
     b, t = batch["is_first"].shape
     k_wm, k_ac = jax.random.split(jax.random.key(1))
 
     def posterior(p):
-        return world_model.loss(nets, p["wm"], batch, start, prev_action, k_wm, cfg)[1][1]
-
-    def view(p):
-        return {**p["wm"], "actor": p["actor"], "critic": p["critic"]}
+        return world_model.loss(agent.wm, p["wm"], batch, start, prev_action, k_wm,
+                                free_nats=agent.cfg.model.free_nats)[2]
 
     def ac_loss(p):
-        start = jax.tree.map(lambda x: x.reshape((b * t, *x.shape[2:])), posterior(p).states)
+        start = world_model.flat_steps(posterior(p).states)
         start_cont = 1.0 - batch["is_terminal"].reshape(-1).astype(jnp.float32)
-        return behavior.actor_critic_loss(nets, view(p), state.slow_critic, state.retnorm,
-                                          start, start_cont, k_ac, cfg)
+        terms, metrics, retnorm, ret0 = behavior.actor_critic_loss(
+            agent.wm, agent.ac, p, state.slow_critic, state.retnorm, start, start_cont, k_ac,
+            **kwargs)
+        return terms["policy"].mean() + terms["value"].mean(), (terms, metrics, retnorm, ret0)
 
     def repval_loss(p, boot, grad):
-        return behavior.repval_loss(nets, view(p), state.slow_critic, posterior(p).feat, batch,
-                                    boot, cfg.update({"ac.repval_grad": grad}))
+        ac = agent.cfg.ac
+        return behavior.repval_loss(
+            agent.ac, p["critic"], state.slow_critic, posterior(p).feat, batch, boot,
+            discount_horizon=ac.discount_horizon, lam=ac.lam, slowreg=ac.slowreg,
+            grad=grad).mean()
 
     @jax.jit
     def compute(p):
         (ac, aux), ac_grads = jax.value_and_grad(ac_loss, has_aux=True)(p)
-        boot = aux[2].reshape(b, t)
+        boot = aux[3].reshape(b, t)
         rep, rep_grads = jax.value_and_grad(repval_loss)(p, boot, True)
         stopped = jax.grad(repval_loss)(p, boot, False)
         return {"ac_loss": ac, "ac_aux": aux, "ac_grads": ac_grads,

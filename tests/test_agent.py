@@ -1,4 +1,4 @@
-"""Tests for dreamer.agent: parameter counts of the size presets, where gradients flow, the
+"""Tests for the DreamerV3 agent: parameter counts of the size presets, where gradients flow, the
 jitted train step and the acting policy."""
 
 import chex
@@ -8,8 +8,8 @@ import numpy as np
 import optax
 import pytest
 
-from dreamer import behavior, world_model
-from dreamer.agent import Agent, compute_dtype
+from dreamer.agents.dreamerv3 import behavior, world_model
+from dreamer.agents.dreamerv3.agent import DreamerV3, compute_dtype, param_counts, weighted_sum
 from dreamer.config import ConfigError, load_config
 from dreamer.distributions import split_keys
 from dreamer.envs import base
@@ -50,9 +50,9 @@ WALKER_OBS = {"vision": {"image": base.Space(np.uint8, (64, 64, 3), 0, 255)},
 ])
 def test_parameter_counts_match_dreamerv3(preset, obs, millions):
     """Walker (6-D continuous actions) parameter counts of the DreamerV3 size presets."""
-    agent = Agent(load_config([preset]), WALKER_OBS[obs], base.continuous_space(6))
-    shapes = jax.eval_shape(agent.init_params, jax.random.key(0))
-    counts = agent.param_counts(shapes)
+    agent = DreamerV3(load_config([preset]), WALKER_OBS[obs], base.continuous_space(6))
+    shapes = jax.eval_shape(agent.init, jax.random.key(0)).params
+    counts = param_counts(shapes)
     assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
     assert counts["total"] == pytest.approx(millions * 1e6, rel=0.1), counts
 
@@ -63,7 +63,7 @@ def test_parameter_counts_match_dreamerv3(preset, obs, millions):
 def test_imagination_loss_trains_actor_without_entropy(imagination):
     """With the entropy bonus off, the actor still learns from the advantage-weighted
     log-probabilities of its (non-differentiable) sampled actions."""
-    metrics = imagination["ac_aux"][0]
+    metrics = imagination["ac_aux"][1]
     assert float(metrics["ac/adv_abs"]) > 0
     grads = imagination["ac_grads"]
     chex.assert_tree_all_finite(grads)
@@ -84,7 +84,7 @@ def test_imagination_loss_does_not_train_the_world_model(imagination):
 
 @pytest.fixture(scope="module")
 def full_grads(continuous_case, perturb_heads):
-    """Gradients of the full `Agent.loss` and of the world-model loss alone, without entropy
+    """Gradients of the full `DreamerV3.loss` and of the world-model loss alone, without entropy
     bonus and with random reward/critic output layers (non-zero advantages).
 
     Continuous actions and vector inputs here; the train-step tests below differentiate the
@@ -92,19 +92,23 @@ def full_grads(continuous_case, perturb_heads):
     """
     case = continuous_case
     cfg = case.agent.cfg.update({"ac.entropy": 0.0})
-    agent = Agent(cfg, case.agent.obs_space, case.agent.act_space)
-    stopped = Agent(cfg.update({"ac.repval_grad": False}), case.agent.obs_space,
+    agent = DreamerV3(cfg, case.agent.obs_space, case.agent.act_space)
+    stopped = DreamerV3(cfg.update({"ac.repval_grad": False}), case.agent.obs_space,
                     case.agent.act_space)
     key = jax.random.key(2)
-    # The world model's share of the keys inside Agent.loss: its half of every row's key.
+    # The world model's share of the keys inside DreamerV3.loss: its half of every row's key.
     k_wm = split_keys(agent.row_keys(key, case.batch["is_first"].shape[0]), 2)[0]
-    start, prev_action, steps = world_model.sequence_inputs(agent.nets, case.batch, True)
+    start, prev_action, steps = world_model.sequence_inputs(agent.wm, case.batch, True)
+
+    def wm_loss(p):
+        terms = world_model.loss(agent.wm, p["wm"], steps, start, prev_action, k_wm,
+                                 free_nats=cfg.model.free_nats)[0]
+        return weighted_sum(terms, agent.scales)
 
     @jax.jit
     def grads(params):
         full = jax.grad(lambda p: stopped.loss(p, case.state, case.batch, key)[0])(params)
-        wm = jax.grad(lambda p: world_model.loss(agent.nets, p["wm"], steps, start,
-                                                 prev_action, k_wm, agent.cfg)[0])(params)
+        wm = jax.grad(wm_loss)(params)
         with_repval = jax.grad(lambda p: agent.loss(p, case.state, case.batch, key)[0])(params)
         return full, wm, with_repval
 
@@ -190,9 +194,9 @@ def test_train_step_rejects_wrong_action_shape(discrete_case, make_batch, image_
 # ------------------------------------------------------------------------------ policy
 
 
-def random_carry(agent: Agent, n: int, seed: int):
+def random_carry(agent: DreamerV3, n: int, seed: int):
     rng = np.random.default_rng(seed)
-    rssm = agent.nets.rssm
+    rssm = agent.wm.rssm
     stoch = np.eye(rssm.classes, dtype=np.float32)[rng.integers(0, rssm.classes,
                                                                  (n, rssm.stoch))]
     state = {"deter": rng.normal(size=(n, rssm.deter)).astype(np.float32),
@@ -218,11 +222,11 @@ def test_policy_actions_and_reset(case):
     chex.assert_trees_all_close(out_b, out0, atol=1e-6)
     chex.assert_trees_all_close(action_a, action0, atol=1e-6)
     chex.assert_trees_all_close(out0[1], action0)  # the carry remembers the action
-    chex.assert_shape(out0[0]["deter"], (n, agent.nets.rssm.deter))
+    chex.assert_shape(out0[0]["deter"], (n, agent.wm.rssm.deter))
     # The step's outputs are the replay context: the posterior state just computed, with the
     # latents as class indices.
     np.testing.assert_array_equal(outputs0["context_deter"], out0[0]["deter"])
-    rssm = agent.nets.rssm
+    rssm = agent.wm.rssm
     stoch = np.asarray(out0[0]["stoch"]).reshape(n, rssm.stoch, rssm.classes)
     np.testing.assert_array_equal(outputs0["context_stoch"], stoch.argmax(-1))
     if agent.act_space.discrete:
@@ -239,26 +243,45 @@ def test_policy_actions_and_reset(case):
     assert diff[1:].min(-1).max() > 0 and diff[1:].max() > 1e-3
 
 
+def test_every_loss_term_is_scaled_once(discrete_case):
+    """The objective is Σ scale_k · mean(term_k) over the unscaled terms that the world-model,
+    actor-critic and replayed-value losses return; a term without a scale is refused."""
+    case = discrete_case
+    agent = case.agent
+    _, (metrics, _, _) = jax.jit(agent.loss)(case.state.params, case.state, case.batch,
+                                             jax.random.key(4))
+    terms = {k[len("loss/"):] for k in metrics if k.startswith("loss/")} - {"wm", "total"}
+    assert terms == {"image", "reward", "cont", "dyn", "rep", "policy", "value", "repval"}
+    total = sum(agent.scales[k] * float(metrics[f"loss/{k}"]) for k in terms)
+    np.testing.assert_allclose(float(metrics["loss/total"]), total, rtol=1e-5)
+    wm = sum(agent.scales[k] * float(metrics[f"loss/{k}"])
+             for k in ("image", "reward", "cont", "dyn", "rep"))
+    np.testing.assert_allclose(float(metrics["loss/wm"]), wm, rtol=1e-5)
+    assert (agent.scales["dyn"], agent.scales["rep"]) == (agent.cfg.model.dyn_scale,
+                                                          agent.cfg.model.rep_scale)
+    with pytest.raises(ValueError, match="without a scale: extra"):
+        weighted_sum({"image": jnp.ones(2), "extra": jnp.ones(2)}, agent.scales)
+
+
 @pytest.mark.parametrize("kind", ["discrete", "continuous"])
 def test_dynamics_gradients_reach_actor_not_world_model(kind, request, perturb_heads):
     """With `ac.actor_grad=dynamics` the actor maximises the λ-return through the frozen model:
     the actor gets gradient, the world model none, and the critic only from its own loss."""
     case = request.getfixturevalue(f"{kind}_case")
     cfg = case.agent.cfg.update({"ac.entropy": 0.0, "ac.actor_grad": "dynamics"})
-    agent = Agent(cfg, case.agent.obs_space, case.agent.act_space)
+    agent = DreamerV3(cfg, case.agent.obs_space, case.agent.act_space)
     params = perturb_heads(case.state.params, jax.random.key(3))
-    start, prev_action, steps = world_model.sequence_inputs(agent.nets, case.batch, True)
-    _, (_, out) = world_model.loss(agent.nets, params["wm"], steps, start, prev_action,
-                                   jax.random.key(4), cfg)
+    start, prev_action, steps = world_model.sequence_inputs(agent.wm, case.batch, True)
+    _, _, out = world_model.loss(agent.wm, params["wm"], steps, start, prev_action,
+                                 jax.random.key(4), free_nats=cfg.model.free_nats)
     b, t = steps["is_first"].shape
-    start = jax.tree.map(lambda x: x.reshape((b * t, *x.shape[2:])), out.states)
+    start = world_model.flat_steps(out.states)
 
     def actor_only(p):
-        view = {**p["wm"], "actor": p["actor"], "critic": p["critic"]}
-        _, (metrics, _, _) = behavior.actor_critic_loss(
-            agent.nets, view, case.state.slow_critic, case.state.retnorm, start,
-            jnp.ones(b * t), jax.random.key(5), cfg)
-        return metrics["loss/policy"]
+        terms, _, _, _ = behavior.actor_critic_loss(
+            agent.wm, agent.ac, p, case.state.slow_critic, case.state.retnorm, start,
+            jnp.ones(b * t), jax.random.key(5), **agent.imagination_kwargs())
+        return terms["policy"].mean()
 
     grads = jax.jit(jax.grad(actor_only))(params)
     assert norm(grads["actor"]) > 1e-6
@@ -340,8 +363,8 @@ def test_bfloat16_step_keeps_float32_params_losses_and_context(continuous_case):
     stay float32 (traced only: the shapes and dtypes of one update)."""
     case = continuous_case
     cfg = case.agent.cfg.update({"jax.compute_dtype": "bfloat16"})
-    agent = Agent(cfg, case.agent.obs_space, case.agent.act_space)
-    assert agent.nets.rssm.dtype == jnp.bfloat16
+    agent = DreamerV3(cfg, case.agent.obs_space, case.agent.act_space)
+    assert agent.wm.rssm.dtype == jnp.bfloat16
     state = jax.eval_shape(agent.init, jax.random.key(0))
     new, metrics, context = jax.eval_shape(agent.train_step, state, case.batch,
                                            jax.random.key(1))
@@ -361,7 +384,7 @@ def test_steps_without_policy_state_start_from_the_zero_state(continuous_case):
     for key, value in outputs.items():
         batch[key] = np.repeat(value[:, None], batch["is_first"].shape[1], 1)
         batch[key] = np.concatenate([batch[key]] * 2)[:batch["is_first"].shape[0]]
-    start, _, _ = world_model.sequence_inputs(agent.nets, batch, True)
+    start, _, _ = world_model.sequence_inputs(agent.wm, batch, True)
     initial = agent.policy_initial(batch["is_first"].shape[0])[0]
     chex.assert_trees_all_equal(jax.device_get(start), jax.device_get(initial))
 

@@ -1,5 +1,5 @@
-"""Tests for dreamer.behavior: λ-returns against the recursion, percentile return normalisation,
-and the actor-critic and replayed-value losses on a tiny agent."""
+"""Tests for DreamerV3's behaviour module: λ-returns against the recursion, percentile return
+normalisation, and the actor-critic and replayed-value losses on a tiny agent."""
 
 import chex
 import jax
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dreamer import behavior
+from dreamer.agents.dreamerv3 import behavior
 
 lambda_return = jax.jit(behavior.lambda_return)
 
@@ -94,35 +94,41 @@ def test_lambda_return_terminal_cuts_the_future():
 # ------------------------------------------------------------------------------ return norm
 
 
-def test_retnorm_percentiles_match_numpy(tiny_cfg):
-    cfg = tiny_cfg.ac.update({"retnorm_decay": 0.0})
+PAPER_RETNORM = {"lo": 0.05, "hi": 0.95, "decay": 0.99, "limit": 1.0}
+
+
+def test_retnorm_defaults_are_the_papers(tiny_cfg):
+    ac = tiny_cfg.ac
+    assert {"lo": ac.retnorm_lo, "hi": ac.retnorm_hi, "decay": ac.retnorm_decay,
+            "limit": ac.retnorm_limit} == PAPER_RETNORM
+
+
+def test_retnorm_percentiles_match_numpy():
     ret = np.random.default_rng(5).normal(0, 10, size=(32, 15)).astype(np.float32)
     zero = {"lo": jnp.zeros([]), "hi": jnp.zeros([])}
-    stats, scale = behavior.update_retnorm(zero, jnp.asarray(ret), cfg)
+    stats, scale = behavior.update_retnorm(zero, jnp.asarray(ret),
+                                           **{**PAPER_RETNORM, "decay": 0.0})
     lo, hi = np.quantile(ret, 0.05), np.quantile(ret, 0.95)
     chex.assert_trees_all_close(stats, {"lo": np.float32(lo), "hi": np.float32(hi)}, rtol=1e-5)
     chex.assert_trees_all_close(scale, np.float32(hi - lo), rtol=1e-5)
 
 
-def test_retnorm_ema_by_hand(tiny_cfg):
-    cfg = tiny_cfg.ac
-    assert (cfg.retnorm_decay, cfg.retnorm_lo, cfg.retnorm_hi) == (0.99, 0.05, 0.95)
+def test_retnorm_ema_by_hand():
     # Percentiles of 0..100 are 5 and 95: lo = .99 * 2 + .01 * 5, hi = .99 * 5 + .01 * 95.
     ret = jnp.arange(101.0).reshape(1, 101)
-    stats, scale = behavior.update_retnorm({"lo": jnp.array(2.0), "hi": jnp.array(5.0)}, ret, cfg)
+    stats, scale = behavior.update_retnorm({"lo": jnp.array(2.0), "hi": jnp.array(5.0)}, ret,
+                                           **PAPER_RETNORM)
     chex.assert_trees_all_close(stats, {"lo": jnp.array(2.03), "hi": jnp.array(5.9)}, rtol=1e-6)
     chex.assert_trees_all_close(scale, jnp.array(3.87), rtol=1e-5)
 
 
-def test_retnorm_scale_floored_at_limit(tiny_cfg):
-    cfg = tiny_cfg.ac
-    assert cfg.retnorm_limit == 1.0
+def test_retnorm_scale_floored_at_limit():
     ret = 1e-3 * jnp.arange(101.0).reshape(1, 101)
     zero = {"lo": jnp.zeros([]), "hi": jnp.zeros([])}
-    stats, scale = behavior.update_retnorm(zero, ret, cfg)
+    stats, scale = behavior.update_retnorm(zero, ret, **PAPER_RETNORM)
     assert float(stats["hi"] - stats["lo"]) < 0.01
     assert float(scale) == 1.0
-    _, scale = behavior.update_retnorm(zero, ret, cfg.update({"retnorm_limit": 1e-4}))
+    _, scale = behavior.update_retnorm(zero, ret, **{**PAPER_RETNORM, "limit": 1e-4})
     chex.assert_trees_all_close(scale, stats["hi"] - stats["lo"], rtol=1e-6)
 
 
@@ -133,12 +139,14 @@ def test_actor_critic_loss_finite_with_shapes(case, imagination):
     b, t = case.batch["is_first"].shape
     t -= case.agent.context  # the context step supplies the start state only
     loss = imagination["ac_loss"]
-    metrics, retnorm, ret0 = imagination["ac_aux"]
+    terms, metrics, retnorm, ret0 = imagination["ac_aux"]
     chex.assert_shape(loss, ())
+    assert set(terms) == {"policy", "value"}
+    chex.assert_shape(list(terms.values()), (b * t, case.agent.cfg.ac.horizon))
     chex.assert_shape(ret0, (b * t,))
     chex.assert_shape([retnorm["lo"], retnorm["hi"]], ())
-    chex.assert_tree_all_finite((loss, metrics, retnorm, ret0))
-    for name in ("loss/policy", "loss/value", "ac/entropy", "ac/return", "ac/retnorm_scale"):
+    chex.assert_tree_all_finite((loss, terms, metrics, retnorm, ret0))
+    for name in ("ac/entropy", "ac/return", "ac/retnorm_scale"):
         chex.assert_shape(metrics[name], ())
     assert float(metrics["ac/retnorm_scale"]) >= case.agent.cfg.ac.retnorm_limit
     # Random reward and critic heads make the returns and advantages non-trivial.

@@ -334,8 +334,8 @@ def test_choice_keys_reject_other_values_when_the_config_is_made():
 
 
 def test_choices_agree_with_the_code_that_reads_them():
-    from dreamer.agent import compute_dtype
     from dreamer.agents import AGENTS
+    from dreamer.agents.dreamerv3.agent import compute_dtype
     from dreamer.envs.base import OBS_MODES
     from dreamer.nets import get_act
 

@@ -109,14 +109,14 @@ def test_rms_norm_and_pool():
 def test_agent_on_an_accelerator_runs_the_block_gru_batched_with_the_same_result():
     """`build_nets` picks the batched block matmul for non-CPU platforms; the RSSM step gives
     the same next state with the same parameters either way."""
-    from dreamer.agent import build_nets
+    from dreamer.agents.dreamerv3.agent import build_nets
     from dreamer.config import load_config
     from dreamer.envs import Space
 
     cfg = load_config(["debug"], {"jax.compute_dtype": "float32"})
     obs = {"vector": Space(np.float32, (5,))}
     act = Space(np.float32, (2,), -1.0, 1.0)
-    cpu, gpu = build_nets(cfg, obs, act, "cpu"), build_nets(cfg, obs, act, "gpu")
+    cpu, gpu = build_nets(cfg, obs, act, "cpu")[0], build_nets(cfg, obs, act, "gpu")[0]
     assert not cpu.rssm.batched_blocks and gpu.rssm.batched_blocks
     n, m = 3, cfg.model
     state = {"deter": jax.random.normal(jax.random.PRNGKey(0), (n, m.deter)),

@@ -15,8 +15,8 @@ import numpy as np
 import optax
 import pytest
 
+from dreamer.agents.dreamerv3.optim import GROUPS, adaptive_clip, make_optimizer
 from dreamer.config import load_config
-from dreamer.optim import GROUPS, adaptive_clip, make_optimizer
 
 SHAPES = {
     "wm": {"enc": {"kernel": (3, 4), "bias": (4,)}, "head": {"kernel": (4, 2)}},

@@ -7,7 +7,7 @@ import optax
 import pytest
 from conftest import DEVICES, agent_batch
 
-from dreamer.agent import Agent
+from dreamer.agents.dreamerv3 import DreamerV3
 from dreamer.parallel import AXIS, DataParallel, select_devices
 
 PER_DEVICE = 2
@@ -15,8 +15,8 @@ UPDATES = 3
 
 
 def make_agents(cfg, obs_space, act_space, optimizer):
-    single = Agent(cfg, obs_space, act_space)
-    multi = Agent(cfg, obs_space, act_space, axis_name=AXIS)
+    single = DreamerV3(cfg, obs_space, act_space)
+    multi = DreamerV3(cfg, obs_space, act_space, axis_name=AXIS)
     if optimizer == "sgd":
         # Plain SGD exposes a gradient that is N times too large; Adam-like optimisers hide it.
         single.opt = multi.opt = optax.sgd(0.05)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dreamer.agents import make_agent
+from dreamer.agents import make_agent, pets
 from dreamer.agents.pets import PETS
 from dreamer.config import ConfigError, load_config
 from dreamer.envs import base
@@ -48,11 +48,10 @@ def linear(s, a):
 
 
 def test_transitions_mask_pairs_across_an_episode_boundary():
-    agent = PETS(tiny(), OBS, ACT)
     batch = batch_of(jax.random.PRNGKey(0), b=2, length=4)
     batch["is_last"][0, 1] = True  # step 2 of row 0 starts a new episode
     batch["is_terminal"][1, 2] = True
-    x, y, term, mask = agent._transitions(batch)
+    x, y, term, mask = pets.transitions(batch)
     assert x.shape == (2, 3, D + A) and y.shape == (2, 3, D + 1)
     np.testing.assert_array_equal(mask, [[1, 0, 1], [1, 1, 1]])
     np.testing.assert_array_equal(term, [[0, 0, 0], [0, 1, 0]])
@@ -68,8 +67,8 @@ def test_running_moments_equal_the_moments_of_every_transition_seen():
     for i in range(3):
         batch = batch_of(jax.random.PRNGKey(i), dynamics=linear)
         batch["is_last"][i, 1] = True  # one masked pair per batch
-        x, y, _, mask = agent._transitions(batch)
-        norm = agent._update_norm(norm, x, y, mask)
+        x, y, _, mask = pets.transitions(batch)
+        norm = pets.update_norm(norm, x, y, mask)
         keep = np.asarray(mask, bool)
         xs.append(np.asarray(x)[keep])
         ys.append(np.asarray(y)[keep])
@@ -100,8 +99,7 @@ def test_two_devices_compute_the_update_of_one_device_on_the_whole_batch():
 
 
 def test_bootstrap_weights_differ_between_members_and_average_one():
-    agent = PETS(tiny(**{"pets.members": 4}), OBS, ACT)
-    w = np.asarray(agent._bootstrap(jax.random.PRNGKey(0), 512, 3))
+    w = np.asarray(pets.bootstrap_weights(jax.random.PRNGKey(0), 512, 3, members=4))
     assert w.shape == (4, 512, 3)
     assert abs(w.mean() - 1.0) < 0.05 and abs(w.var() - 1.0) < 0.1  # Poisson(1)
     assert not np.array_equal(w[0], w[1])

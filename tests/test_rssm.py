@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dreamer.agents.dreamerv3.rssm import RSSM, imagine, initial, observe
 from dreamer.nets import BlockLinear, GroupedInputLinear
-from dreamer.rssm import RSSM, imagine, initial, observe
 
 DETER, HIDDEN, STOCH, CLASSES, EMBED, ACTION = 16, 8, 4, 3, 6, 3
 N = 5

@@ -1,4 +1,4 @@
-"""Tests for dreamer.world_model and dreamer.rssm: balanced KL with free bits, the filtering scan
+"""Tests for the DreamerV3 world model and RSSM: balanced KL with free bits, the filtering scan
 against a plain Python loop, imagination, and that training lowers the world-model loss."""
 
 import chex
@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dreamer import rssm as rssm_lib
-from dreamer.world_model import kl_losses
+from dreamer.agents.dreamerv3 import rssm as rssm_lib
+from dreamer.agents.dreamerv3.world_model import kl_losses
 
 # ------------------------------------------------------------------------------ KL balancing
 
@@ -242,6 +242,42 @@ def test_imagine_shapes_start_and_transitions(rssm_setup):
                                     methods["core"](params, at(h), actions[:, h]), atol=1e-5)
     stoch = np.asarray(states["stoch"]).reshape(n, horizon + 1, 3, 4)
     np.testing.assert_allclose(stoch.sum(-1), 1.0, atol=1e-6)
+
+
+def test_open_loop_follows_the_given_actions_like_a_loop_of_prior_steps(rssm_setup):
+    """Open-loop prediction shares imagination's prior unroll: state h follows action h from
+    state h-1, each drawn with the second half of the step's key."""
+    rssm, params, _, _ = rssm_setup
+    horizon, n = 4, 3
+    rng = np.random.default_rng(7)
+    start = {"deter": rng.normal(size=(n, 8)).astype(np.float32),
+             "stoch": np.eye(4, dtype=np.float32)[rng.integers(0, 4, (n, 3))].reshape(n, 12)}
+    actions = rng.uniform(-1, 1, (n, horizon, A)).astype(np.float32)
+    key = jax.random.key(5)
+    got = jax.jit(lambda p, s, a, k: rssm_lib.open_loop(rssm, p, s, a, k))(
+        params, start, actions, key)
+    chex.assert_shape(got["deter"], (n, horizon, 8))
+    state = start
+    for h, k in enumerate(jax.random.split(key, horizon)):
+        state, _ = rssm.apply({"params": params}, state, actions[:, h],
+                              jax.random.split(k, 2)[1], method="img_step")
+        chex.assert_trees_all_close({k: v[:, h] for k, v in got.items()}, state, atol=1e-5)
+
+
+def test_filter_step_resets_then_observes(rssm_setup):
+    """The one filtering step that `observe` scans and the policy takes: zero state and
+    previous action where an episode starts, then the posterior step."""
+    rssm, params, _, methods = rssm_setup
+    start, prev_action, embed, _ = sequence_inputs(4)
+    proj = methods["embed_proj"](params, embed[:, 0])
+    first = np.array([True, False, True])
+    key = jax.random.key(6)
+    got = rssm.apply({"params": params}, start, prev_action[:, 0], proj, first, key,
+                     method="filter_step")
+    keep = (~first).astype(np.float32)[:, None]
+    state = {k: v * keep for k, v in start.items()}
+    want = methods["obs_step"](params, state, prev_action[:, 0] * keep, proj, key)
+    chex.assert_trees_all_close(got, want, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------ training

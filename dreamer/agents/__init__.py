@@ -56,7 +56,7 @@ class Agent(Protocol):
 
 
 def _dreamerv3() -> Callable[..., Agent]:
-    from dreamer.agent import Agent as DreamerV3
+    from dreamer.agents.dreamerv3 import DreamerV3
 
     return DreamerV3
 

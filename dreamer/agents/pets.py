@@ -47,6 +47,75 @@ def _merge(count, mean, var, n, batch_mean, batch_var):
     return total, new_mean, new_var
 
 
+def _std(var: jax.Array) -> jax.Array:
+    return jnp.sqrt(var + 1e-8)
+
+
+def transitions(batch: Batch):
+    """[B, L, ...] sequences -> inputs [B, L-1, D+A], targets [B, L-1, D+1], terminals and
+    the mask of pairs within one episode [B, L-1]."""
+    vec = batch["vector"].astype(jnp.float32)
+    x = jnp.concatenate([vec[:, :-1], batch["action"][:, :-1]], -1)
+    y = jnp.concatenate([vec[:, 1:] - vec[:, :-1], batch["reward"][:, 1:, None]], -1)
+    mask = 1.0 - batch["is_last"][:, :-1].astype(jnp.float32)
+    return x, y, batch["is_terminal"][:, 1:].astype(jnp.float32), mask
+
+
+def moments(x: jax.Array, mask: jax.Array, axis_name: str | None = None):
+    """Masked count, mean and variance over every device's rows: x [..., F], mask [...]."""
+    n = sum_over(mask.sum(), axis_name)
+    w = mask[..., None]
+    mean = sum_over((w * x).reshape(-1, x.shape[-1]).sum(0), axis_name) / jnp.maximum(n, 1.0)
+    var = sum_over((w * jnp.square(x - mean)).reshape(-1, x.shape[-1]).sum(0), axis_name)
+    return n, mean, var / jnp.maximum(n, 1.0)
+
+
+def update_norm(norm: dict[str, jax.Array], x: jax.Array, y: jax.Array, mask: jax.Array,
+                axis_name: str | None = None) -> dict[str, jax.Array]:
+    """The running input and output moments merged with those of a batch's transitions."""
+    n, x_mean, x_var = moments(x, mask, axis_name)
+    _, y_mean, y_var = moments(y, mask, axis_name)
+    count, in_mean, in_var = _merge(norm["count"], norm["in_mean"], norm["in_var"], n,
+                                    x_mean, x_var)
+    _, out_mean, out_var = _merge(norm["count"], norm["out_mean"], norm["out_var"], n,
+                                  y_mean, y_var)
+    return {"count": count, "in_mean": in_mean, "in_var": in_var,
+            "out_mean": out_mean, "out_var": out_var}
+
+
+def bootstrap_weights(key: jax.Array, rows: int, steps: int, members: int,
+                      axis_name: str | None = None) -> jax.Array:
+    """Poisson(1) weights [K, B, L-1], drawn per replayed sequence from its index in the
+    global batch, so that N devices draw what one device holding every row draws."""
+    keys = row_keys(key, rows, axis_name)
+    w = jax.vmap(lambda k: jax.random.poisson(k, 1.0, (members, steps)))(keys)
+    return jnp.swapaxes(w, 0, 1).astype(jnp.float32)
+
+
+def model_loss(model: Any, net: ensemble.GaussianMLP, norm: dict[str, jax.Array], x: jax.Array,
+               y: jax.Array, term: jax.Array, weights: jax.Array, *, bound_reg: float):
+    """Bootstrap-weighted Gaussian NLL of the normalised targets plus the termination
+    cross-entropy, summed over members, plus `bound_reg` times the log-variance bound loss.
+    `weights` [K, B, L-1] include the mask and are divided by their sum over all devices, so
+    the mean of the per-device gradients is the gradient on the whole batch."""
+    k = weights.shape[0]
+    flat = lambda a: jnp.broadcast_to(a.reshape(1, -1, *a.shape[2:]),
+                                      (k, a.shape[0] * a.shape[1], *a.shape[2:]))
+    xn = (x - norm["in_mean"]) / _std(norm["in_var"])
+    yn = (y - norm["out_mean"]) / _std(norm["out_var"])
+    mean, logvar, logits = ensemble.apply(net, model, flat(xn))
+    nll = ensemble.gaussian_nll(mean, logvar, flat(yn)).mean(-1)
+    bce = optax.sigmoid_binary_cross_entropy(logits[..., 0], flat(term))
+    w = weights.reshape(k, -1)
+    terms = {"nll": (w * nll).sum() / k, "termination": (w * bce).sum() / k,
+             "mse": (w * jnp.square(mean - flat(yn)).mean(-1)).sum() / k}
+    bounds = ensemble.bound_loss(model)
+    total = k * (terms["nll"] + terms["termination"]) + bound_reg * bounds
+    metrics = {f"loss/{n}": v for n, v in terms.items()}
+    metrics.update({"loss/bounds": bounds, "model/logvar": logvar.mean()})
+    return total, metrics
+
+
 class PETS:
     """The PETS agent on the shared agent interface (see `dreamer.agents.Agent`)."""
 
@@ -84,10 +153,6 @@ class PETS:
                          step=jnp.zeros([], jnp.int32))
 
     # ----------------------------------------------------------------------------- model
-    @staticmethod
-    def _std(var: jax.Array) -> jax.Array:
-        return jnp.sqrt(var + 1e-8)
-
     def predict(self, params: dict[str, Any], states: jax.Array, actions: jax.Array,
                 key: jax.Array | None = None):
         """Every member on its own rows: states [K, N, D], actions [K, N, A] -> (next states
@@ -95,74 +160,14 @@ class PETS:
         without `key`, samples from their Gaussians with it."""
         norm = params["norm"]
         x = jnp.concatenate([states, actions], -1)
-        x = (x - norm["in_mean"]) / self._std(norm["in_var"])
+        x = (x - norm["in_mean"]) / _std(norm["in_var"])
         mean, logvar, logits = ensemble.apply(self.net, params["model"], x)
         if key is not None:
             mean = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape)
-        y = mean * self._std(norm["out_var"]) + norm["out_mean"]
+        y = mean * _std(norm["out_var"]) + norm["out_mean"]
         return states + y[..., :-1], y[..., -1], jax.nn.sigmoid(logits[..., 0])
 
     # ----------------------------------------------------------------------------- training
-    def _transitions(self, batch: Batch):
-        """[B, L, ...] sequences -> inputs [B, L-1, D+A], targets [B, L-1, D+1], terminals and
-        the mask of pairs within one episode [B, L-1]."""
-        vec = batch["vector"].astype(jnp.float32)
-        x = jnp.concatenate([vec[:, :-1], batch["action"][:, :-1]], -1)
-        y = jnp.concatenate([vec[:, 1:] - vec[:, :-1], batch["reward"][:, 1:, None]], -1)
-        mask = 1.0 - batch["is_last"][:, :-1].astype(jnp.float32)
-        return x, y, batch["is_terminal"][:, 1:].astype(jnp.float32), mask
-
-    def _sum(self, x: jax.Array) -> jax.Array:
-        return sum_over(x, self.axis_name)
-
-    def _moments(self, x: jax.Array, mask: jax.Array):
-        """Masked mean and variance over every device's rows: x [..., F], mask [...]."""
-        n = self._sum(mask.sum())
-        w = mask[..., None]
-        mean = self._sum((w * x).reshape(-1, x.shape[-1]).sum(0)) / jnp.maximum(n, 1.0)
-        var = self._sum((w * jnp.square(x - mean)).reshape(-1, x.shape[-1]).sum(0))
-        return n, mean, var / jnp.maximum(n, 1.0)
-
-    def _update_norm(self, norm: dict[str, jax.Array], x, y, mask) -> dict[str, jax.Array]:
-        n, x_mean, x_var = self._moments(x, mask)
-        _, y_mean, y_var = self._moments(y, mask)
-        count, in_mean, in_var = _merge(norm["count"], norm["in_mean"], norm["in_var"], n,
-                                        x_mean, x_var)
-        _, out_mean, out_var = _merge(norm["count"], norm["out_mean"], norm["out_var"], n,
-                                      y_mean, y_var)
-        return {"count": count, "in_mean": in_mean, "in_var": in_var,
-                "out_mean": out_mean, "out_var": out_var}
-
-    def _bootstrap(self, key: jax.Array, rows: int, steps: int) -> jax.Array:
-        """Poisson(1) weights [K, B, L-1], drawn per replayed sequence from its index in the
-        global batch, so that N devices draw what one device holding every row draws."""
-        keys = row_keys(key, rows, self.axis_name)
-        members = self.cfg.pets.members
-        w = jax.vmap(lambda k: jax.random.poisson(k, 1.0, (members, steps)))(keys)
-        return jnp.swapaxes(w, 0, 1).astype(jnp.float32)
-
-    def loss(self, model: Any, norm: dict[str, jax.Array], x, y, term, weights):
-        """Bootstrap-weighted Gaussian NLL of the normalised targets plus the termination
-        cross-entropy, summed over members, plus the log-variance bound loss. `weights`
-        [K, B, L-1] include the mask and are divided by their sum over all devices, so the
-        mean of the per-device gradients is the gradient on the whole batch."""
-        k = self.cfg.pets.members
-        flat = lambda a: jnp.broadcast_to(a.reshape(1, -1, *a.shape[2:]),
-                                          (k, a.shape[0] * a.shape[1], *a.shape[2:]))
-        xn = (x - norm["in_mean"]) / self._std(norm["in_var"])
-        yn = (y - norm["out_mean"]) / self._std(norm["out_var"])
-        mean, logvar, logits = ensemble.apply(self.net, model, flat(xn))
-        nll = ensemble.gaussian_nll(mean, logvar, flat(yn)).mean(-1)
-        bce = optax.sigmoid_binary_cross_entropy(logits[..., 0], flat(term))
-        w = weights.reshape(k, -1)
-        terms = {"nll": (w * nll).sum() / k, "termination": (w * bce).sum() / k,
-                 "mse": (w * jnp.square(mean - flat(yn)).mean(-1)).sum() / k}
-        bounds = ensemble.bound_loss(model)
-        total = k * (terms["nll"] + terms["termination"]) + self.cfg.pets.bound_reg * bounds
-        metrics = {f"loss/{n}": v for n, v in terms.items()}
-        metrics.update({"loss/bounds": bounds, "model/logvar": logvar.mean()})
-        return total, metrics
-
     def train_step(self, state: PETSState, batch: Batch, key: jax.Array):
         """One update of the ensemble on [B, L, ...] sequences; no replay updates. A
         non-finite loss or gradient leaves the state as it was (`metrics['nonfinite']`)."""
@@ -170,14 +175,16 @@ class PETS:
         if length != self.sequence_length:
             raise ValueError(f"batch sequences hold {length} steps, pets trains on "
                              f"{self.sequence_length} (batch_length)")
-        x, y, term, mask = self._transitions(batch)
-        norm = self._update_norm(state.params["norm"], x, y, mask)
-        weights = self._bootstrap(key, b, length - 1) * mask
-        devices = self._sum(jnp.ones([]))
-        total = self._sum(weights.sum((1, 2)))  # [K]: each member's weight on the whole batch
+        x, y, term, mask = transitions(batch)
+        norm = update_norm(state.params["norm"], x, y, mask, self.axis_name)
+        members = self.cfg.pets.members
+        weights = bootstrap_weights(key, b, length - 1, members, self.axis_name) * mask
+        devices = sum_over(jnp.ones([]), self.axis_name)
+        total = sum_over(weights.sum((1, 2)), self.axis_name)  # [K]: on the whole batch
         weights = weights * devices / jnp.maximum(total, 1.0)[:, None, None]
-        grads, metrics = jax.grad(self.loss, has_aux=True)(
-            state.params["model"], norm, x, y, term, weights)
+        grads, metrics = jax.grad(model_loss, has_aux=True)(
+            state.params["model"], self.net, norm, x, y, term, weights,
+            bound_reg=self.cfg.pets.bound_reg)
         grads = mean_over(grads, self.axis_name)
         updates, opt_state = self.opt.update(grads, state.opt_state, state.params["model"])
         model = optax.apply_updates(state.params["model"], updates)

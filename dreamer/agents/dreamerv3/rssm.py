@@ -3,10 +3,12 @@
 The model state is a dict `{'deter': [N, D], 'stoch': [N, S*K]}`: a deterministic recurrent
 state and a flattened one-hot sample of S categorical latents with K classes each.
 
-`RSSM` holds the parameters and the single-step pieces; `observe` and `imagine` unroll them with
-`lax.scan`. Work that does not depend on the recurrence is moved out of the scan: the embedding's
-share of the posterior layer is one large matmul over all steps before the scan, and the prior
-of observed sequences is computed after it from the stacked deterministic states.
+`RSSM` holds the parameters and the single-step pieces: `filter_step` (one observed step, shared
+by `observe` and the acting policy) and `img_step` (one predicted step, which `unroll_prior`
+scans for imagination and for open-loop prediction alike). Work that does not depend on the
+recurrence is moved out of the scan: the embedding's share of the posterior layer is one large
+matmul over all steps before the scan, and the prior of observed sequences is computed after it
+from the stacked deterministic states.
 """
 from __future__ import annotations
 
@@ -129,6 +131,13 @@ class RSSM(nn.Module):
         logits = self.posterior(deter, embed_proj)
         return {"deter": deter, "stoch": self.sample(logits, key)}, logits
 
+    def filter_step(self, state: State, prev_action: jax.Array, embed_proj: jax.Array,
+                    is_first: jax.Array, key: jax.Array):
+        """One observed step of N sequences: the state and previous action are zeroed where an
+        episode starts (is_first [N]), then `obs_step`. Returns (state, posterior logits)."""
+        state, prev_action = reset_state(state, prev_action, is_first)
+        return self.obs_step(state, prev_action, embed_proj, key)
+
     def img_step(self, state: State, action: jax.Array, key: jax.Array):
         """One prediction step: returns (prior state, prior logits [N, S, K])."""
         deter = self.core(state, action)
@@ -166,9 +175,7 @@ def observe(rssm: RSSM, params: Any, state: State, prev_action: jax.Array, embed
     keys = split_keys(key, t)
 
     def step(state, inputs):
-        action, proj_t, first, k = inputs
-        state, action = reset_state(state, action, first)
-        state, logits = apply("obs_step", state, action, proj_t, k)
+        state, logits = apply("filter_step", state, *inputs)
         return state, (state, logits)
 
     xs = (_swap(prev_action), _swap(proj), _swap(is_first), keys)
@@ -176,6 +183,28 @@ def observe(rssm: RSSM, params: Any, state: State, prev_action: jax.Array, embed
     states, post = _swap(states), _swap(post)
     prior = apply("prior", states["deter"])
     return last, states, post, prior
+
+
+def unroll_prior(rssm: RSSM, params: Any, start: State, act: Callable, keys: jax.Array,
+                 inputs: Any = None):
+    """Roll the prior forward one step per key ([H, ...]) from `start` ({'deter': [N, D], ...}).
+
+    At step h the action `act(state_h, key, input_h) -> [N, A]` is taken (`inputs`: a pytree of
+    [H, ...] per-step inputs, or None) and the next state is drawn with the step's second key.
+    Returns (state after the last step, states [N, H, ...] in which the actions were taken,
+    actions [N, H, A]).
+    """
+    apply = _method(rssm, params)
+
+    def step(state, xs):
+        k, x = xs
+        k_act, k_img = split_keys(k, 2)
+        action = act(state, k_act, x)
+        next_state, _ = apply("img_step", state, action, k_img)
+        return next_state, (state, action)
+
+    last, (states, actions) = jax.lax.scan(step, start, (keys, inputs))
+    return last, _swap(states), _swap(actions)
 
 
 def imagine(rssm: RSSM, params: Any, start: State, policy: Callable, horizon: int,
@@ -187,20 +216,21 @@ def imagine(rssm: RSSM, params: Any, start: State, policy: Callable, horizon: in
     Returns (states [N, H+1, ...] including the start, actions [N, H+1, A]), where action h is
     taken in state h (the last one is sampled for completeness but never executed).
     """
-    apply = _method(rssm, params)
-
-    def step(state, k):
-        k1, k2 = split_keys(k, 2)
-        action = policy(state, k1)
-        next_state, _ = apply("img_step", state, action, k2)
-        return next_state, (state, action)
-
     keys = split_keys(key, horizon + 1)
-    last, (states, actions) = jax.lax.scan(step, start, keys[:-1])
+    last, states, actions = unroll_prior(rssm, params, start, lambda s, k, _: policy(s, k),
+                                         keys[:-1])
     last_action = policy(last, keys[-1])
-    states = jax.tree.map(lambda xs, x: jnp.concatenate([xs, x[None]], 0), states, last)
-    actions = jnp.concatenate([actions, last_action[None]], 0)
-    return _swap(states), _swap(actions)
+    states = jax.tree.map(lambda xs, x: jnp.concatenate([xs, x[:, None]], 1), states, last)
+    return states, jnp.concatenate([actions, last_action[:, None]], 1)
+
+
+def open_loop(rssm: RSSM, params: Any, start: State, actions: jax.Array, key: jax.Array
+              ) -> State:
+    """The prior's states after taking `actions` [N, H, A] from `start` without observations:
+    [N, H, ...], state h following action h."""
+    keys = split_keys(key, actions.shape[1])
+    last, states, _ = unroll_prior(rssm, params, start, lambda s, k, a: a, keys, _swap(actions))
+    return jax.tree.map(lambda xs, x: jnp.concatenate([xs[:, 1:], x[:, None]], 1), states, last)
 
 
 def feat(state: State) -> jax.Array:

@@ -1,4 +1,5 @@
-"""World-model loss: reconstruction, reward, continue and balanced KL (DreamerV3 Sec. 2, Eq. 5)."""
+"""World-model loss: reconstruction, reward, continue and balanced KL (DreamerV3 Sec. 2, Eq. 5);
+open-loop prediction and reconstruction reports."""
 from __future__ import annotations
 
 from typing import Any, NamedTuple
@@ -6,8 +7,9 @@ from typing import Any, NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from dreamer import rssm as rssm_lib
+from dreamer.agents.dreamerv3 import rssm as rssm_lib
 from dreamer.distributions import (
     TwoHot,
     bernoulli_log_prob,
@@ -21,25 +23,27 @@ from dreamer.nets import MLP, Decoder, Encoder
 OBS_KEYS = ("image", "vector")
 
 
-class Nets(NamedTuple):
-    """Module definitions (no parameters); parameters live in the train state."""
+class WorldModelNets(NamedTuple):
+    """The world model's module definitions (no parameters; those live in the train state)."""
 
     enc: Encoder
     rssm: rssm_lib.RSSM
     dec: Decoder
     rew: MLP
     con: MLP
-    actor: MLP
-    critic: MLP
-    bins: jax.Array
-    discrete: bool
+    bins: jax.Array  # the two-hot bins of the reward head
+
+
+def flat_steps(tree: Any) -> Any:
+    """Arrays [B, T, ...] -> [B*T, ...]: one row per step."""
+    return jax.tree.map(lambda x: x.reshape((x.shape[0] * x.shape[1], *x.shape[2:])), tree)
 
 
 def obs_of(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
     return {k: batch[k] for k in OBS_KEYS if k in batch}
 
 
-def encode(nets: Nets, params: Any, obs: dict[str, jax.Array]) -> jax.Array:
+def encode(nets: WorldModelNets, params: Any, obs: dict[str, jax.Array]) -> jax.Array:
     """Observations with any leading dims [...] -> embeddings [..., E]."""
     lead = next(iter(obs.values())).shape[:-3 if "image" in obs else -1]
     flat = {k: v.reshape((-1, *v.shape[len(lead):])) for k, v in obs.items()}
@@ -64,13 +68,40 @@ class WMOut(NamedTuple):
     feat: jax.Array               # [B, T, F]
 
 
+def filter_sequences(nets: WorldModelNets, params: Any, obs: dict[str, jax.Array],
+                     start: dict[str, jax.Array], prev_action: jax.Array, is_first: jax.Array,
+                     key: jax.Array):
+    """Posterior states of observed sequences from `start`: (states {'deter': [B, T, D],
+    'stoch': [B, T, SK]}, posterior logits [B, T, S, K], prior logits [B, T, S, K])."""
+    embed = encode(nets, params, obs)
+    _, states, post, prior = rssm_lib.observe(
+        nets.rssm, params["rssm"], start, prev_action, embed, is_first, key)
+    return states, post, prior
+
+
 def shifted_actions(action: jax.Array) -> jax.Array:
     """action [B, T, A] (taken after observing step t) -> the action before each step, zero
     before the first."""
     return jnp.concatenate([jnp.zeros_like(action[:, :1]), action[:, :-1]], 1)
 
 
-def sequence_inputs(nets: Nets, batch: dict[str, jax.Array], context: bool):
+def replay_context(states: dict[str, jax.Array], stoch: int) -> dict[str, jax.Array]:
+    """Model states ({'deter': [..., D], 'stoch': [..., S*K]}) -> what the replay stores as
+    context: `context_deter` float32 and the class index of each latent, `context_stoch`
+    int32 [..., S]."""
+    classes = states["stoch"].reshape((*states["stoch"].shape[:-1], stoch, -1))
+    return {"context_deter": states["deter"].astype(jnp.float32),
+            "context_stoch": jnp.argmax(classes, -1).astype(jnp.int32)}
+
+
+def initial_context(n: int, deter: int, stoch: int) -> dict[str, np.ndarray]:
+    """The context stored with steps that the policy did not choose: the zero state an episode
+    starts from (latent class -1, which `sequence_inputs` reads as an all-zero latent)."""
+    return {"context_deter": np.zeros((n, deter), np.float32),
+            "context_stoch": np.full((n, stoch), -1, np.int32)}
+
+
+def sequence_inputs(nets: WorldModelNets, batch: dict[str, jax.Array], context: bool):
     """(start state [B, ...], previous actions [B, T, A], steps [B, T, ...]) of a replayed batch.
 
     With replay context (2024 code) the batch holds T+1 steps: the first supplies the model
@@ -87,26 +118,26 @@ def sequence_inputs(nets: Nets, batch: dict[str, jax.Array], context: bool):
     return start, batch["action"][:, :-1], jax.tree.map(lambda x: x[:, 1:], batch)
 
 
-def loss(nets: Nets, params: Any, batch: dict[str, jax.Array], start: dict[str, jax.Array],
-         prev_action: jax.Array, key: jax.Array, cfg: Any):
-    """World-model loss on replayed steps (see `sequence_inputs`).
+def loss(nets: WorldModelNets, params: Any, batch: dict[str, jax.Array],
+         start: dict[str, jax.Array], prev_action: jax.Array, key: jax.Array, *,
+         free_nats: float):
+    """World-model loss terms on replayed steps (see `sequence_inputs`), each unscaled.
 
     batch: image [B, T, H, W, C] uint8 and/or vector [B, T, V], reward [B, T],
     is_first [B, T], is_terminal [B, T]; start: the model state before the first step
     ({'deter': [B, D], 'stoch': [B, S*K]}); prev_action [B, T, A]: the action before each step.
-    Returns (scalar loss, (metrics, WMOut)).
+    Returns (terms {image, vector, reward, cont, dyn, rep: [B, T]}, metrics, WMOut).
     """
     b, t = batch["is_first"].shape
     chex.assert_shape(prev_action, (b, t, None))
     chex.assert_shape([batch["reward"], batch["is_terminal"]], (b, t))
     obs = obs_of(batch)
-    embed = encode(nets, params, obs)
-    _, states, post, prior = rssm_lib.observe(
-        nets.rssm, params["rssm"], start, prev_action, embed, batch["is_first"], key)
+    states, post, prior = filter_sequences(nets, params, obs, start, prev_action,
+                                           batch["is_first"], key)
     feat = rssm_lib.feat(states)
 
     losses = {}
-    flat = jax.tree.map(lambda x: x.reshape((b * t, *x.shape[2:])), states)
+    flat = flat_steps(states)
     recon = nets.dec.apply({"params": params["dec"]}, flat["deter"], flat["stoch"])
     if "image" in recon:
         target = obs["image"].astype(jnp.float32) / 255.0
@@ -120,67 +151,44 @@ def loss(nets: Nets, params: Any, batch: dict[str, jax.Array], start: dict[str, 
     con_logits = nets.con.apply({"params": params["con"]}, feat)[..., 0]
     cont = 1.0 - batch["is_terminal"].astype(jnp.float32)
     losses["cont"] = -bernoulli_log_prob(con_logits, cont)
-    losses["dyn"], losses["rep"] = kl_losses(post, prior, cfg.model.free_nats)
-
-    scales = {"image": cfg.model.rec_scale, "vector": cfg.model.rec_scale,
-              "reward": cfg.model.rew_scale, "cont": cfg.model.con_scale,
-              "dyn": cfg.model.dyn_scale, "rep": cfg.model.rep_scale}
-    total = sum(scales[k] * v for k, v in losses.items())
-    chex.assert_shape(total, (b, t))
-    metrics = {f"loss/{k}": v.mean() for k, v in losses.items()}
-    metrics.update({
+    losses["dyn"], losses["rep"] = kl_losses(post, prior, free_nats)
+    chex.assert_shape(list(losses.values()), (b, t))
+    metrics = {
         "wm/post_ent": categorical_entropy(post).sum(-1).mean(),
         "wm/prior_ent": categorical_entropy(prior).sum(-1).mean(),
         "wm/kl": categorical_kl(post, prior).mean(),
         "wm/reward_err": jnp.abs(TwoHot(rew_logits, nets.bins).mean() - batch["reward"]).mean(),
         "wm/cont_acc": ((con_logits > 0) == (cont > 0.5)).mean(),
-    })
-    return total.mean(), (metrics, WMOut(states, feat))
+    }
+    return losses, metrics, WMOut(states, feat)
 
 
-def posterior(nets: Nets, params: Any, batch: dict[str, jax.Array], key: jax.Array
+def posterior(nets: WorldModelNets, params: Any, batch: dict[str, jax.Array], key: jax.Array
               ) -> dict[str, jax.Array]:
-    """Posterior model states of replayed sequences: {'deter': [B, T, D], 'stoch': [B, T, SK]}."""
-    b, _ = batch["is_first"].shape
-    embed = encode(nets, params, obs_of(batch))
-    _, states, _, _ = rssm_lib.observe(nets.rssm, params["rssm"], rssm_lib.initial(nets.rssm, b),
-                                       shifted_actions(batch["action"]), embed,
-                                       batch["is_first"], key)
+    """Posterior model states of replayed sequences from the zero state:
+    {'deter': [B, T, D], 'stoch': [B, T, SK]}."""
+    start = rssm_lib.initial(nets.rssm, batch["is_first"].shape[0])
+    states, _, _ = filter_sequences(nets, params, obs_of(batch), start,
+                                    shifted_actions(batch["action"]), batch["is_first"], key)
     return states
 
 
-def open_loop(nets: Nets, params: Any, start: dict[str, jax.Array], actions: jax.Array,
-              key: jax.Array) -> dict[str, jax.Array]:
-    """The prior's states after taking `actions` [B, H, A] from `start` ({'deter': [B, D], ...}),
-    without observations: [B, H, ...], state h following action h."""
-    def step(state, inputs):
-        action, k = inputs
-        state, _ = nets.rssm.apply({"params": params["rssm"]}, state, action, k,
-                                   method="img_step")
-        return state, state
-
-    horizon = actions.shape[1]
-    keys = jax.random.split(key, horizon)
-    _, states = jax.lax.scan(step, start, (jnp.swapaxes(actions, 0, 1), keys))
-    return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), states)
-
-
-def decode_images(nets: Nets, params: Any, states: dict[str, jax.Array]) -> jax.Array:
+def decode_images(nets: WorldModelNets, params: Any, states: dict[str, jax.Array]) -> jax.Array:
     """Model states [B, T, ...] -> decoded images in [0, 1], float32 [B, T, H, W, C]."""
     b, t = states["deter"].shape[:2]
-    flat = jax.tree.map(lambda x: x.reshape((b * t, *x.shape[2:])), states)
+    flat = flat_steps(states)
     image = nets.dec.apply({"params": params["dec"]}, flat["deter"], flat["stoch"])["image"]
     return jnp.clip(image.reshape((b, t, *image.shape[1:])).astype(jnp.float32), 0.0, 1.0)
 
 
-def predict_rewards(nets: Nets, params: Any, states: dict[str, jax.Array]) -> jax.Array:
+def predict_rewards(nets: WorldModelNets, params: Any, states: dict[str, jax.Array]) -> jax.Array:
     """Expected reward [B, T] that the reward head predicts for model states [B, T, ...]."""
     logits = nets.rew.apply({"params": params["rew"]}, rssm_lib.feat(states))
     return TwoHot(logits, nets.bins).mean()
 
 
-def open_loop_prediction(nets: Nets, params: Any, batch: dict[str, jax.Array], key: jax.Array,
-                         context: int, actions: jax.Array | None = None):
+def open_loop_prediction(nets: WorldModelNets, params: Any, batch: dict[str, jax.Array],
+                         key: jax.Array, context: int, actions: jax.Array | None = None):
     """Posterior states of all T steps of replayed sequences, and the prior's states after it has
     observed the first `context` steps and then takes the recorded actions (or `actions`
     [B, T - context, A]) without observations. Returns (states [B, T, ...],
@@ -194,10 +202,10 @@ def open_loop_prediction(nets: Nets, params: Any, batch: dict[str, jax.Array], k
     start = jax.tree.map(lambda x: x[:, context - 1], states)
     if actions is None:
         actions = batch["action"][:, context - 1:-1]
-    return states, open_loop(nets, params, start, actions, k_img)
+    return states, rssm_lib.open_loop(nets.rssm, params["rssm"], start, actions, k_img)
 
 
-def report(nets: Nets, params: Any, batch: dict[str, jax.Array], key: jax.Array,
+def report(nets: WorldModelNets, params: Any, batch: dict[str, jax.Array], key: jax.Array,
            context: int) -> dict[str, jax.Array]:
     """What the world model sees and imagines on replayed image sequences (for logging).
 

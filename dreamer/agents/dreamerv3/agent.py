@@ -1,4 +1,5 @@
-"""The agent: network construction, the train-state pytree, `train_step` and `policy` (pure)."""
+"""DreamerV3: network construction, the train-state pytree, the loss with its scales, `train_step`
+and `policy` (pure)."""
 from __future__ import annotations
 
 from typing import Any
@@ -10,12 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dreamer import behavior, world_model
-from dreamer import rssm as rssm_lib
+from dreamer.agents.dreamerv3 import behavior, world_model
+from dreamer.agents.dreamerv3 import rssm as rssm_lib
+from dreamer.agents.dreamerv3.behavior import ActorCriticNets
+from dreamer.agents.dreamerv3.optim import GROUPS, make_optimizer
+from dreamer.agents.dreamerv3.world_model import WorldModelNets
 from dreamer.config import ConfigError
 from dreamer.distributions import split_keys, symexp_bins
 from dreamer.nets import MLP, Decoder, Encoder, count_params
-from dreamer.optim import GROUPS, make_optimizer
 from dreamer.parallel import mean_over, row_keys
 
 Batch = dict[str, jax.Array]
@@ -42,8 +45,8 @@ def compute_dtype(name: str, platform: str | None = None) -> jnp.dtype:
     return jnp.dtype(name)
 
 
-def build_nets(cfg: Any, obs_space: dict, act_space: Any,
-               platform: str | None = None) -> world_model.Nets:
+def build_nets(cfg: Any, obs_space: dict, act_space: Any, platform: str | None = None
+               ) -> tuple[WorldModelNets, ActorCriticNets]:
     """Module definitions from the config and the environment's spaces, computing in the dtype
     of `jax.compute_dtype` for `platform` (default: `jax.platform`, else JAX's backend); on
     accelerators the block GRU's blocks run as one batched matmul (`nets.block_matmul`)."""
@@ -59,7 +62,8 @@ def build_nets(cfg: Any, obs_space: dict, act_space: Any,
     enc = Encoder(layers=m.enc_layers, **cnn, **common)
     obs = {k: jax.ShapeDtypeStruct((1, *s.shape), s.dtype) for k, s in obs_space.items()}
     embed = jax.eval_shape(lambda o: enc.init_with_output(jax.random.PRNGKey(0), o)[0], obs)
-    return world_model.Nets(
+    bins = symexp_bins(m.bins)
+    wm = WorldModelNets(
         enc=enc,
         rssm=rssm_lib.RSSM(m.deter, m.hidden, m.stoch, m.classes, embed.shape[-1], m.blocks,
                            m.img_layers, m.obs_layers, m.dyn_layers, m.unimix, **common,
@@ -67,14 +71,97 @@ def build_nets(cfg: Any, obs_space: dict, act_space: Any,
         dec=Decoder(shapes, layers=m.dec_layers, bspace=m.bspace, **cnn, **common),
         rew=MLP(m.head_layers, m.units, m.bins, outscale=0.0, **common),
         con=MLP(m.head_layers, m.units, 1, outscale=1.0, **common),
+        bins=bins,
+    )
+    ac = ActorCriticNets(
         actor=MLP(cfg.ac.layers, m.units, policy_out, outscale=cfg.ac.policy_outscale, **common),
         critic=MLP(cfg.ac.layers, m.units, m.bins, outscale=0.0, **common),
-        bins=symexp_bins(m.bins),
-        discrete=bool(act_space.discrete),
+        bins=bins, discrete=bool(act_space.discrete), minstd=cfg.ac.minstd, maxstd=cfg.ac.maxstd,
     )
+    return wm, ac
 
 
-class Agent:
+def loss_scales(cfg: Any) -> dict[str, float]:
+    """The weight of each loss term in the objective (paper Eq. 5 and Sec. 3; the 2024 code's
+    replayed-value term `repval`)."""
+    m, ac = cfg.model, cfg.ac
+    return {"image": m.rec_scale, "vector": m.rec_scale, "reward": m.rew_scale,
+            "cont": m.con_scale, "dyn": m.dyn_scale, "rep": m.rep_scale,
+            "policy": ac.policy_scale, "value": ac.value_scale, "repval": ac.repval}
+
+
+def weighted_sum(terms: dict[str, jax.Array], scales: dict[str, float]) -> jax.Array:
+    """Σ_k scale_k · mean(term_k); every term must have a scale."""
+    missing = sorted(set(terms) - set(scales))
+    if missing:
+        raise ValueError(f"loss terms without a scale: {', '.join(missing)}")
+    return sum(scales[k] * v.mean() for k, v in terms.items())
+
+
+def imagination_kwargs(ac: Any, axis_name: str | None = None) -> dict[str, Any]:
+    """The keyword arguments of `behavior.actor_critic_loss` from the `ac` config section."""
+    return {"horizon": ac.horizon, "discount_horizon": ac.discount_horizon, "lam": ac.lam,
+            "entropy": ac.entropy, "slowreg": ac.slowreg, "actor_grad": ac.actor_grad,
+            "retnorm_lo": ac.retnorm_lo, "retnorm_hi": ac.retnorm_hi,
+            "retnorm_decay": ac.retnorm_decay, "retnorm_limit": ac.retnorm_limit,
+            "axis_name": axis_name}
+
+
+def init_params(wm: WorldModelNets, ac: ActorCriticNets, obs_space: dict, act_dim: int,
+                key: jax.Array) -> dict[str, Any]:
+    """Fresh parameters: {'wm': {enc, rssm, dec, rew, con}, 'actor': ..., 'critic': ...}."""
+    keys = dict(zip(("enc", "rssm", "dec", "rew", "con", "actor", "critic", "sample"),
+                    jax.random.split(key, 8)))
+    obs = {k: jnp.zeros((1, *s.shape), s.dtype) for k, s in obs_space.items()}
+    enc = wm.enc.init(keys["enc"], obs)["params"]
+    embed = wm.enc.apply({"params": enc}, obs)
+    state = rssm_lib.initial(wm.rssm, 1)
+    feat = rssm_lib.feat(state)
+    return {
+        "wm": {"enc": enc,
+               "rssm": wm.rssm.init(keys["rssm"], state, jnp.zeros((1, act_dim)), embed,
+                                    keys["sample"])["params"],
+               "dec": wm.dec.init(keys["dec"], state["deter"], state["stoch"])["params"],
+               "rew": wm.rew.init(keys["rew"], feat)["params"],
+               "con": wm.con.init(keys["con"], feat)["params"]},
+        "actor": ac.actor.init(keys["actor"], feat)["params"],
+        "critic": ac.critic.init(keys["critic"], feat)["params"],
+    }
+
+
+def param_counts(params: dict[str, Any]) -> dict[str, int]:
+    """Parameters per module (the world model's five, actor, critic) and their total."""
+    counts = {k: count_params(v) for k, v in params["wm"].items()}
+    counts.update(actor=count_params(params["actor"]), critic=count_params(params["critic"]))
+    counts["total"] = sum(counts.values())
+    return counts
+
+
+def apply_gradients(opt: optax.GradientTransformation, state: TrainState, grads: Any,
+                    retnorm: dict[str, jax.Array], metrics: dict[str, jax.Array],
+                    slow_rate: float):
+    """The optimiser step, the slow critic's EMA and the new return statistics, or the old state
+    whole where the loss or a gradient is not finite (all devices see the same averaged values,
+    so all skip together). Returns (state, finite, metrics with gradient and parameter norms and
+    `nonfinite`)."""
+    updates, opt_state = opt.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    slow = jax.tree.map(lambda s, p: (1 - slow_rate) * s + slow_rate * p,
+                        state.slow_critic, params["critic"])
+    metrics = dict(metrics)
+    for group in GROUPS:
+        metrics[f"grad_norm/{group}"] = optax.tree.norm(grads[group])
+        metrics[f"param_norm/{group}"] = optax.tree.norm(params[group])
+    new = TrainState(params=params, slow_critic=slow, opt_state=opt_state, retnorm=retnorm,
+                     step=state.step + 1)
+    finite = jnp.isfinite(metrics["loss/total"]) & jnp.all(jnp.stack(
+        [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+    metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
+    return state, finite, metrics
+
+
+class DreamerV3:
     """DreamerV3. `train_step` and `policy` are pure functions of their arguments.
 
     `axis_name` names the device axis when the step runs under pmap/shard_map; gradients,
@@ -88,44 +175,18 @@ class Agent:
         self.obs_space = obs_space
         self.act_space = act_space
         self.act_dim = act_space.n if act_space.discrete else act_space.shape[-1]
-        self.nets = build_nets(cfg, obs_space, act_space, platform)
+        self.wm, self.ac = build_nets(cfg, obs_space, act_space, platform)
+        self.scales = loss_scales(cfg)
         self.opt = make_optimizer(cfg.opt)
         self.axis_name = axis_name
         self.obs_keys = tuple(obs_space)
 
-    # ----------------------------------------------------------------------------- init
-    def init_params(self, key: jax.Array) -> dict[str, Any]:
-        nets = self.nets
-        keys = dict(zip(("enc", "rssm", "dec", "rew", "con", "actor", "critic", "sample"),
-                        jax.random.split(key, 8)))
-        obs = {k: jnp.zeros((1, *s.shape), s.dtype) for k, s in self.obs_space.items()}
-        embed = nets.enc.init(keys["enc"], obs)["params"]
-        embed_out = nets.enc.apply({"params": embed}, obs)
-        state = rssm_lib.initial(nets.rssm, 1)
-        action = jnp.zeros((1, self.act_dim))
-        feat = rssm_lib.feat(state)
-        wm = {
-            "enc": embed,
-            "rssm": nets.rssm.init(keys["rssm"], state, action, embed_out,
-                                   keys["sample"])["params"],
-            "dec": nets.dec.init(keys["dec"], state["deter"], state["stoch"])["params"],
-            "rew": nets.rew.init(keys["rew"], feat)["params"],
-            "con": nets.con.init(keys["con"], feat)["params"],
-        }
-        return {"wm": wm, "actor": nets.actor.init(keys["actor"], feat)["params"],
-                "critic": nets.critic.init(keys["critic"], feat)["params"]}
-
     def init(self, key: jax.Array) -> TrainState:
-        params = self.init_params(key)
-        return TrainState(
-            params=params, slow_critic=jax.tree.map(jnp.copy, params["critic"]), opt_state=self.opt.init(params),
-            retnorm={"lo": jnp.zeros([]), "hi": jnp.zeros([])}, step=jnp.zeros([], jnp.int32))
-
-    def param_counts(self, params: dict[str, Any]) -> dict[str, int]:
-        counts = {k: count_params(v) for k, v in params["wm"].items()}
-        counts.update(actor=count_params(params["actor"]), critic=count_params(params["critic"]))
-        counts["total"] = sum(counts.values())
-        return counts
+        params = init_params(self.wm, self.ac, self.obs_space, self.act_dim, key)
+        return TrainState(params=params, slow_critic=jax.tree.map(jnp.copy, params["critic"]),
+                          opt_state=self.opt.init(params),
+                          retnorm={"lo": jnp.zeros([]), "hi": jnp.zeros([])},
+                          step=jnp.zeros([], jnp.int32))
 
     # ----------------------------------------------------------------------------- training
     @property
@@ -138,46 +199,47 @@ class Agent:
         """Steps per replayed sequence: `batch_length`, plus the context step."""
         return self.cfg.batch_length + int(self.context)
 
+    def imagination_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of `behavior.actor_critic_loss` from the config."""
+        return imagination_kwargs(self.cfg.ac, self.axis_name)
+
     def loss(self, params: dict[str, Any], state: TrainState, batch: Batch, key: jax.Array):
-        """Sum of world-model, actor, critic and replay-value losses on a replayed batch.
+        """World-model, actor, critic and replay-value losses on a replayed batch, each term
+        weighted once by `loss_scales` (`weighted_sum`).
 
         With replay context the batch holds T+1 steps; the first only supplies the starting
         model state (stored by the policy, or by an earlier update) and the previous action.
         The actor-critic sees only stopped world-model outputs; the replay-value loss reaches
-        the world model too when `ac.repval_grad` is on (2024 code)."""
-        cfg, nets = self.cfg, self.nets
-        start, prev_action, batch = world_model.sequence_inputs(nets, batch, self.context)
+        the world model too when `ac.repval_grad` is on (2024 code).
+        Returns (scalar loss, (metrics, new retnorm stats, replay context of the batch))."""
+        cfg = self.cfg
+        start, prev_action, batch = world_model.sequence_inputs(self.wm, batch, self.context)
         b, t = batch["is_first"].shape
         k_wm, k_ac = split_keys(self.row_keys(key, b), 2)
-        wm_loss, (metrics, out) = world_model.loss(
-            nets, params["wm"], batch, start, prev_action, k_wm, cfg)
-        starts = jax.tree.map(lambda x: x.reshape((b * t, *x.shape[2:])), out.states)
-        k_ac = jnp.swapaxes(split_keys(k_ac, t), 0, 1).reshape((b * t, *k_ac.shape[1:]))
+        terms, metrics, out = world_model.loss(self.wm, params["wm"], batch, start, prev_action,
+                                               k_wm, free_nats=cfg.model.free_nats)
+        wm_terms = tuple(terms)
+        starts = world_model.flat_steps(out.states)
+        k_ac = world_model.flat_steps(jnp.swapaxes(split_keys(k_ac, t), 0, 1))
         start_cont = 1.0 - batch["is_terminal"].reshape(-1).astype(jnp.float32)
-        view = {**params["wm"], "actor": params["actor"], "critic": params["critic"]}
-        ac_loss, (ac_metrics, retnorm, ret0) = behavior.actor_critic_loss(
-            nets, view, state.slow_critic, state.retnorm, starts, start_cont, k_ac, cfg,
-            self.axis_name)
+        ac_terms, ac_metrics, retnorm, ret0 = behavior.actor_critic_loss(
+            self.wm, self.ac, params, state.slow_critic, state.retnorm, starts, start_cont, k_ac,
+            **self.imagination_kwargs())
+        terms.update(ac_terms)
         metrics.update(ac_metrics)
-        total = wm_loss + ac_loss
-        if cfg.ac.repval > 0:
-            rep = behavior.repval_loss(nets, view, state.slow_critic, out.feat, batch,
-                                       ret0.reshape(b, t), cfg)
-            metrics["loss/repval"] = rep
-            total = total + cfg.ac.repval * rep
-        metrics["loss/wm"] = wm_loss
+        if self.scales["repval"] > 0:
+            terms["repval"] = behavior.repval_loss(
+                self.ac, params["critic"], state.slow_critic, out.feat, batch,
+                ret0.reshape(b, t), discount_horizon=cfg.ac.discount_horizon, lam=cfg.ac.lam,
+                slowreg=cfg.ac.slowreg, grad=cfg.ac.repval_grad)
+        total = weighted_sum(terms, self.scales)
+        metrics.update({f"loss/{k}": v.mean() for k, v in terms.items()})
+        metrics["loss/wm"] = weighted_sum({k: terms[k] for k in wm_terms}, self.scales)
         metrics["loss/total"] = total
         return total, (metrics, retnorm, self._context_of(out.states))
 
     def _context_of(self, states: dict[str, jax.Array]) -> dict[str, jax.Array]:
-        """Model states [..., D], [..., S*K] -> what the replay stores as context: `deter`
-        float32 and the class index of each latent (int32 [..., S]); empty without context."""
-        if not self.context:
-            return {}
-        m = self.cfg.model
-        stoch = states["stoch"].reshape((*states["stoch"].shape[:-1], m.stoch, m.classes))
-        return {"context_deter": states["deter"].astype(jnp.float32),
-                "context_stoch": jnp.argmax(stoch, -1).astype(jnp.int32)}
+        return world_model.replay_context(states, self.cfg.model.stoch) if self.context else {}
 
     def row_keys(self, key: jax.Array, rows: int) -> jax.Array:
         """One key per replayed sequence, derived from its index in the global batch.
@@ -203,25 +265,11 @@ class Agent:
         grads, (metrics, retnorm, context) = jax.grad(self.loss, has_aux=True)(
             state.params, state, batch, key)
         grads = mean_over(grads, self.axis_name)
-        updates, opt_state = self.opt.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        rate = self.cfg.ac.slow_rate
-        slow = jax.tree.map(lambda s, p: (1 - rate) * s + rate * p,
-                            state.slow_critic, params["critic"])
-        for group in GROUPS:
-            metrics[f"grad_norm/{group}"] = optax.tree.norm(grads[group])
-            metrics[f"param_norm/{group}"] = optax.tree.norm(params[group])
+        state, finite, metrics = apply_gradients(self.opt, state, grads, retnorm, metrics,
+                                                 self.cfg.ac.slow_rate)
         metrics = mean_over(metrics, self.axis_name)
-        new = TrainState(params=params, slow_critic=slow, opt_state=opt_state,
-                         retnorm=retnorm, step=state.step + 1)
-        # A non-finite loss or gradient leaves the whole state as it was (every device sees the
-        # same averaged values, so all skip together); the runner counts these.
-        finite = jnp.isfinite(metrics["loss/total"]) & jnp.all(jnp.stack(
-            [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-        state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
         context = {k: jnp.where(finite, v, batch[k][:, length - v.shape[1]:])
                    for k, v in context.items()}
-        metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
         return state, metrics, context
 
     def report(self, params: dict[str, Any], batch: Batch, key: jax.Array,
@@ -230,22 +278,19 @@ class Agent:
         observed frames (default `logger.report_context`; see `world_model.report`)."""
         if context is None:
             context = self.cfg.logger.report_context
-        return world_model.report(self.nets, params["wm"], batch, key, context)
+        return world_model.report(self.wm, params["wm"], batch, key, context)
 
     # ----------------------------------------------------------------------------- acting
     def policy_initial(self, batch: int):
         """Initial policy carry for `batch` environments: (model state, previous action)."""
-        return rssm_lib.initial(self.nets.rssm, batch), jnp.zeros((batch, self.act_dim))
+        return rssm_lib.initial(self.wm.rssm, batch), jnp.zeros((batch, self.act_dim))
 
     def policy_outputs_initial(self, batch: int) -> dict[str, np.ndarray]:
         """Per-step outputs of steps not chosen by the policy (random actions): the zero state
         an episode starts from (latent class -1, which `sequence_inputs` reads as an all-zero
         latent), until an update rewrites it."""
-        if not self.context:
-            return {}
         m = self.cfg.model
-        return {"context_deter": np.zeros((batch, m.deter), np.float32),
-                "context_stoch": np.full((batch, m.stoch), -1, np.int32)}
+        return world_model.initial_context(batch, m.deter, m.stoch) if self.context else {}
 
     def policy(self, params: dict[str, Any], carry: Any, obs: Batch, key: jax.Array,
                mode: str = "sample"):
@@ -257,14 +302,13 @@ class Agent:
         it, as replay context). `mode` is 'sample' (training and evaluation, as in the paper)
         or 'mode' (greedy).
         """
-        nets = self.nets
         k_obs, k_act = jax.random.split(key)
-        state, prev_action = rssm_lib.reset_state(*carry, obs["is_first"])
-        embed = world_model.encode(nets, params["wm"], world_model.obs_of(obs))
+        state, prev_action = carry
+        embed = world_model.encode(self.wm, params["wm"], world_model.obs_of(obs))
         rssm_params = {"params": params["wm"]["rssm"]}
-        proj = nets.rssm.apply(rssm_params, embed, method="embed_proj")
-        state, _ = nets.rssm.apply(rssm_params, state, prev_action, proj, k_obs,
-                                   method="obs_step")
-        dist = behavior.policy_dist(nets, params["actor"], rssm_lib.feat(state), self.cfg)
+        proj = self.wm.rssm.apply(rssm_params, embed, method="embed_proj")
+        state, _ = self.wm.rssm.apply(rssm_params, state, prev_action, proj, obs["is_first"],
+                                      k_obs, method="filter_step")
+        dist = behavior.policy_dist(self.ac, params["actor"], rssm_lib.feat(state))
         action = dist.sample(k_act) if mode == "sample" else dist.mode()
         return (state, action), action, self._context_of(state)
