@@ -1,18 +1,25 @@
-"""Command-line entry points (`dreamer-train`) and their argument grammar."""
+"""Command-line entry points (`dreamer-train`, `dreamer-doctor`, `dreamer-eval`), in the grammar
+of `dreamer.args`."""
 from __future__ import annotations
 
+import inspect
 import signal
 import sys
+import textwrap
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dreamer.args import Args, Option, choice, integer, parse
 from dreamer.checkpoint import CheckpointError
 from dreamer.config import Config, ConfigError, available_presets, configs_dir_of, load_config
 from dreamer.envs import EnvError
 
 DEFAULT_PRESET = "demo"  # a pixel task that learns within minutes on a laptop CPU
+TRAIN = "Trains an agent (on the demo preset unless --configs is given)."
+DOCTOR = ("Checks this machine for the training config (the demo preset unless --configs is given) "
+          "and prints each problem with its fix.")
 
 
 def _description(path: Path) -> str:
@@ -25,14 +32,17 @@ def _description(path: Path) -> str:
     return ""
 
 
-def usage(configs_dir: str | Path | None = None) -> str:
-    """The command-line help: grammar, presets, sections."""
+def usage(configs_dir: str | Path | None = None, command: str = "bash launch/train.sh",
+          purpose: str = TRAIN) -> str:
+    """The help of a command that builds a config from its command line: what it does, how the
+    config is built, the presets and the sections."""
     directory = configs_dir_of(configs_dir)
     presets = available_presets(directory)
     width = max(map(len, presets), default=0)
     lines = [
-        "usage: bash launch/train.sh [--configs PRESET [PRESET ...]] [--logdir DIR]",
-        "                            [--KEY=VALUE | --KEY VALUE ...]",
+        f"usage: {command} [--configs PRESET [PRESET ...]] [--logdir DIR] [--KEY=VALUE ...]",
+        "",
+        textwrap.fill(purpose, 92),
         "",
         "Starts from configs/defaults.yaml, applies the presets in order (later wins), then the",
         "overrides. KEY is a dotted config key; VALUE is parsed as YAML and checked against the",
@@ -48,66 +58,30 @@ def usage(configs_dir: str | Path | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def parse_args(argv: Sequence[str], configs_dir: str | Path | None = None
-               ) -> tuple[Config, dict[str, Any]]:
-    """Parses the launcher's command line into a config.
+def parse_args(argv: Sequence[str], configs_dir: str | Path | None = None, *,
+               options: Sequence[Option] = (), presets: Sequence[str] = (),
+               help_text: str | None = None) -> tuple[Config, Args]:
+    """The config of a command line: `--configs PRESET ...` (applied in order; `presets` when not
+    given) and `--KEY=VALUE` overrides of any config key, beside the command's own `options`.
 
-    Grammar: `--configs NAME [NAME ...]` (presets; also `--configs=a,b`), `--KEY=VALUE` or
-    `--KEY VALUE` for any dotted config key (`--logdir DIR` sets `logdir`; a boolean key alone,
-    e.g. `--logger.wandb`, sets it true), `-h`/`--help`.
-    Help prints the usage and exits with status 0. Returns the config and
-    `{'presets': [...], 'overrides': {key: text}}` as given on the command line.
+    Help prints `help_text` (by default dreamer-train's `usage`) and exits with status 0; a wrong
+    command line or config raises ConfigError. Returns the config and the parsed command line:
+    `args['configs']` holds the presets, `args.overrides` the overrides as given.
     """
-    argv = list(argv)
-    if "-h" in argv or "--help" in argv:
-        sys.stdout.write(usage(configs_dir))
-        raise SystemExit(0)
-    presets: list[str] = []
-    overrides: dict[str, str] = {}
-    flags: set[str] | None = None  # boolean keys, which may be given without a value
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if not arg.startswith("--") or arg == "--":
-            raise ConfigError(f"unexpected argument {arg!r}; options look like --KEY=VALUE "
-                              "(see --help)")
-        name, eq, value = arg[2:].partition("=")
-        if name == "configs":
-            names = [v for v in value.split(",") if v] if eq else []
-            i += 1
-            while not eq and i < len(argv) and not argv[i].startswith("--"):
-                names += [v for v in argv[i].split(",") if v]
-                i += 1
-            if not names:
-                raise ConfigError("--configs needs at least one preset name")
-            presets += names
-            continue
-        if not eq:
-            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
-                if flags is None:
-                    flags = {k for k, v in Config(configs_dir=configs_dir_of(configs_dir))
-                             .flat().items() if isinstance(v, bool)}
-                if name not in flags:
-                    raise ConfigError(f"missing value for --{name} (write --{name}=VALUE)")
-                value = "true"  # a bare switch, e.g. --logger.wandb
-            else:
-                value = argv[i + 1]
-                i += 1
-        overrides[name] = value
-        i += 1
-    cfg = load_config(presets, configs_dir=configs_dir)
-    cfg = cfg.update(overrides, source="command line")
-    return cfg, {"presets": presets, "overrides": overrides}
+    configs = Option("configs", tuple(presets), many=True, metavar="PRESET")
+    args = parse(argv, [configs, *options], help_text or usage(configs_dir),
+                 config=Config(configs_dir=configs_dir_of(configs_dir)))
+    cfg = load_config(args["configs"], configs_dir=configs_dir)
+    return cfg.update(args.overrides, source="command line"), args
 
 
-def _config_of(prog: str, argv: list[str] | None) -> tuple[Config, dict[str, Any]] | None:
+def _config_of(prog: str, help_text: str, argv: list[str] | None
+               ) -> tuple[Config, Args] | None:
     """The config of a command line (the demo preset unless --configs is given); None after
     printing the error."""
-    argv = sys.argv[1:] if argv is None else argv
-    if not any(arg == "--configs" or arg.startswith("--configs=") for arg in argv):
-        argv = ["--configs", DEFAULT_PRESET, *argv]
     try:
-        return parse_args(argv)
+        return parse_args(sys.argv[1:] if argv is None else argv, presets=(DEFAULT_PRESET,),
+                          help_text=help_text)
     except ConfigError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return None
@@ -115,7 +89,7 @@ def _config_of(prog: str, argv: list[str] | None) -> tuple[Config, dict[str, Any
 
 def train_main(argv: list[str] | None = None) -> int:
     """`dreamer-train --configs debug --run.steps=1e4 --logdir runs/x` (see README)."""
-    parsed = _config_of("dreamer-train", argv)
+    parsed = _config_of("dreamer-train", usage(), argv)
     if parsed is None:
         return 2
     cfg, _ = parsed
@@ -162,17 +136,13 @@ def train_main(argv: list[str] | None = None) -> int:
 def doctor_main(argv: list[str] | None = None) -> int:
     """`dreamer-doctor [--configs PRESET ...] [--KEY=VALUE ...]`: checks this machine for the
     given training config (default: the demo preset) and prints each problem with its fix."""
-    argv = sys.argv[1:] if argv is None else argv
-    if "-h" in argv or "--help" in argv:
-        print(doctor_main.__doc__)
-        return 0
-    parsed = _config_of("dreamer-doctor", argv)
+    parsed = _config_of("dreamer-doctor", usage(command="dreamer-doctor", purpose=DOCTOR), argv)
     if parsed is None:
         return 2
-    cfg, info = parsed
+    cfg, args = parsed
     from dreamer import doctor
 
-    print(f"dreamer-doctor: checking this machine for --configs {' '.join(info['presets'])}")
+    print(f"dreamer-doctor: checking this machine for --configs {' '.join(args['configs'])}")
     checks = doctor.run_checks(cfg)
     for check in checks:
         print(check.line())
@@ -182,36 +152,48 @@ def doctor_main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def eval_main(argv: list[str] | None = None) -> int:
-    """`dreamer-eval --logdir DIR [--episodes N] [--video FILE] [--mode sample|mode]`: runs the
-    policy of the newest checkpoint in DIR and prints the score's mean and spread."""
-    import argparse
+def _video_file(text: str) -> str:
+    """A video file name: .mp4 or .gif."""
+    if Path(text).suffix.lower() not in (".mp4", ".gif"):
+        raise ValueError("the file name must end in .mp4 or .gif")
+    return text
 
-    parser = argparse.ArgumentParser(prog="dreamer-eval", description=eval_main.__doc__)
-    parser.add_argument("--logdir", required=True, help="a training logdir (holds config.yaml "
-                        "and checkpoints/)")
-    parser.add_argument("--episodes", type=int, default=10)
-    parser.add_argument("--video", default="", help="write the first episode to this .mp4 or "
-                        ".gif file")
-    parser.add_argument("--mode", choices=("sample", "mode"), default="sample",
-                        help="sample actions (as in training) or take the most likely one")
-    parser.add_argument("--seed", type=int, default=12345, help="seed of the episodes")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    if args.episodes < 1:
-        parser.error("--episodes must be at least 1")
-    if args.video and Path(args.video).suffix.lower() not in (".mp4", ".gif"):
-        parser.error(f"--video {args.video!r}: the file name must end in .mp4 or .gif")
+
+EVAL_OPTIONS = (
+    Option("logdir", required=True, metavar="DIR"),
+    Option("episodes", 10, integer(1), metavar="N"),
+    Option("video", "", _video_file, metavar="FILE"),
+    Option("mode", "sample", choice("sample", "mode")),
+    Option("seed", 12345, integer(), metavar="N"),
+)
+
+
+def eval_main(argv: list[str] | None = None) -> int:
+    """usage: dreamer-eval --logdir DIR [--episodes N] [--video FILE] [--mode sample|mode]
+                        [--seed N]
+
+    Runs the policy of the newest checkpoint in DIR and prints the score's mean and spread.
+
+      --logdir DIR    a training logdir (holds config.yaml and checkpoints/)
+      --episodes N    episodes to run (default 10)
+      --video FILE    write the first episode to this .mp4 or .gif file
+      --mode MODE     sample actions as in training (sample, the default) or take the most likely
+                      one (mode)
+      --seed N        seed of the episodes (default 12345)
+    """
     try:
-        result = evaluate_logdir(Path(args.logdir), args.episodes, args.mode, args.seed,
-                                 args.video or None)
+        args = parse(sys.argv[1:] if argv is None else argv, EVAL_OPTIONS,
+                     inspect.cleandoc(eval_main.__doc__))
+        result = evaluate_logdir(Path(args["logdir"]), args["episodes"], args["mode"],
+                                 args["seed"], args["video"] or None)
     except (ConfigError, EnvError, CheckpointError) as e:
         print(f"dreamer-eval: {e}", file=sys.stderr)
         return 2
     print(f"score {result['eval/score']:.4g} ± {result['eval/score_std']:.3g} (mean ± std over "
-          f"{args.episodes} episodes, {args.mode} actions; checkpoint at {result['env_steps']} "
-          f"env steps; episode length {result['eval/length']:.0f})")
-    if args.video:
-        print(f"video of the first episode: {args.video}")
+          f"{args['episodes']} episodes, {args['mode']} actions; checkpoint at "
+          f"{result['env_steps']} env steps; episode length {result['eval/length']:.0f})")
+    if args["video"]:
+        print(f"video of the first episode: {args['video']}")
     return 0
 
 

@@ -26,53 +26,47 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dreamer import benchmark
 from dreamer import compare as side_by_side
+from dreamer.args import Args, Option, integer, number, parse, show_help
 from dreamer.cli import parse_args
-from dreamer.config import ConfigError
+from dreamer.config import Config, ConfigError
 
-COMMANDS = ("params", "train-step", "actors", "replay", "compare", "profile")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def take(rest: list[str], flag: str, count: int = 1) -> tuple[list[str], list[str]]:
-    """Removes `flag` and the values after it (`count`, or all up to the next --flag if 0)."""
-    if flag not in rest:
-        return rest, []
-    i = rest.index(flag)
-    j = i + 1
-    while j < len(rest) and not rest[j].startswith("--") and (count == 0 or j - i <= count):
-        j += 1
-    return rest[:i] + rest[j:], rest[i + 1:j]
+def updates(default: int) -> Option:
+    """The --updates option: how many train updates are timed."""
+    return Option("updates", default, integer(1), metavar="N")
 
 
-def compare_main(rest: list[str]) -> int:
-    """`compare`: usage errors exit 2, a failed side 1 (with the tail of its stderr)."""
-    rest, src = take(rest, "--official-src")
-    rest, script = take(rest, "--official-bench")
-    rest, configs = take(rest, "--configs", 0)
-    counts, bad = {}, []
-    for flag, default, least in ("--rounds", 2, 1), ("--updates", 5, 1), ("--warmup", 2, 0):
-        given = flag in rest
-        rest, value = take(rest, flag)
-        text = value[0] if value else "" if given else str(default)
-        if text.isdigit() and int(text) >= least:
-            counts[flag[2:]] = int(text)
-        else:
-            bad.append(f"{flag} {text!r}")
-    bad += rest
-    if bad or not src or not configs:
-        print(__doc__, file=sys.stderr)
-        print("bench compare: give --official-src DIR and --configs NAMES...; --rounds and "
-              "--updates take a positive integer, --warmup one of at least 0"
-              + (f" (not {', '.join(bad)})" if bad else ""), file=sys.stderr)
-        return 2
-    script_path = side_by_side.official_bench_script(ROOT, script[0] if script else None)
-    problem = side_by_side.compare_setup_problem(src[0], script_path)
+WARMUP = Option("warmup", 2, integer(0), metavar="N")
+# Each command's own options; those in TAKES_CONFIG also take --configs and config overrides.
+OPTIONS = {
+    "params": (),
+    "replay": (Option("capacity", 50_000, integer(1), metavar="N"),
+               Option("size", 64, integer(1), metavar="PIXELS")),
+    "train-step": (updates(5), WARMUP, Option("devices", None, integer(1), metavar="N")),
+    "profile": (updates(3), WARMUP),
+    "actors": (Option("actors", (1, 2), integer(1), many=True, metavar="N"),
+               Option("seconds", 20.0, number(0), metavar="S")),
+    "compare": (Option("official-src", required=True, metavar="DIR"),
+                Option("official-bench", metavar="PATH"),
+                Option("configs", (), many=True, required=True, metavar="PRESET"),
+                Option("rounds", 2, integer(1), metavar="N"), updates(5), WARMUP),
+}
+TAKES_CONFIG = {"train-step": (), "profile": (), "actors": ("dmc_vision",)}  # default presets
+
+
+def compare_main(args: Args) -> int:
+    """`compare`: a setup problem exits 2, a failed side 1 (with the tail of its stderr)."""
+    script_path = side_by_side.official_bench_script(ROOT, args["official-bench"])
+    problem = side_by_side.compare_setup_problem(args["official-src"], script_path)
     if problem:
         print(f"bench compare: {problem}", file=sys.stderr)
         return 2
     try:
         summary = side_by_side.compare(
-            configs, src[0], script_path, Path(__file__).resolve(), **counts,
+            args["configs"], args["official-src"], script_path, Path(__file__).resolve(),
+            rounds=args["rounds"], updates=args["updates"], warmup=args["warmup"],
             log=lambda line: print(f"bench compare: {line}", file=sys.stderr, flush=True))
     except side_by_side.CompareFailed as e:
         print(f"bench compare: {e}", file=sys.stderr)
@@ -84,66 +78,55 @@ def compare_main(rest: list[str]) -> int:
     return 0
 
 
-def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in COMMANDS:
-        print(__doc__, file=sys.stderr)
-        print(f"bench: choose a command from {', '.join(COMMANDS)}", file=sys.stderr)
-        return 2
-    command, rest = argv[0], argv[1:]
-    if command == "compare":
-        return compare_main(rest)
-    if command == "params":
-        result = {"params": benchmark.param_counts()}
-        print(json.dumps(result))
-        return 0
-    if command == "replay":
-        rest, capacity = take(rest, "--capacity")
-        rest, size = take(rest, "--size")
-        if rest:
-            print(f"bench: replay takes --capacity N and --size PIXELS, not {rest}",
-                  file=sys.stderr)
-            return 2
-        side = int(size[0]) if size else 64
-        print(json.dumps({"replay": benchmark.replay_memory(
-            int(float(capacity[0])) if capacity else 50_000, (side, side))}))
-        return 0
-    rest, updates = take(rest, "--updates")
-    rest, warmup = take(rest, "--warmup")
-    rest, devices = take(rest, "--devices")
-    rest, counts = take(rest, "--actors", 0)
-    rest, seconds = take(rest, "--seconds")
-    if command == "actors" and not any(a == "--configs" or a.startswith("--configs=")
-                                       for a in rest):
-        rest = ["--configs", "dmc_vision", *rest]
-    try:
-        cfg, info = parse_args(rest)
-    except ConfigError as e:
-        print(f"bench: {e}", file=sys.stderr)
-        return 2
+def measure(command: str, cfg: Config, args: Args) -> dict:
+    """The result of a command that takes a config."""
     if command == "actors":
-        counts = [int(c) for c in counts] or [1, 2]
-        result = {"actors": benchmark.actors(cfg, counts, float(seconds[0]) if seconds else 20.0)}
-    elif command == "profile":
+        return {"actors": benchmark.actors(cfg, args["actors"], args["seconds"])}
+    if command == "profile":
         from dreamer import profiling
 
         with profiling.named_scopes():
             prepared = benchmark.compile_train_step(cfg)
-        result = {"profile": profiling.profile_train_step(
-            prepared, steps=int(updates[0]) if updates else 3,
-            warmup=int(warmup[0]) if warmup else 2)}
-    elif devices:
+        return {"profile": profiling.profile_train_step(prepared, steps=args["updates"],
+                                                        warmup=args["warmup"])}
+    if args["devices"]:
         import jax
 
         # Fake CPU devices when the backend is the CPU; accelerators are used as they are.
-        jax.config.update("jax_num_cpu_devices", int(devices[0]))
-        result = {"train_step": benchmark.train_step_parallel(
-            cfg, int(devices[0]), updates=int(updates[0]) if updates else 5,
-            warmup=int(warmup[0]) if warmup else 2)}
+        jax.config.update("jax_num_cpu_devices", args["devices"])
+        return {"train_step": benchmark.train_step_parallel(
+            cfg, args["devices"], updates=args["updates"], warmup=args["warmup"])}
+    return {"train_step": benchmark.train_step(cfg, updates=args["updates"],
+                                               warmup=args["warmup"])}
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] in (["-h"], ["--help"]):
+        show_help(__doc__)
+    if not argv or argv[0] not in OPTIONS:
+        print(__doc__, file=sys.stderr)
+        print(f"bench: choose a command from {', '.join(OPTIONS)}", file=sys.stderr)
+        return 2
+    command, rest = argv[0], argv[1:]
+    try:
+        if command in TAKES_CONFIG:
+            cfg, args = parse_args(rest, options=OPTIONS[command],
+                                   presets=TAKES_CONFIG[command], help_text=__doc__)
+        else:
+            cfg, args = None, parse(rest, OPTIONS[command], __doc__)
+    except ConfigError as e:
+        print(f"bench {command}: {e}", file=sys.stderr)
+        return 2
+    if command == "compare":
+        return compare_main(args)
+    if command == "params":
+        result = {"params": benchmark.param_counts()}
+    elif command == "replay":
+        result = {"replay": benchmark.replay_memory(args["capacity"],
+                                                    (args["size"], args["size"]))}
     else:
-        result = {"train_step": benchmark.train_step(
-            cfg, updates=int(updates[0]) if updates else 5,
-            warmup=int(warmup[0]) if warmup else 2)}
-    result.update(configs=info["presets"], overrides=info["overrides"])
+        result = measure(command, cfg, args)
+        result.update(configs=args["configs"], overrides=args.overrides)
     print(json.dumps(result))
     return 0
 

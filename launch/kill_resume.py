@@ -2,10 +2,12 @@
 
   python launch/kill_resume.py [--kills 3] [--min 60] [--max 150] [--seed 0] -- TRAIN ARGS...
 
-TRAIN ARGS go to `launch/train.py` and must include `--logdir`. After the last resume the run goes
-to its end. Printed: each kill (seconds into the attempt, the checkpoint the next attempt resumed
-from), the evaluation scores by env step, and the checks that the replay holds every step once
-and the update count follows the train ratio. The last line is one JSON object.
+TRAIN ARGS go to `launch/train.py` and must include `--logdir DIR`. Each of the --kills kills
+comes a random time between --min and --max seconds into its attempt (drawn from --seed). After
+the last resume the run goes to its end. Printed: each kill (seconds into the attempt, the
+checkpoint the next attempt resumed from), the evaluation scores by env step, and the checks that
+the replay holds every step once and the update count follows the train ratio. The last line is
+one JSON object.
 """
 import json
 import random
@@ -18,9 +20,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from dreamer.args import Option, UsageError, integer, number, parse
 from dreamer.checkpoint import Checkpointer
-from dreamer.config import Config, updates_due
+from dreamer.cli import parse_args
+from dreamer.config import Config, ConfigError, updates_due
 from dreamer.replay import stored_stamps
+
+OPTIONS = (
+    Option("kills", 3, integer(0), metavar="N"),
+    Option("min", 60.0, number(0), metavar="S"),
+    Option("max", 150.0, number(0), metavar="S"),
+    Option("seed", 0, integer(), metavar="N"),
+)
 
 
 def latest(logdir: Path) -> dict | None:
@@ -32,27 +43,25 @@ def latest(logdir: Path) -> dict | None:
 
 
 def main(argv: list[str]) -> int:
-    if "--" not in argv:
-        print(__doc__, file=sys.stderr)
+    try:
+        args = parse(argv, OPTIONS, __doc__, rest=True)
+        if not args.rest:
+            raise UsageError("give the training command line after -- (see --help)")
+        cfg, _ = parse_args(args.rest)
+        if not cfg.logdir:
+            raise UsageError("give --logdir DIR among the train args")
+    except ConfigError as e:
+        print(f"kill_resume: {e}", file=sys.stderr)
         return 2
-    split = argv.index("--")
-    own, train = argv[:split], argv[split + 1:]
-    opts = {"--kills": 3, "--min": 60.0, "--max": 150.0, "--seed": 0}
-    for i in range(0, len(own), 2):
-        opts[own[i]] = type(opts[own[i]])(float(own[i + 1]))
-    logdirs = [a.split("=", 1)[1] for a in train if a.startswith("--logdir=")]
-    if not logdirs:
-        print("kill_resume: give --logdir=DIR among the train args", file=sys.stderr)
-        return 2
-    logdir = Path(logdirs[0])
-    rng = random.Random(opts["--seed"])
-    command = [sys.executable, str(ROOT / "launch" / "train.py"), *train]
+    logdir = Path(cfg.logdir)
+    rng = random.Random(args["seed"])
+    command = [sys.executable, str(ROOT / "launch" / "train.py"), *args.rest]
     kills = []
-    for attempt in range(opts["--kills"] + 1):
+    for attempt in range(args["kills"] + 1):
         proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 text=True, cwd=ROOT)
-        if attempt < opts["--kills"]:
-            delay = rng.uniform(opts["--min"], opts["--max"])
+        if attempt < args["kills"]:
+            delay = rng.uniform(args["min"], args["max"])
             try:
                 proc.wait(timeout=delay)
                 print("kill_resume: the run ended before the kill", file=sys.stderr)

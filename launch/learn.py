@@ -5,10 +5,9 @@ learning curves.
                          [--configs PRESET [PRESET ...]] [--jobs 1] [--budgets B[,B...]]
                          [--bin N] [--benchmark NAME] [--report-only] [-- TRAIN ARGS...]
 
-Options take `--name VALUE` or `--name=VALUE`; `--configs` takes preset names as dreamer-train
-does. TRAIN ARGS are dreamer-train's `--KEY=VALUE` overrides (`--configs` may go there too); the
-command line is checked like dreamer-train's before anything starts. --tasks defaults to the
-presets' env.task, --steps to their run.steps.
+TRAIN ARGS are dreamer-train's `--KEY=VALUE` overrides (`--configs` may go there too); the
+command line is checked like dreamer-train's before anything starts. --configs defaults to demo,
+--tasks to the presets' env.task, --steps to their run.steps.
 
 Each run is `launch/train.py` in a subprocess with the presets, TRAIN ARGS and `--env.task=TASK
 --seed=S --run.steps=N --logdir=DIR/TASK/seed_S`, its output appended to `train.log` in that
@@ -43,19 +42,25 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from dreamer import plotting, reference
+from dreamer.args import Option, UsageError, integer, parse
 from dreamer.cli import DEFAULT_PRESET, parse_args
 from dreamer.config import ConfigError
 
 KEY = "eval/score"
-OPTIONS = {"--root": "", "--tasks": "", "--seeds": "0", "--steps": "", "--jobs": "1",
-           "--budgets": "", "--bin": "", "--benchmark": ""}
-SWITCHES = {"--report-only", "-h", "--help"}
+OPTIONS = (
+    Option("root", required=True, metavar="DIR"),
+    Option("tasks", (), many=True, metavar="TASK"),
+    Option("seeds", (0,), integer(0), many=True, metavar="SEED"),
+    Option("steps", None, integer(1), metavar="N"),
+    Option("configs", (), many=True, metavar="PRESET"),
+    Option("jobs", 1, integer(1), metavar="N"),
+    Option("budgets", (), integer(1), many=True, metavar="B"),
+    Option("bin", None, integer(1), metavar="N"),
+    Option("benchmark", "", metavar="NAME"),
+    Option("report-only", False, switch=True),
+)
 PER_RUN = {"env.task": "--tasks", "seed": "--seeds", "run.steps": "--steps", "logdir": "--root"}
 PUBLISHED = "DreamerV3"
-
-
-class UsageError(ValueError):
-    """A wrong command line."""
 
 
 @dataclass(frozen=True)
@@ -82,47 +87,6 @@ class Run:
     logdir: Path
 
 
-def split(argv: list[str]) -> tuple[dict[str, str], set[str], list[str]]:
-    """(options, switches given, train args) of a command line: own options up to `--`, the
-    `--configs` names among them moved to the front of the train args."""
-    own, train = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv \
-        else (argv, [])
-    opts, switches, configs = dict(OPTIONS), set(), []
-    i = 0
-    while i < len(own):
-        name, eq, value = own[i].partition("=")
-        i += 1
-        if name == "--configs":  # as dreamer-train: names up to the next option, or =a,b
-            configs.append(own[i - 1])
-            while not eq and i < len(own) and not own[i].startswith("--"):
-                configs.append(own[i])
-                i += 1
-        elif name in SWITCHES and not eq:
-            switches.add(name)
-        elif name in OPTIONS:
-            if not eq:
-                if i == len(own):
-                    raise UsageError(f"{name} needs a value")
-                value, i = own[i], i + 1
-            opts[name] = value
-        else:
-            raise UsageError(f"unknown option {own[i - 1]!r}; options: "
-                             f"{', '.join([*OPTIONS, '--configs', *SWITCHES])}; training "
-                             "overrides go after --")
-    return opts, switches, configs + train
-
-
-def number(text: str, name: str, low: int = 0) -> int:
-    """An integer option given as e.g. `5e4`, at least `low`."""
-    try:
-        value = int(float(text))
-    except ValueError:
-        raise UsageError(f"{name} {text!r} is not a number") from None
-    if value < low:
-        raise UsageError(f"{name} must be at least {low}")
-    return value
-
-
 def default_budgets(steps: int, width: int) -> list[int]:
     """Four budgets evenly spaced up to `steps`, each rounded down to the grid of `width`."""
     return sorted({max(width, steps * k // 4 // width * width) for k in (1, 2, 3, 4)})
@@ -136,29 +100,26 @@ def benchmark_of(presets: list[str], explicit: str) -> str | None:
     return next((p for p in reversed(presets) if p in reference.benchmarks()), None)
 
 
-def plan(opts: dict[str, str], switches: set[str], train: list[str]) -> Suite:
-    """The suite of a split command line; UsageError, ConfigError or reference.UnknownCurve say
-    what is wrong with it."""
-    if not opts["--root"]:
-        raise UsageError("give --root DIR, the folder of the runs and the report")
-    if not any(a == "--configs" or a.startswith("--configs=") for a in train):
-        train = ["--configs", DEFAULT_PRESET, *train]  # what dreamer-train would use
-    cfg, given = parse_args(train)
-    clashes = [f"--{k} (use {PER_RUN[k]})" for k in given["overrides"] if k in PER_RUN]
+def plan(argv: list[str]) -> Suite:
+    """The suite of a command line; UsageError, ConfigError or reference.UnknownCurve say what is
+    wrong with it."""
+    args = parse(argv, OPTIONS, __doc__, rest=True)
+    presets = ["--configs", *args["configs"]] if args["configs"] else []
+    cfg, given = parse_args([*presets, *args.rest], presets=(DEFAULT_PRESET,))
+    clashes = [f"--{k} (use {PER_RUN[k]})" for k in given.overrides if k in PER_RUN]
     if clashes:
         raise UsageError(f"set per run by learn.py, not in the train args: {', '.join(clashes)}")
-    steps = number(opts["--steps"] or str(cfg.run.steps), "--steps", 1)
-    width = number(opts["--bin"] or str(cfg.run.eval_every or steps), "--bin", 1)
-    budgets = [number(b, "--budgets", 1) for b in opts["--budgets"].split(",") if b]
+    steps = args["steps"] or cfg.run.steps
+    width = args["bin"] or cfg.run.eval_every or steps
     return Suite(
-        root=Path(opts["--root"]),
-        tasks=[t for t in (opts["--tasks"] or cfg.env.task).split(",") if t],
-        seeds=[number(s, "--seeds") for s in opts["--seeds"].split(",") if s],
-        steps=steps, train_args=train, presets=given["presets"],
-        jobs=number(opts["--jobs"], "--jobs", 1),
-        budgets=budgets or default_budgets(steps, width), width=width,
-        benchmark=benchmark_of(given["presets"], opts["--benchmark"]),
-        report_only="--report-only" in switches)
+        root=Path(args["root"]), tasks=args["tasks"] or [cfg.env.task], seeds=args["seeds"],
+        steps=steps,
+        train_args=["--configs", *given["configs"],
+                    *(f"--{key}={text}" for key, text in given.overrides.items())],
+        presets=given["configs"], jobs=args["jobs"],
+        budgets=args["budgets"] or default_budgets(steps, width), width=width,
+        benchmark=benchmark_of(given["configs"], args["benchmark"]),
+        report_only=args["report-only"])
 
 
 def runs_of(suite: Suite) -> list[Run]:
@@ -307,12 +268,8 @@ def report(suite: Suite) -> tuple[str, dict, list[str]]:
 
 def main(argv: list[str]) -> int:
     try:
-        opts, switches, train_args = split(argv)
-        if switches & {"-h", "--help"}:
-            print(__doc__)
-            return 0
-        suite = plan(opts, switches, train_args)
-    except (UsageError, ConfigError, reference.UnknownCurve) as e:
+        suite = plan(argv)
+    except (ConfigError, reference.UnknownCurve) as e:
         print(f"learn: {e}", file=sys.stderr)
         return 2
     runs = runs_of(suite)

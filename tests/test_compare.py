@@ -114,7 +114,7 @@ def test_compare_command_line(tmp_path, monkeypatch, capsys):
 
     assert bench.main(["compare", "--configs", "size1m", "--rounds", "0",
                        "--official-src", str(src)]) == 2
-    assert "not --rounds '0'" in capsys.readouterr().err
+    assert "--rounds '0': expected an integer of at least 1" in capsys.readouterr().err
     assert bench.main([*args[:2], str(tmp_path / "missing"), *args[3:]]) == 2
     assert "missing does not exist; pass --official-src DIR" in capsys.readouterr().err
 

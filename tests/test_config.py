@@ -244,8 +244,8 @@ def test_parse_args_grammar(tmp_path):
     assert cfg.run.steps == 1_000_000 and cfg.env.size == (32, 32) and cfg.seed == 1
     assert cfg.logdir == str(tmp_path) and cfg.jax.jit is False and cfg.ac.entropy == -1e-3
     assert cfg.model.mults == (1, 2)
-    assert extra["presets"] == ["debug", "size1m"]
-    assert extra["overrides"]["run.steps"] == "1e6"
+    assert extra["configs"] == ["debug", "size1m"]
+    assert extra.overrides["run.steps"] == "1e6"
     assert parse_args(["--configs=debug,size1m"])[0] == load_config(["debug", "size1m"])
     assert parse_args([])[0] == Config()
 
@@ -255,9 +255,10 @@ def test_parse_args_grammar(tmp_path):
     [
         (["--model.detr=5"], "did you mean 'model.deter'"),
         (["--configs", "nope"], "available presets"),
-        (["--configs"], "at least one preset"),
-        (["--seed"], "missing value for --seed"),
-        (["--seed", "--run.steps=3"], "missing value for --seed"),
+        (["--configs"], "--configs needs a value"),
+        (["--seed"], "--seed needs a value"),
+        (["--seed", "--run.steps=3"], "--seed needs a value"),
+        (["--sed=1"], "unknown option '--sed'; did you mean --seed?"),
         (["debug"], "unexpected argument 'debug'"),
         (["--run.steps=fast"], "expected int"),
         (["--model=3"], "'model' is a section"),
@@ -282,7 +283,7 @@ def test_help_lists_presets_and_exits_zero(capsys):
 def test_a_bare_boolean_switch_sets_it_true():
     cfg, info = parse_args(["--logger.wandb", "--jax.jit", "false", "--run.steps=10"])
     assert cfg.logger.wandb is True and cfg.jax.jit is False and cfg.run.steps == 10
-    assert info["overrides"]["logger.wandb"] == "true"
+    assert info.overrides["logger.wandb"] == "true"
 
 
 # The 2024 code's benchmark settings (dreamerv3/configs.yaml at e3f0224): train ratio per agent

@@ -26,13 +26,11 @@ def last_json(stdout: str) -> dict:
 
 
 def test_command_line_and_defaults():
-    opts, switches, train = learn.split(
+    suite = learn.plan(
         ["--tasks", "a,b", "--seeds=0,1", "--configs", "debug", "size1m", "--report-only",
          "--root", "runs/x", "--", "--run.eval_every=50"])
-    assert (opts["--tasks"], opts["--seeds"], opts["--root"]) == ("a,b", "0,1", "runs/x")
-    assert switches == {"--report-only"}
-    assert train == ["--configs", "debug", "size1m", "--run.eval_every=50"]
-    suite = learn.plan(opts, switches, train)
+    assert suite.root == Path("runs/x")
+    assert suite.train_args == ["--configs", "debug", "size1m", "--run.eval_every=50"]
     assert (suite.tasks, suite.seeds, suite.presets) == (["a", "b"], [0, 1], ["debug", "size1m"])
     steps = int(load_config(["debug", "size1m"]).run.steps)  # --steps defaults to the presets'
     assert (suite.steps, suite.width) == (steps, 50)
@@ -46,12 +44,15 @@ def test_command_line_and_defaults():
     assert learn.default_budgets(300, 100) == [100, 200, 300]
     assert learn.benchmark_of(["dmc_vision", "size1m"], "") == "dmc_vision"
     assert learn.benchmark_of(["dmc_vision"], "atari100k") == "atari100k"
+    # Without --configs the suite trains the demo preset, as dreamer-train would.
+    assert learn.plan(["--root", "r"]).train_args == ["--configs", "demo"]
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--tasks", "a"], "give --root DIR"),
     (["--root", "r", "--task", "a"], "unknown option '--task'"),
     (["--root", "r", "--steps"], "--steps needs a value"),
+    (["--root", "r", "--jobs", "0"], "--jobs '0': expected an integer of at least 1"),
     (["--root", "r", "--", "--seed=3", "--logdir=x"],
      "--seed (use --seeds), --logdir (use --root)"),
     (["--root", "r", "--configs", "debug", "nopreset"], "nopreset"),

@@ -163,8 +163,8 @@ def test_dreamer_eval_and_analysis_of_the_newest_checkpoint(tmp_path, capsys):
     shutil.rmtree(logdir / "checkpoints")
     assert cli.eval_main(["--logdir", str(logdir)]) == 2
     assert "no checkpoint in" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        cli.eval_main(["--logdir", str(logdir), "--video", "clip.avi"])
+    assert cli.eval_main(["--logdir", str(logdir), "--video", "clip.avi"]) == 2
+    assert "must end in .mp4 or .gif" in capsys.readouterr().err
 
 
 def test_a_foreign_checkpoint_folder_is_a_clear_error(tmp_path):
