@@ -2,7 +2,7 @@
 
 `Every` counts a counter (env steps, updates), `EverySeconds` wall time, `Ratio` the updates
 owed for the agent steps collected (the train ratio). None of them does the work; the session
-asks and acts.
+and its monitor ask and act.
 """
 from __future__ import annotations
 
@@ -13,17 +13,16 @@ from dreamer.config import Config, updates_due
 
 
 class Every:
-    """Due once every `every` units of a counter; `last` is the count at which it was last due
-    (saved with the run, so a resumed run keeps its schedule). `every` <= 0: never."""
+    """Due once every `every` units of a counter (`every` <= 0: never). The count at which it was
+    last due is the caller's to keep (the monitor keeps it in the run's counters, so a resumed
+    run keeps its schedule)."""
 
-    def __init__(self, every: float, last: int = 0):
-        self.every, self.last = every, last
+    def __init__(self, every: float):
+        self.every = every
 
-    def __call__(self, now: int) -> bool:
-        if self.every <= 0 or now - self.last < self.every:
-            return False
-        self.last = now
-        return True
+    def __call__(self, now: int, last: int) -> bool:
+        """Whether it is due at count `now`, having been last due at count `last`."""
+        return self.every > 0 and now - last >= self.every
 
 
 class EverySeconds:

@@ -16,8 +16,9 @@ from dreamer.config import Config, ConfigError
 from dreamer.envs import make_env
 from dreamer.learner import setup_distributed
 from dreamer.logging import Logger
+from dreamer.monitor import NonFiniteError
 from dreamer.parallel import Prefetcher
-from dreamer.session import NonFiniteError, Session
+from dreamer.session import Session
 
 __all__ = ["NonFiniteError", "Session", "check_resumable", "prepare_logdir", "resolve_logdir",
            "run"]

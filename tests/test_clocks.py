@@ -5,16 +5,18 @@ from dreamer.clocks import Every, EverySeconds, Ratio
 from dreamer.config import load_config, updates_due
 
 
-def test_every_fires_once_per_period_and_resumes_from_last():
-    every = Every(100)
-    assert [n for n in range(0, 450, 30) if every(n)] == [120, 240, 360]
-    assert every.last == 360
-    resumed = Every(100, last=360)
-    assert not resumed(420) and resumed(460)
+def test_every_fires_once_per_period_after_last():
+    every, last, fired = Every(100), 0, []
+    for n in range(0, 450, 30):
+        if every(n, last):
+            fired.append(n)
+            last = n
+    assert fired == [120, 240, 360]
+    assert not every(420, last=360) and every(460, last=360)
 
 
 def test_every_zero_never_fires():
-    assert not any(Every(0)(n) for n in range(0, 1000, 7))
+    assert not any(Every(0)(n, 0) for n in range(0, 1000, 7))
 
 
 def test_every_seconds_follows_its_clock():

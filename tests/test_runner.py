@@ -1,12 +1,16 @@
 """End-to-end: the training loop on the tiny `debug` preset writes what the README promises."""
+import dataclasses
 import json
 import threading
 
 import numpy as np
 import pytest
 
-from dreamer import acting, runner, session
+from dreamer import acting, monitor, runner
+from dreamer.checkpoint import Checkpointer
 from dreamer.config import Config, load_config
+from dreamer.run_state import Counters
+from dreamer.session import Session
 
 
 def test_debug_run_writes_logdir(tmp_path):
@@ -56,15 +60,53 @@ def test_env_action_conversion():
 
 
 def test_update_metrics_count_skips_and_stop_after_the_limit():
-    tracker = session.UpdateMetrics(limit=3)
-    averages = session.Averages()
+    tracker = monitor.UpdateMetrics(limit=3)
+    averages = monitor.Averages()
     for bad in (0, 1, 1, 0, 1, 1):
         tracker.add({"nonfinite": np.float32(bad), "loss/total": np.float32(np.nan if bad else 2)})
     assert tracker.flush(averages) == {"train/nonfinite_skips": 4.0}
     assert averages.flush() == {"train/loss/total": 2.0}  # skipped updates are not averaged
     tracker.add({"nonfinite": np.float32(1), "loss/total": np.float32(np.nan)})
-    with pytest.raises(session.NonFiniteError, match="last 3 updates had a non-finite loss"):
+    with pytest.raises(monitor.NonFiniteError, match="last 3 updates had a non-finite loss"):
         tracker.flush(averages)
+
+
+def test_update_metrics_count_skips_in_the_counters():
+    counters = Counters(nonfinite_skips=2)
+    tracker = monitor.UpdateMetrics(limit=0, counters=counters)
+    for bad in (1, 0, 1):
+        tracker.add({"nonfinite": np.float32(bad), "loss/total": np.float32(1)})
+    assert tracker.flush(monitor.Averages()) == {"train/nonfinite_skips": 4.0}
+    assert counters.nonfinite_skips == 4
+
+
+def test_the_counters_are_what_a_checkpoint_saves(tmp_path):
+    """`Session.counters` is the one copy of the host counters: the loop, the monitor's schedule
+    and the update metrics change it in place, so between checkpoints it already holds the
+    evaluation and report counts, and a checkpoint saves exactly what it shows."""
+    cfg = load_config(["debug"], {
+        "logdir": str(tmp_path), "run.steps": 200, "run.prefill": 100, "run.eval_every": 100,
+        "run.log_every": 1e6, "run.checkpoint_every": 0, "run.train_ratio": 16,
+        "logger.report_every": 20, "logger.console": False, "parallel.devices": 1})
+    checkpoints = Checkpointer(tmp_path / "checkpoints")
+    s = Session(cfg, tmp_path, checkpoints)
+    try:
+        runner._train(s)
+        assert checkpoints.latest_meta() is None  # checkpoint_every 0: none written yet
+        counters, updates = s.counters, s.learner.updates
+        assert counters.agent_steps == 200 and counters.episodes > 0
+        assert counters.last_eval == 200  # evaluations at 100 and 200 env steps
+        assert 0 < counters.last_report <= updates < counters.last_report + 20
+        assert counters.nonfinite_skips == 0 and s.monitor.pending.counters is counters
+        s.save()
+        assert checkpoints.latest_meta()["counters"] == dataclasses.asdict(s.counters)
+    finally:
+        s.close()  # saves once more
+    reader = Checkpointer(tmp_path / "checkpoints")
+    try:
+        assert reader.latest_meta()["counters"] == dataclasses.asdict(s.counters)
+    finally:
+        reader.close()
 
 
 def test_a_stop_request_ends_training_with_a_checkpoint(tmp_path):

@@ -1,0 +1,82 @@
+"""A run's resumable host state: its counters, and the checkpoint record that holds them beside
+the learner's train state, the random streams and the replay's state."""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from dreamer.checkpoint import Checkpointer, abstract
+from dreamer.config import Config
+from dreamer.learner import Learner
+from dreamer.replay import Replay
+from dreamer.rngs import Rngs
+
+
+@dataclasses.dataclass
+class Counters:
+    """The host state a resume continues from. The session and its monitor read and write these
+    fields in place as the run goes on, and each checkpoint saves them whole (beside the
+    learner's update count, the random streams and the replay's own state)."""
+
+    agent_steps: int = 0
+    episodes: int = 0
+    starts: int = 0               # earlier starts of this run (0: the first)
+    trained_seconds: float = 0.0  # counted up to the last metric write or save
+    nonfinite_skips: int = 0      # updates skipped for a non-finite loss or gradient
+    last_eval: int = 0            # env steps at the last evaluation
+    last_report: int = 0          # updates at the last report
+    wandb_id: str = ""
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> Counters:
+        """The counters of a checkpoint's record (also of one written with flat keys)."""
+        saved = meta.get("counters", meta)
+        return cls(**{f.name: saved[f.name] for f in dataclasses.fields(cls) if f.name in saved})
+
+
+def finite(tree: Any) -> bool:
+    """Whether every floating-point leaf of `tree` holds only finite values."""
+    return all(bool(np.all(np.isfinite(x))) for x in jax.tree.leaves(tree)
+               if np.issubdtype(np.asarray(x).dtype, np.floating))
+
+
+def record(cfg: Config, counters: Counters, rngs: Rngs, replay: Replay, updates: int,
+           env_steps: int) -> dict[str, Any]:
+    """The JSON record a checkpoint holds beside the train state (read back by `restore`)."""
+    return {"env_steps": env_steps, "updates": updates,
+            "counters": dataclasses.asdict(counters), "rngs": rngs.state(),
+            "replay": replay.state(), "config": cfg.to_dict(), "saved_at": time.time()}
+
+
+def restore(checkpoints: Checkpointer, learner: Learner, replay: Replay, rngs: Rngs,
+            replay_dir: Path, repeat: int) -> Counters | None:
+    """Continues from the newest readable checkpoint: loads the train state, the random streams
+    and the replay (its steps up to the checkpoint's) and returns the counters, with this start
+    counted. None when there is no checkpoint; steps in `replay_dir` that no checkpoint
+    describes are then moved aside."""
+    found = checkpoints.restore(abstract(learner.host_state()))
+    if found is None:
+        if replay_dir.is_dir() and any(replay_dir.glob("*.npz")):
+            aside = replay_dir.with_name(f"replay-without-checkpoint-{time.time_ns()}")
+            replay_dir.rename(aside)
+            warnings.warn(f"{replay_dir} held steps but there is no checkpoint to resume; "
+                          f"moved them to {aside} and starting afresh", stacklevel=2)
+        return None
+    step, state, meta = found
+    learner.load_state(state, meta["updates"])
+    counters = Counters.from_meta(meta)
+    counters.starts += 1
+    rngs.load_state(meta["rngs"])
+    loaded = replay.load(until=meta["replay"]["inserts"])
+    replay.load_state(meta["replay"])
+    print(f"dreamer: resumed {checkpoints.directory / str(step)}: "
+          f"{counters.agent_steps * repeat} env steps, {learner.updates} updates, "
+          f"{loaded} replay steps", file=sys.stderr)
+    return counters
