@@ -429,3 +429,21 @@ def test_online_queue_and_outputs_survive_save_and_load(tmp_path):
     assert starts(got) == starts(expected) == [(0, 3), (0, 6)]
     np.testing.assert_array_equal(got["latent"], expected["latent"])
     np.testing.assert_array_equal(got["latent"][:, :, 0], got["vector"][:, :, 1])
+
+
+# ------------------------------------------------------------------------------ storage
+
+
+def test_steps_map_stream_positions_to_chunk_slices():
+    """A stream's positions span its chunks; eviction drops whole sealed chunks, oldest first,
+    and reports the steps dropped."""
+    from dreamer.replay_store import Steps
+
+    steps = Steps(capacity=6, chunk=4)
+    for t in range(10):
+        stream = steps.add(make_step(0, t, 0, t == 0), worker=0)
+    assert [(i, k, offset) for _, i, k, offset in stream.pieces(2, 5)] == [(2, 4, 0), (0, 3, 2)]
+    assert stream.stamp_at(5) == 5 and stream.holds(0)
+    assert steps.evict() == 4 and steps.size == 6 and stream.held == 6
+    assert not stream.holds(3) and stream.holds(4) and stream.stamp_at(4) == 4
+    assert steps.evict() == 0  # 6 steps left: at capacity
