@@ -61,3 +61,37 @@ def test_every_module_imports_alone():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           cwd=PACKAGE.parent, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
+
+
+def layout_entries(readme: str) -> tuple[set[str], set[str]]:
+    """README's "Layout" block as (listed module paths, folders listed without their files),
+    paths relative to the repository root; nesting is two spaces of indent per level."""
+    block = readme.split("## Layout", 1)[1].split("```", 2)[1]
+    files, folders, stack = set(), set(), []
+    for line in block.splitlines():
+        if not line.strip():
+            continue
+        depth = (len(line) - len(line.lstrip(" "))) // 2
+        name = line.split()[0]
+        if not name.endswith(("/", ".py")):
+            continue  # a description's second line
+        stack = stack[:depth]
+        path = "/".join(stack + [name.rstrip("/")])
+        if name.endswith("/"):
+            stack.append(name.rstrip("/"))
+            folders.add(path)
+        else:
+            files.add(path)
+    return files, {f for f in folders if not any(p.startswith(f + "/") for p in files)}
+
+
+def test_readme_layout_lists_every_module():
+    """Every module of the package appears in README's "Layout" at its place in the tree (a
+    folder listed alone stands for its files), and every module listed exists."""
+    root = PACKAGE.parent
+    files, folders = layout_entries((root / "README.md").read_text())
+    actual = {str(p.relative_to(root)) for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"}
+    covered = {p for p in actual if any(p.startswith(f + "/") for f in folders)}
+    assert not files - actual, f"README lists modules that do not exist: {sorted(files - actual)}"
+    missing = actual - files - covered
+    assert not missing, f"README's Layout does not list: {sorted(missing)}"
