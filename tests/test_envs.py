@@ -137,6 +137,15 @@ def test_gym_discrete_shapes():
     rollout(env, 20)
 
 
+def test_gym_discrete_observations_are_one_hot():
+    env = make_env(config("gym_FrozenLake-v1", obs="vector"), seed=0)
+    assert env.obs_space == {"vector": Space(np.float32, (16,))}
+    outs = rollout(env, 20)
+    assert all(o["vector"].sum() == 1.0 for o in outs)
+    assert np.argmax(outs[0]["vector"]) == 0  # FrozenLake starts in the top-left cell
+    env.close()
+
+
 @pytest.mark.parametrize("obs", ["vector", "both"])
 def test_gym_continuous_shapes(obs):
     # A MuJoCo task: classic-control rendering would need pygame.

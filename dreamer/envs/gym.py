@@ -1,7 +1,8 @@
 """Any gymnasium environment, ``gym_<id>`` (e.g. ``gym_CartPole-v1``, ``gym_Pendulum-v1``).
 
-Observations: ``vector`` float32 ``[D]`` is the flattened state (Box observation spaces only);
-``image`` uint8 ``[H, W, 3]`` is the ``rgb_array`` render resized to ``env.size``. Actions: an int32
+Observations: ``vector`` float32 ``[D]`` is the flattened state of a Box observation space, or
+the one-hot ``[n]`` of a Discrete one (FrozenLake, Taxi: tabular agents read the index back as its
+argmax); ``image`` uint8 ``[H, W, 3]`` is the ``rgb_array`` render resized to ``env.size``. Actions: an int32
 index for Discrete spaces, float32 ``[A]`` in ``[-1, 1]`` rescaled to the bounds of Box spaces.
 gymnasium's ``terminated`` gives ``is_terminal``; ``truncated`` (its time limit) only ``is_last``.
 """
@@ -51,13 +52,19 @@ class Gym:
         self.obs_space: dict[str, Space] = {}
         if image:
             self.obs_space["image"] = Space(np.uint8, (*size, 3), 0, 255)
+        self._states = 0  # Discrete observation spaces: how many states, one-hot encoded
         if vector:
-            if not isinstance(env.observation_space, gymnasium.spaces.Box):
+            observations = env.observation_space
+            if isinstance(observations, gymnasium.spaces.Discrete):
+                self._obs_start, self._states = int(observations.start), int(observations.n)
+                dims = self._states
+            elif isinstance(observations, gymnasium.spaces.Box):
+                dims = int(np.prod(observations.shape))
+            else:
                 raise EnvError(
-                    f"{task}: env.obs=vector needs a Box observation space, "
-                    f"got {env.observation_space}; use env.obs=image"
+                    f"{task}: env.obs=vector needs a Box or Discrete observation space, "
+                    f"got {observations}; use env.obs=image"
                 )
-            dims = int(np.prod(env.observation_space.shape))
             self.obs_space["vector"] = Space(np.float32, (dims,))
 
     def reset(self) -> dict[str, Any]:
@@ -84,7 +91,9 @@ class Gym:
         out = {}
         if "image" in self.obs_space:
             out["image"] = self._render()
-        if "vector" in self.obs_space:
+        if "vector" in self.obs_space and self._states:
+            out["vector"] = np.eye(self._states, dtype=np.float32)[int(state) - self._obs_start]
+        elif "vector" in self.obs_space:
             out["vector"] = np.asarray(state, np.float32).reshape(-1)
         return out
 
