@@ -42,7 +42,7 @@ class ConfigError(ValueError):
 # not later inside the code that reads it. The modules that act on a key name their choices
 # from here (tests/test_config.py checks that they agree).
 CHOICES: dict[str, tuple[str, ...]] = {
-    "agent": ("dreamerv3", "pets"),
+    "agent": ("dreamerv3", "pets", "dyna_q", "prioritized_sweeping"),
     "jax.compute_dtype": ("auto", "float32", "bfloat16"),
     "env.obs": ("image", "vector", "both"),
     "logger.mode": ("auto", "online", "offline", "disabled"),

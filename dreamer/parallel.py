@@ -43,6 +43,14 @@ def sum_over(tree: Any, axis_name: str | None) -> Any:
     return jax.lax.psum(tree, axis_name)
 
 
+def gather_over(tree: Any, axis_name: str | None) -> Any:
+    """Every device's rows of each leaf [B, ...] concatenated in device order, [N*B, ...], when
+    running under the device axis; identity otherwise. The device order is the host batch's."""
+    if axis_name is None:
+        return tree
+    return jax.lax.all_gather(tree, axis_name, tiled=True)
+
+
 def row_keys(key: jax.Array, rows: int, axis_name: str | None) -> jax.Array:
     """One key per row of the batch, derived from the row's index in the global batch, so that
     N devices holding B/N rows each draw exactly what one device holding all B rows draws."""

@@ -15,7 +15,10 @@ from dreamer.replay import stored_stamps
 PETS_TINY = {"env.task": "builtin_reach", "pets.members": 2, "pets.particles": 2,
              "pets.units": 16, "pets.layers": 1, "pets.candidates": 16, "pets.elites": 4,
              "pets.iterations": 2, "pets.horizon": 4, "batch_size": 8, "batch_length": 3}
-TINY = {"dreamerv3": (["debug"], {}), "pets": (["debug", "pets"], PETS_TINY)}
+# The tabular agents are tiny as they are; their presets already choose the Dyna maze.
+TINY = {"dreamerv3": (["debug"], {}), "pets": (["debug", "pets"], PETS_TINY),
+        "dyna_q": (["debug", "dyna_q"], {}),
+        "prioritized_sweeping": (["debug", "prioritized_sweeping"], {})}
 
 
 def tiny_cfg(name, logdir, steps, **overrides):
@@ -47,7 +50,7 @@ def test_the_agent_interface(agent):
 
 
 def test_an_unknown_agent_is_a_clear_error(tmp_path):
-    with pytest.raises(ConfigError, match="choose one of 'dreamerv3', 'pets'"):
+    with pytest.raises(ConfigError, match="choose one of 'dreamerv3', 'pets', 'dyna_q'"):
         runner.run(tiny_cfg("dreamerv3", tmp_path, 100, agent="muzero"))
 
 
@@ -72,6 +75,7 @@ def test_each_agent_trains_on_two_devices_with_actor_processes_and_resumes(agent
     updates = max(line.get("train/updates", 0) for line in lines)
     # The learner owes updates for the steps received; it reads at most 2 chunks per actor
     # between checks, so it ends at most that many chunks' worth of updates short.
-    assert 0 <= updates_due(cfg, final, 2) - updates <= 2 * 2 * 16 * 32 // (2 * 4 * 8) + 1
+    per_update = 2 * cfg.batch_size * cfg.batch_length  # replayed steps, on 2 devices
+    assert 0 <= updates_due(cfg, final, 2) - updates <= 2 * 2 * 16 * 32 // per_update + 1
     stamps = stored_stamps(tmp_path / "replay")
     np.testing.assert_array_equal(np.sort(stamps), np.arange(final))

@@ -17,7 +17,7 @@ from dreamer.config import (
 SIZES = ["size1m", "size12m", "size25m", "size50m", "size100m", "size200m", "size400m"]
 TASKS = ["atari100k", "debug", "demo", "dmc_proprio", "dmc_vision", "gym"]
 MODIFIERS = ["cpu"]  # applied after a task preset
-AGENTS = ["pets"]  # select another agent than DreamerV3, with its settings
+AGENTS = ["pets", "dyna_q", "prioritized_sweeping"]  # select another agent than DreamerV3, with its settings
 
 
 def test_defaults_have_the_types_written_in_defaults_yaml():

@@ -67,7 +67,21 @@ def _pets() -> Callable[..., Agent]:
     return PETS
 
 
-AGENTS: dict[str, Callable[[], Callable[..., Agent]]] = {"dreamerv3": _dreamerv3, "pets": _pets}
+def _dyna_q() -> Callable[..., Agent]:
+    from dreamer.agents.dyna import DynaQ
+
+    return DynaQ
+
+
+def _prioritized_sweeping() -> Callable[..., Agent]:
+    from dreamer.agents.dyna import PrioritizedSweeping
+
+    return PrioritizedSweeping
+
+
+AGENTS: dict[str, Callable[[], Callable[..., Agent]]] = {
+    "dreamerv3": _dreamerv3, "pets": _pets, "dyna_q": _dyna_q,
+    "prioritized_sweeping": _prioritized_sweeping}
 
 
 def check_agent(name: str) -> None:

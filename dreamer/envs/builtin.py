@@ -1,8 +1,9 @@
-"""Pure-numpy pixel environments: fast, deterministic given the seed, no simulator needed.
+"""Pure-numpy environments: fast, deterministic given the seed, no simulator needed.
 
-They serve the tests and a CPU demo in which an agent must visibly learn within minutes, so each has
-dense reward and a wide gap between a random and a good policy. Both draw bright objects on a dark
-background at any image size of at least 8x8 and also offer a small state vector.
+Catch, Track and Reach serve the tests and a CPU demo in which an agent must visibly learn within
+minutes, so each has dense reward and a wide gap between a random and a good policy. They draw
+bright objects on a dark background at any image size of at least 8x8 and also offer a small state
+vector. The Dyna maze is Sutton & Barto's tabular planning benchmark, with a one-hot cell vector.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ BACKGROUND = np.array([16, 16, 40], np.uint8)
 RED = np.array([255, 64, 64], np.uint8)
 CYAN = np.array([64, 224, 255], np.uint8)
 GREEN = np.array([64, 255, 96], np.uint8)
+GRAY = np.array([128, 128, 128], np.uint8)
 
 REACH_STEPS = 50  # default episode length of builtin_reach, in agent steps
 
@@ -207,12 +209,72 @@ class Reach:
         return out
 
 
+class DynaMaze:
+    """The 6x9 Dyna maze of Sutton & Barto (2nd ed., Example 8.1, Figure 8.2); 4 discrete actions
+    (0 up, 1 down, 2 left, 3 right).
+
+    Rows count from the top, columns from the left. Episodes start at S = (2, 0) and terminate on
+    reaching the goal G = (0, 8) with reward 1; every other step gives 0. Walls fill column 2 in
+    rows 1-3, column 5 in row 4 and column 7 in rows 0-2; a move into a wall or off the grid
+    leaves the agent where it is. The shortest path from S to G takes 14 steps. Deterministic:
+    the seed is unused.
+
+    Observations: ``vector`` float32 ``[54]``, the one-hot of the cell index ``row * 9 + col``,
+    and/or ``image`` uint8 ``[H, W, 3]`` (walls gray, goal green, agent red).
+    """
+
+    ROWS, COLS = 6, 9
+    START, GOAL = (2, 0), (0, 8)
+    WALLS = ((1, 2), (2, 2), (3, 2), (4, 5), (0, 7), (1, 7), (2, 7))
+    MOVES = ((-1, 0), (1, 0), (0, -1), (0, 1))
+
+    def __init__(self, seed: int, size: tuple[int, int] = (64, 64), obs: str = "vector"):
+        del seed
+        image, vector = check_obs_mode(obs)
+        self.obs_space = _obs_space(size, image, self.ROWS * self.COLS if vector else None)
+        self.act_space = discrete_space(len(self.MOVES))
+        self._rows = np.arange(size[0]) * self.ROWS // size[0]
+        self._cols = np.arange(size[1]) * self.COLS // size[1]
+        self._cell = self.START
+
+    def reset(self) -> dict[str, Any]:
+        self._cell = self.START
+        return transition(self._obs(), is_first=True)
+
+    def step(self, action: np.ndarray) -> dict[str, Any]:
+        if int(action) not in range(len(self.MOVES)):
+            raise ValueError(f"builtin_dynamaze takes actions 0, 1, 2, 3; got {action!r}")
+        dr, dc = self.MOVES[int(action)]
+        row, col = self._cell[0] + dr, self._cell[1] + dc
+        if 0 <= row < self.ROWS and 0 <= col < self.COLS and (row, col) not in self.WALLS:
+            self._cell = (row, col)
+        goal = self._cell == self.GOAL
+        return transition(self._obs(), float(goal), is_terminal=goal)
+
+    def close(self) -> None:
+        pass
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        out = {}
+        if "image" in self.obs_space:
+            grid = np.broadcast_to(BACKGROUND, (self.ROWS, self.COLS, 3)).copy()
+            grid[tuple(np.transpose(self.WALLS))] = GRAY
+            grid[self.GOAL] = GREEN
+            grid[self._cell] = RED
+            out["image"] = grid[self._rows][:, self._cols]
+        if "vector" in self.obs_space:
+            vector = np.zeros(self.ROWS * self.COLS, np.float32)
+            vector[self._cell[0] * self.COLS + self._cell[1]] = 1.0
+            out["vector"] = vector
+        return out
+
+
 def tasks() -> list[str]:
     """Every builtin task name, with its ``builtin_`` prefix."""
-    return ["builtin_catch", "builtin_reach", "builtin_track"]
+    return ["builtin_catch", "builtin_dynamaze", "builtin_reach", "builtin_track"]
 
 
-def make(name: str, cfg: Any, seed: int) -> Catch | Reach:
+def make(name: str, cfg: Any, seed: int) -> Catch | Reach | DynaMaze:
     """A builtin environment from the ``env`` config; ``name`` is the task without ``builtin_``."""
     size = image_size(cfg.size)
     if min(size) < 8:
@@ -221,6 +283,8 @@ def make(name: str, cfg: Any, seed: int) -> Catch | Reach:
         return Catch(seed, size, cfg.obs)
     if name == "track":
         return Track(seed, size, cfg.obs)
+    if name == "dynamaze":
+        return DynaMaze(seed, size, cfg.obs)
     if name == "reach":
         # The default length counts agent steps, so it scales with the action repeat.
         steps = None if cfg.time_limit else REACH_STEPS * cfg.action_repeat
