@@ -14,7 +14,7 @@ import pytest
 
 from dreamer import analysis, cli, runner
 from dreamer.checkpoint import Checkpointer
-from dreamer.config import Config, ConfigError, load_config
+from dreamer.config import Config, ConfigError, load_config, updates_due
 from dreamer.replay import stored_stamps
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -184,7 +184,11 @@ PETS_ARGS = ["pets", "--env.task=builtin_reach", "--pets.members=2", "--pets.par
              "--pets.iterations=2", "--pets.horizon=4", "--batch_size=8", "--batch_length=3"]
 
 
-@pytest.mark.parametrize("agent_args", [[], PETS_ARGS], ids=["dreamerv3", "pets"])
+DYNA_ARGS = ["dyna_q"]  # its preset's tables and task are tiny already
+
+
+@pytest.mark.parametrize("agent_args", [[], PETS_ARGS, DYNA_ARGS],
+                         ids=["dreamerv3", "pets", "dyna_q"])
 def test_sigkill_and_resume(tmp_path, agent_args):
     """Killed at a random moment after two checkpoints, the same command resumes from the last
     complete one: counters match, no step is lost or stored twice."""
@@ -215,9 +219,8 @@ def test_sigkill_and_resume(tmp_path, agent_args):
     assert f"{saved['env_steps']} env steps, {saved['updates']} updates" in done.stderr
     final = latest_meta(logdir)
     debug = Config.load(logdir / "config.yaml")
-    ratio, batch = debug.run.train_ratio, debug.batch_size * debug.batch_length
     assert final["env_steps"] == total
-    assert final["updates"] == int((total - debug.run.prefill) * ratio / batch) + 1
+    assert final["updates"] == updates_due(debug, total)
     np.testing.assert_array_equal(stored_stamps(logdir / "replay"), np.arange(total))
 
 
