@@ -38,7 +38,7 @@ class Steps:
     data: dict[str, np.ndarray]
     version: int         # params version that chose the actions (-1: random)
     actor: int
-    lag: float           # mean of (learner's newest version - version) when acting
+    lag: float           # mean of (learner's newest version - version) when choosing actions
 
 
 @dataclasses.dataclass
@@ -116,8 +116,10 @@ class _Actor:
         frames, episodes, env_restarts, since = 0, [], 0, time.perf_counter()
         while not self.stop.is_set() and self._parent_alive():
             self._pull(block=False)
-            while self._stale(self.learner_version()) and not self.stop.is_set():
+            latest = self.learner_version()
+            while self._stale(latest) and not self.stop.is_set():
                 self._pull(block=True)
+                latest = self.learner_version()
             obs = {k: np.concatenate([c.batch_obs()[k] for c in self.collectors])
                    for k in self.collectors[0].batch_obs()}
             if self.params is None:
@@ -127,7 +129,7 @@ class _Actor:
                 lag = 0
             else:
                 actions, outputs = self.policy(self.params, obs)
-                lag = self.learner_version() - self.version
+                lag = latest - self.version  # when the params were checked for staleness
             for i, collector in enumerate(self.collectors):
                 try:
                     records, done = collector.step(
