@@ -246,12 +246,13 @@ def replay_memory(capacity: int = 50_000, size: tuple[int, int] = (64, 64), acti
     h, w = size
     yy, xx = np.mgrid[0:h, 0:w]
     background = np.stack([yy * 255 // h, xx * 255 // w, (yy + xx) * 127 // (h + w)], -1)
+    patch = min(8, h, w)  # a moving white square, so that consecutive frames differ
     rng = np.random.default_rng(0)
 
     def step(i: int) -> dict[str, np.ndarray]:
         image = background.astype(np.uint8)
-        y, x = (i * 3) % (h - 8), (i * 5) % (w - 8)
-        image[y:y + 8, x:x + 8] = (255, 255, 255)
+        y, x = (i * 3) % (h - patch + 1), (i * 5) % (w - patch + 1)
+        image[y:y + patch, x:x + patch] = (255, 255, 255)
         return {"image": image, "action": rng.uniform(-1, 1, action_dim).astype(np.float32),
                 "reward": np.float32(rng.uniform()), "is_first": np.bool_(i % 500 == 0),
                 "is_last": np.bool_(i % 500 == 499), "is_terminal": np.bool_(False)}

@@ -107,9 +107,8 @@ class Steps:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the step arrays held (preallocated open chunks included); a chunk's stamps
-        count once per key."""
-        return sum(v.nbytes + c.stamp.nbytes for c in self.chunks() for v in c.data.values())
+        """Bytes of the step arrays and their stamps held (preallocated open chunks included)."""
+        return sum(c.stamp.nbytes + sum(v.nbytes for v in c.data.values()) for c in self.chunks())
 
     def _check(self, step: dict[str, np.ndarray], what: str) -> None:
         """Fixes the spec at the first step; raises if `step` has other keys or shapes."""

@@ -17,3 +17,15 @@ def test_train_step_benchmark_runs_the_agents_sequences():
     # On the CPU `auto` computes in float32, and the peak is measured in that dtype.
     assert first["compute_dtype"] == first["matmul_peak_dtype"] == "float32"
     assert second["fraction_of_peak"] == second["flops_per_s"] / 1e9
+
+
+def test_replay_memory_runs_for_small_images(tmp_path):
+    """The replay benchmark for frames down to the size of its moving square and below; the
+    array bytes per step are at least one step's own bytes (image, action, reward, flags and
+    the insert stamp)."""
+    for size in ((8, 8), (4, 4)):
+        out = benchmark.replay_memory(capacity=128, size=size, action_dim=2, chunk=32,
+                                      directory=tmp_path)
+        one_step = size[0] * size[1] * 3 + 2 * 4 + 4 + 3 + 8
+        assert out["steps_stored"] == 128
+        assert out["bytes_per_step_arrays"] >= one_step

@@ -94,6 +94,14 @@ def test_sample_covers_all_starts_across_chunks():
     assert seen == {(w, t) for w in range(2) for t in range(9 - 6 + 1)}
 
 
+def test_nbytes_counts_every_preallocated_step_and_its_stamp_once():
+    replay = Replay(capacity=1000, length=4, chunk=8)
+    fill(replay, workers=2, steps=5)  # one open chunk of 8 steps per worker
+    step = make_step(0, 0, 0, True)
+    per_step = sum(np.asarray(v).nbytes for v in step.values()) + np.dtype(np.int64).itemsize
+    assert replay.nbytes == 2 * 8 * per_step
+
+
 def test_too_little_data_names_the_length():
     replay = Replay(capacity=100, length=8, chunk=4)
     with pytest.raises(ValueError, match="8 consecutive steps"):
