@@ -1,5 +1,5 @@
 """Benchmarks behind `launch/bench.py`: parameter counts, train-step speed on one or N devices,
-environment throughput of actor processes and replay memory (`dreamer.compare` times the train
+environment throughput of actor processes, an agent's policy speed and replay memory (`dreamer.compare` times the train
 step side by side with the official DreamerV3 code, `dreamer.profiling` splits it by function).
 
 Every command returns a JSON-serialisable dict; the launcher prints it as the last line.
@@ -226,6 +226,37 @@ def actors(cfg: Config, counts: list[int], seconds: float = 20.0) -> dict[str, A
         "scaling_efficiency": {str(n): r / (n * base) for n, r in runs.items()},
         "speedup_vs_first": {str(n): r / runs[counts[0]] for n, r in runs.items()},
     }
+
+
+def policy(cfg: Config, envs: int = 1, calls: int = 20, warmup: int = 2) -> dict[str, Any]:
+    """Actions per second of the configured agent's jitted policy, alone (no environment, no
+    learner): `envs` observations per call (zeros, not first steps) with freshly initialised
+    params, timed over `calls` calls after `warmup` (the first compiles). For a planner
+    (PETS) this is the search's speed at the configured settings."""
+    from dreamer.acting import AgentPolicy
+    from dreamer.agents import make_agent
+
+    obs_space, act_space = spaces_of(cfg)
+    agent = make_agent(cfg, obs_space, act_space)
+    params = jax.jit(agent.init)(jax.random.key(0)).params
+    counter = iter(range(1 << 30))
+    act = AgentPolicy(agent, envs, lambda: jax.random.key(next(counter)))
+    obs = {k: np.zeros((envs, *s.shape), s.dtype) for k, s in obs_space.items()
+           if k in agent.obs_keys}
+    obs["is_first"] = np.zeros(envs, bool)
+    for _ in range(warmup):
+        act(params, obs)
+    seconds = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        act(params, obs)
+        seconds.append(time.perf_counter() - start)
+    median = float(np.median(seconds))
+    return {"agent": cfg.agent, "task": cfg.env.task, "envs": envs, "calls": calls,
+            "seconds_per_call": {"median": median, "min": float(np.min(seconds)),
+                                 "max": float(np.max(seconds))},
+            "actions_per_s": envs / median, "cpu_cores": os.cpu_count(),
+            "backend": jax.default_backend()}
 
 
 def replay_memory(capacity: int = 50_000, size: tuple[int, int] = (64, 64), action_dim: int = 6,

@@ -6,6 +6,8 @@
   python launch/bench.py train-step --devices 2 --configs debug   (N devices; fake CPU ones
                                                                     when there is no accelerator)
   python launch/bench.py actors --actors 1 2 [--seconds 20] [--configs dmc_vision ...]
+  python launch/bench.py policy --configs pets --env.task=gym_Pendulum-v1 [--envs 1] [--calls 20]
+                                (actions per second of the agent's jitted policy alone)
   python launch/bench.py replay [--capacity 50000] [--size 64]   (bytes per stored step)
   python launch/bench.py profile --configs dmc_proprio size1m [--updates 3] [--key=value ...]
                                  (shares of the step's time by function, from one trace)
@@ -48,12 +50,15 @@ OPTIONS = {
     "profile": (updates(3), WARMUP),
     "actors": (Option("actors", (1, 2), integer(1), many=True, metavar="N"),
                Option("seconds", 20.0, number(0), metavar="S")),
+    "policy": (Option("envs", 1, integer(1), metavar="N"),
+               Option("calls", 20, integer(1), metavar="N"), WARMUP),
     "compare": (Option("official-src", required=True, metavar="DIR"),
                 Option("official-bench", metavar="PATH"),
                 Option("configs", (), many=True, required=True, metavar="PRESET"),
                 Option("rounds", 2, integer(1), metavar="N"), updates(5), WARMUP),
 }
-TAKES_CONFIG = {"train-step": (), "profile": (), "actors": ("dmc_vision",)}  # default presets
+TAKES_CONFIG = {"train-step": (), "profile": (), "actors": ("dmc_vision",),
+                "policy": ()}  # default presets
 
 
 def compare_main(args: Args) -> int:
@@ -82,6 +87,8 @@ def measure(command: str, cfg: Config, args: Args) -> dict:
     """The result of a command that takes a config."""
     if command == "actors":
         return {"actors": benchmark.actors(cfg, args["actors"], args["seconds"])}
+    if command == "policy":
+        return {"policy": benchmark.policy(cfg, args["envs"], args["calls"], args["warmup"])}
     if command == "profile":
         from dreamer import profiling
 

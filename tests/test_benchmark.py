@@ -1,5 +1,9 @@
 """The benchmark commands run on the tiny config (their figures are measured by launch/bench.py,
 not asserted here)."""
+import importlib.util
+import json
+from pathlib import Path
+
 from dreamer import benchmark
 from dreamer.config import load_config
 
@@ -29,3 +33,27 @@ def test_replay_memory_runs_for_small_images(tmp_path):
         one_step = size[0] * size[1] * 3 + 2 * 4 + 4 + 3 + 8
         assert out["steps_stored"] == 128
         assert out["bytes_per_step_arrays"] >= one_step
+
+
+def test_policy_benchmark_counts_every_environments_actions():
+    """A planner's policy speed: actions per second is envs over the median call."""
+    cfg = load_config(["pets"], {"env.task": "builtin_reach", "pets.candidates": 8,
+                                 "pets.elites": 4, "pets.iterations": 1, "pets.horizon": 3,
+                                 "pets.units": 8})
+    out = benchmark.policy(cfg, envs=3, calls=2, warmup=1)
+    assert out["agent"] == "pets" and out["envs"] == 3 and out["calls"] == 2
+    assert out["actions_per_s"] == 3 / out["seconds_per_call"]["median"]
+    assert out["seconds_per_call"]["min"] <= out["seconds_per_call"]["median"]
+
+
+def test_policy_command_of_the_launcher(capsys):
+    """`launch/bench.py policy` for DreamerV3's policy; a bad option exits 2."""
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("bench", root / "launch" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["policy", "--configs", "debug", "--env.task=builtin_reach",
+                       "--env.obs=vector", "--calls", "1", "--warmup", "1"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["policy"]["agent"] == "dreamerv3" and out["policy"]["actions_per_s"] > 0
+    assert bench.main(["policy", "--envs", "0"]) == 2

@@ -16,7 +16,7 @@ from dreamer.config import (
 
 SIZES = ["size1m", "size12m", "size25m", "size50m", "size100m", "size200m", "size400m"]
 TASKS = ["atari100k", "debug", "demo", "dmc_proprio", "dmc_vision", "gym"]
-MODIFIERS = ["cpu"]  # applied after a task preset
+MODIFIERS = ["cpu", "pets_small"]  # applied after a task or agent preset
 AGENTS = ["pets", "dyna_q", "prioritized_sweeping"]  # select another agent than DreamerV3, with its settings
 
 
@@ -346,3 +346,12 @@ def test_choices_agree_with_the_code_that_reads_them():
         assert callable(get_act(name))
     for name in CHOICES["jax.compute_dtype"]:
         compute_dtype(name, "cpu")
+
+
+def test_pets_small_sizes_only_the_pets_section():
+    cfg, small = load_config(["pets"]), load_config(["pets", "pets_small"])
+    assert small.agent == "pets" and small.pets.units < cfg.pets.units
+    assert small.pets.particles % small.pets.members == 0
+    assert small.pets.elites < small.pets.candidates
+    differ = {k for k, v in small.flat().items() if cfg.flat()[k] != v}
+    assert differ == {"pets.units", "pets.candidates", "pets.iterations", "pets.particles"}
