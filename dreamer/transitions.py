@@ -135,10 +135,10 @@ def errors(predicted: np.ndarray, target: np.ndarray, mask: np.ndarray):
     return np.sqrt(squares / np.maximum(count, 1)[:, None]), count
 
 
-def run_episodes(envs: list, act: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+def run_episodes(envs: list, act: Callable[[np.ndarray], np.ndarray]):
     """One episode in each environment, all stepped together: `act(vectors [E, D]) -> actions
     [E]` chooses every step (for finished environments too: their actions are dropped).
-    Returns the undiscounted episode returns [E]."""
+    Returns the undiscounted episode returns [E] and the last state vectors [E, D]."""
     outs = [env.reset() for env in envs]
     done = np.zeros(len(envs), bool)
     returns = np.zeros(len(envs))
@@ -149,4 +149,4 @@ def run_episodes(envs: list, act: Callable[[np.ndarray], np.ndarray]) -> np.ndar
                 outs[i] = env.step(np.int32(actions[i]))
                 returns[i] += float(outs[i]["reward"])
                 done[i] = bool(outs[i]["is_last"])
-    return returns
+    return returns, np.stack([o["vector"] for o in outs])

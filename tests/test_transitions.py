@@ -177,5 +177,6 @@ def test_errors_are_rmse_over_the_windows_that_reach_each_step():
 
 def test_run_episodes_returns_each_environments_return():
     envs = [Walk(end=2), Walk(end=4)]
-    returns = transitions.run_episodes(envs, lambda obs: np.ones(len(obs), int))
+    returns, last = transitions.run_episodes(envs, lambda obs: np.ones(len(obs), int))
     np.testing.assert_array_equal(returns, [1 + 2, 1 + 2 + 3 + 4])
+    np.testing.assert_array_equal(last, [[2], [4]])
