@@ -231,7 +231,7 @@ def plot_transitions(data: dict, fake: dict, path: Path) -> None:
         bins = np.linspace(middle - half, middle + half, 50)
         ax.hist(real, bins, histtype="step", lw=1.5, label="real")
         ax.hist(synth, bins, histtype="step", lw=1.5, label="synthetic")
-        ax.set(title=title, yscale="log" if title == "reward" else "linear")
+        ax.set(title=title)
     ax = axes.flat[5]
     rates = [data["terminal"].mean(), fake["terminal"].mean()]
     ax.bar(["real", "synthetic"], rates, color=["C0", "C1"])
