@@ -5,6 +5,7 @@ through the interface of `dreamer.agents` (`policy`, `policy_initial`, `obs_keys
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -79,36 +80,55 @@ class AgentPolicy:
 
     def reset(self) -> None:
         self.carry = self.agent.policy_initial(self.num_envs)
+        self._fresh = True
 
     def __call__(self, params: Any, obs: dict[str, np.ndarray], mode: str = "sample"
                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(actions [N, A], per-step outputs {key: [N, ...]}) for observations [N, ...]."""
+        if self._fresh:
+            self.carry, self._fresh = placed_like(self.carry, params), False
         inputs = {k: v for k, v in obs.items() if k in (*self.agent.obs_keys, "is_first")}
         self.carry, action, outputs = self._step(params, self.carry, inputs, self.keys(),
                                                  mode=mode)
         return np.asarray(action), jax.device_get(outputs)
 
 
+def placed_like(tree: Any, params: Any) -> Any:
+    """`tree` committed to the device of `params` where they are committed to one device.
+
+    The policy's outputs (the next carry) live there; a fresh carry that does not would make
+    JAX compile the policy a second time, since it keys its cache on each argument's placement."""
+    leaf = next((x for x in jax.tree.leaves(params) if isinstance(x, jax.Array)), None)
+    if leaf is None or not leaf.committed or len(leaf.devices()) != 1:
+        return tree
+    return jax.device_put(tree, next(iter(leaf.devices())))
+
+
 def evaluate(policy: AgentPolicy, params: Any, env: Env, episodes: int, repeat: int = 1,
              video: bool = False, mode: str = "sample") -> dict[str, Any]:
-    """Mean and spread of the score and the mean length (env steps) of `episodes` episodes.
+    """Mean and spread of the score, the mean length (env steps) of `episodes` episodes, and
+    the mean seconds per action (`eval/action_seconds`, each policy call timed to its action on
+    the host, the first call of the evaluation left out: it may compile).
 
     `mode` is the policy's 'sample' (as in training) or greedy 'mode'. With `video` and image
     observations, `eval/video` holds the first episode's frames, uint8 [T, H, W, C].
     """
     collector = Collector([env], policy.agent.act_dim)
     policy.reset()
-    done, frames = [], []
+    done, frames, seconds = [], [], []
     while len(done) < episodes:
         obs = collector.batch_obs()
         if video and not done and "image" in obs:
             frames.append(obs["image"][0])
-        action, _ = policy(params, obs, mode=mode)
+        start = time.perf_counter()
+        action, _ = policy(params, obs, mode=mode)  # host arrays: the call has finished
+        seconds.append(time.perf_counter() - start)
         done += collector.step(action)[1]
     scores = [e["score"] for e in done]
     out: dict[str, Any] = {"eval/score": float(np.mean(scores)),
                            "eval/score_std": float(np.std(scores)),
-                           "eval/length": float(np.mean([e["length"] for e in done])) * repeat}
+                           "eval/length": float(np.mean([e["length"] for e in done])) * repeat,
+                           "eval/action_seconds": float(np.mean(seconds[1:] or seconds))}
     if frames:
         out["eval/video"] = np.stack(frames)
     return out
