@@ -292,6 +292,23 @@ class DreamerV3:
         m = self.cfg.model
         return world_model.initial_context(batch, m.deter, m.stoch) if self.context else {}
 
+    def observe(self, params: dict[str, Any], carry: Any, obs: Batch, key: jax.Array):
+        """The filtering half of `policy`: the posterior model state {'deter': [N, D],
+        'stoch': [N, S*K]} after observing `obs` (image [N, H, W, C] / vector [N, V],
+        is_first [N]) from the carry (model state, previous action)."""
+        state, prev_action = carry
+        embed = world_model.encode(self.wm, params["wm"], world_model.obs_of(obs))
+        rssm_params = {"params": params["wm"]["rssm"]}
+        proj = self.wm.rssm.apply(rssm_params, embed, method="embed_proj")
+        state, _ = self.wm.rssm.apply(rssm_params, state, prev_action, proj, obs["is_first"],
+                                      key, method="filter_step")
+        return state
+
+    def policy_outputs(self, state: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        """What the replay stores with a step acted on from model state [N, ...]: the state
+        as replay context (empty without it)."""
+        return self._context_of(state)
+
     def policy(self, params: dict[str, Any], carry: Any, obs: Batch, key: jax.Array,
                mode: str = "sample"):
         """One acting step for N environments.
@@ -303,12 +320,7 @@ class DreamerV3:
         or 'mode' (greedy).
         """
         k_obs, k_act = jax.random.split(key)
-        state, prev_action = carry
-        embed = world_model.encode(self.wm, params["wm"], world_model.obs_of(obs))
-        rssm_params = {"params": params["wm"]["rssm"]}
-        proj = self.wm.rssm.apply(rssm_params, embed, method="embed_proj")
-        state, _ = self.wm.rssm.apply(rssm_params, state, prev_action, proj, obs["is_first"],
-                                      k_obs, method="filter_step")
+        state = self.observe(params, carry, obs, k_obs)
         dist = behavior.policy_dist(self.ac, params["actor"], rssm_lib.feat(state))
         action = dist.sample(k_act) if mode == "sample" else dist.mode()
-        return (state, action), action, self._context_of(state)
+        return (state, action), action, self.policy_outputs(state)
