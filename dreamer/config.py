@@ -52,6 +52,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "ac.actor_grad": ("reinforce", "dynamics"),
     "pets.act": ("silu", "gelu", "relu", "elu", "tanh"),
     "pets.planner": ("cem", "mppi"),
+    "mpc.planner": ("cem", "mppi"),
 }
 
 
