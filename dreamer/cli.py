@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dreamer.args import Args, Option, choice, integer, parse
+from dreamer.args import Args, Option, UsageError, choice, integer, parse
 from dreamer.checkpoint import CheckpointError
 from dreamer.config import Config, ConfigError, available_presets, configs_dir_of, load_config
 from dreamer.envs import EnvError
@@ -163,67 +163,113 @@ EVAL_OPTIONS = (
     Option("logdir", required=True, metavar="DIR"),
     Option("episodes", 10, integer(1), metavar="N"),
     Option("video", "", _video_file, metavar="FILE"),
-    Option("mode", "sample", choice("sample", "mode")),
+    Option("mode", "sample", choice("sample", "mode", "mpc")),
     Option("seed", 12345, integer(), metavar="N"),
 )
 
 
 def eval_main(argv: list[str] | None = None) -> int:
-    """usage: dreamer-eval --logdir DIR [--episodes N] [--video FILE] [--mode sample|mode]
-                        [--seed N]
+    """usage: dreamer-eval --logdir DIR [--episodes N] [--video FILE] [--mode sample|mode|mpc]
+                        [--seed N] [--mpc.KEY=VALUE ...]
 
-    Runs the policy of the newest checkpoint in DIR and prints the score's mean and spread.
+    Runs the policy of the newest checkpoint in DIR and prints the score's mean and spread and
+    the seconds per action.
 
       --logdir DIR    a training logdir (holds config.yaml and checkpoints/)
       --episodes N    episodes to run (default 10)
       --video FILE    write the first episode to this .mp4 or .gif file
-      --mode MODE     sample actions as in training (sample, the default) or take the most likely
-                      one (mode)
+      --mode MODE     sample actions as in training (sample, the default), take the actor's most
+                      likely one (mode), or plan in the learned model (mpc: DreamerV3's latent
+                      MPC, then the actor's mode on the same episodes for comparison)
       --seed N        seed of the episodes (default 12345)
+      --mpc.KEY=VALUE a planner setting of latent MPC (section mpc of configs/defaults.yaml),
+                      e.g. --mpc.horizon=8 --mpc.planner=mppi
     """
     try:
         args = parse(sys.argv[1:] if argv is None else argv, EVAL_OPTIONS,
-                     inspect.cleandoc(eval_main.__doc__))
+                     inspect.cleandoc(eval_main.__doc__), config=Config())
+        mpc = mpc_overrides(args.overrides, args["mode"])
         result = evaluate_logdir(Path(args["logdir"]), args["episodes"], args["mode"],
-                                 args["seed"], args["video"] or None)
+                                 args["seed"], args["video"] or None, mpc)
     except (ConfigError, EnvError, CheckpointError) as e:
         print(f"dreamer-eval: {e}", file=sys.stderr)
         return 2
     print(f"score {result['eval/score']:.4g} ± {result['eval/score_std']:.3g} (mean ± std over "
           f"{args['episodes']} episodes, {args['mode']} actions; checkpoint at "
-          f"{result['env_steps']} env steps; episode length {result['eval/length']:.0f})")
+          f"{result['env_steps']} env steps; episode length {result['eval/length']:.0f}); "
+          f"{_duration(result['eval/action_seconds'])} per action")
+    if "actor" in result:
+        actor = result["actor"]
+        print(f"actor (mode actions) on the same episodes: score {actor['eval/score']:.4g} ± "
+              f"{actor['eval/score_std']:.3g}; {_duration(actor['eval/action_seconds'])} per "
+              f"action")
     if args["video"]:
         print(f"video of the first episode: {args['video']}")
     return 0
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds * 1e3:.3g} ms" if seconds < 1 else f"{seconds:.3g} s"
+
+
+def mpc_overrides(overrides: dict[str, str], mode: str) -> dict[str, str]:
+    """The `--mpc.KEY=VALUE` settings of a dreamer-eval command line; anything else is an error
+    (the run's own settings come from its config.yaml)."""
+    other = [k for k in overrides if not k.startswith("mpc.")]
+    if other:
+        raise UsageError(f"dreamer-eval takes config overrides of the mpc section only, got "
+                         f"--{other[0]} (the run's settings come from its config.yaml)")
+    if overrides and mode != "mpc":
+        raise UsageError(f"--{next(iter(overrides))} sets latent MPC's planner: add --mode mpc")
+    return dict(overrides)
+
+
 def evaluate_logdir(logdir: Path, episodes: int, mode: str = "sample", seed: int = 0,
-                    video: str | None = None) -> dict[str, Any]:
-    """Evaluates the newest checkpoint of a training logdir (see `eval_main`)."""
+                    video: str | None = None, mpc: dict[str, str] | None = None
+                    ) -> dict[str, Any]:
+    """Evaluates the newest checkpoint of a training logdir (see `eval_main`). With mode 'mpc'
+    the agent plans by latent MPC (planner settings: the run's `mpc` section with the `mpc`
+    overrides), and the result's `actor` holds the actor's evaluation in mode 'mode' on the
+    same episodes."""
     import jax
 
     from dreamer import analysis
-    from dreamer.acting import AgentPolicy, evaluate
-    from dreamer.envs import make_env
-    from dreamer.rngs import Rngs
 
     if (logdir / "config.yaml").is_file():
         platform = Config.load(logdir / "config.yaml").jax.platform
         if platform:
             jax.config.update("jax_platforms", platform)
     run = analysis.load_run(logdir)
-    env = make_env(run.cfg.env, seed)
-    try:
-        policy = AgentPolicy(run.agent, 1, Rngs(seed).key_stream("eval"), run.cfg.jax.jit)
-        result = evaluate(policy, run.params, env, episodes, run.cfg.env.action_repeat,
-                                 video=video is not None, mode=mode)
-    finally:
-        env.close()
+    agent, result = run.agent, {}
+    if mode == "mpc":
+        from dreamer.agents.dreamerv3.mpc import LatentMPC
+
+        cfg = run.cfg.update(mpc or {}, source="command line")
+        agent = LatentMPC(run.agent, cfg.mpc)
+        result["actor"] = evaluate_agent(run, run.agent, episodes, "mode", seed)
+    result.update(evaluate_agent(run, agent, episodes, mode, seed, video))
     if video is not None:
         if "eval/video" not in result:
             raise ConfigError(f"the task {run.cfg.env.task} has no image observations to film")
         analysis.write_video(video, result["eval/video"])
     return {**result, "env_steps": run.env_steps}
+
+
+def evaluate_agent(run: Any, agent: Any, episodes: int, mode: str, seed: int,
+                   video: str | None = None) -> dict[str, Any]:
+    """`acting.evaluate` of `agent` with a run's params on a fresh environment of seed `seed`
+    (the same episodes for every agent)."""
+    from dreamer.acting import AgentPolicy, evaluate
+    from dreamer.envs import make_env
+    from dreamer.rngs import Rngs
+
+    env = make_env(run.cfg.env, seed)
+    try:
+        policy = AgentPolicy(agent, 1, Rngs(seed).key_stream("eval"), run.cfg.jax.jit)
+        return evaluate(policy, run.params, env, episodes, run.cfg.env.action_repeat,
+                        video=video is not None, mode=mode)
+    finally:
+        env.close()
 
 
 if __name__ == "__main__":
