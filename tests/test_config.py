@@ -335,6 +335,7 @@ def test_choice_keys_reject_other_values_when_the_config_is_made():
 
 
 def test_choices_agree_with_the_code_that_reads_them():
+    from dreamer import planners
     from dreamer.agents import AGENTS
     from dreamer.agents.dreamerv3.agent import compute_dtype
     from dreamer.envs.base import OBS_MODES
@@ -346,6 +347,8 @@ def test_choices_agree_with_the_code_that_reads_them():
         assert callable(get_act(name))
     for name in CHOICES["jax.compute_dtype"]:
         compute_dtype(name, "cpu")
+    for name in (*CHOICES["pets.planner"], *CHOICES["mpc.planner"]):
+        assert callable(getattr(planners, name))
 
 
 def test_pets_small_sizes_only_the_pets_section():

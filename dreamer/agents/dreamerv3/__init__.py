@@ -6,7 +6,8 @@ Modules, each importing only from those above it:
 - `world_model`: the world model's loss terms and its open-loop and reconstruction reports;
 - `behavior`: imagination, λ-returns, return normalisation, the actor and critic loss terms;
 - `optim`: adaptive gradient clipping and LaProp per module group;
-- `agent`: the networks, the train state, the scaled objective, `train_step` and `policy`.
+- `agent`: the networks, the train state, the scaled objective, `train_step` and `policy`;
+- `mpc`: latent MPC, acting by planning in the learned model (`dreamer-eval --mode mpc`).
 """
 from dreamer.agents.dreamerv3.agent import DreamerV3, TrainState
 
