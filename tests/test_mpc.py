@@ -144,8 +144,8 @@ def test_discrete_mpc_picks_the_best_first_action(discrete_case, perturb_heads):
     assert np.ptp(np.asarray(scores)) > 1e-3  # the actions matter
     kwargs = mpc.planner_kwargs(agent.cfg.mpc.update({
         "horizon": 1, "candidates": 32, "elites": 4, "iterations": 2, "init_std": 1.0}))
-    plan = mpc.plan(agent.wm, agent.ac, params, start, jnp.zeros((1, 3)), True, key,
-                    gamma=GAMMA, **kwargs)
+    plan = jax.jit(functools.partial(mpc.plan, agent.wm, agent.ac, gamma=GAMMA, **kwargs))(
+        params, start, jnp.zeros((1, 3)), True, key)
     assert int(jnp.argmax(plan[0])) == int(jnp.argmax(scores))
 
 
