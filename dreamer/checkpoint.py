@@ -26,7 +26,7 @@ class CheckpointError(RuntimeError):
 # Config keys that shape the train state or the replayed data: a checkpoint continues only
 # under the same values. Loss scales, learning rates, ratios and the like may change on resume.
 STRUCTURE_KEYS = (
-    "agent", "env.task", "env.obs", "env.size", "env.gray",
+    "agent", "env.task", "env.obs", "env.size", "env.gray", "env.gym_kwargs",
     *(f"model.{k}" for k in ("deter", "hidden", "stoch", "classes", "blocks", "depth", "mults",
                              "kernel", "units", "enc_layers", "dec_layers", "head_layers",
                              "img_layers", "obs_layers", "dyn_layers", "bspace", "bins", "norm")),

@@ -18,7 +18,7 @@ import difflib
 import math
 import numbers
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -31,6 +31,7 @@ __all__ = [
     "available_presets",
     "default_configs_dir",
     "load_config",
+    "parse_kwargs",
 ]
 
 
@@ -57,11 +58,39 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 
 def _check_choice(key: str, value: Any) -> Any:
+    """`value` when it is one of `key`'s choices and has `key`'s form (`FORMATS`)."""
     choices = CHOICES.get(key)
     if choices is not None and value not in choices:
         names = ", ".join(repr(c) for c in choices)
         raise ConfigError(f"invalid value for config key {key!r}: {value!r}; choose one of {names}")
+    if key in FORMATS:
+        FORMATS[key](key, value)
     return value
+
+
+def parse_kwargs(key: str, items: Sequence[Any]) -> dict[str, Any]:
+    """Keyword arguments from `name=value` items, each value read as YAML 1.2 (`false` a bool,
+    `8` an int, `8x8` a string); a ConfigError names `key` and the item that is not of that form."""
+    out: dict[str, Any] = {}
+    for item in items:
+        name, equals, text = item.partition("=") if isinstance(item, str) else ("", "", "")
+        name = name.strip()
+        if not equals or not name.isidentifier():
+            raise ConfigError(f"invalid item {item!r} in config key {key!r}: write name=value, "
+                              f"e.g. {key}=[map_name=8x8,is_slippery=false]")
+        if name in out:
+            raise ConfigError(f"config key {key!r} sets {name!r} twice: keep one of the items")
+        try:
+            out[name] = _parse_yaml(text.strip())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"invalid value in item {item!r} of config key {key!r}: "
+                              f"{e}") from None
+    return out
+
+
+# Keys whose values need a form beyond their type: checked when the config is made, by the
+# function that the code acting on the key also reads them with.
+FORMATS: dict[str, Callable[[str, Any], Any]] = {"env.gym_kwargs": parse_kwargs}
 
 
 # ---------------------------------------------------------------------------------------------

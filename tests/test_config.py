@@ -11,6 +11,7 @@ from dreamer.config import (
     available_presets,
     default_configs_dir,
     load_config,
+    parse_kwargs,
     updates_per_frame,
 )
 
@@ -332,6 +333,20 @@ def test_choice_keys_reject_other_values_when_the_config_is_made():
         assert Config()[key] in choices, key  # every default is a valid choice
         for value in choices:
             assert Config({key: value})[key] == value
+
+
+def test_gym_kwargs_are_name_value_items_read_as_yaml():
+    cfg = load_config([], {"env.gym_kwargs": "map_name=8x8,is_slippery=false, max_steps = 5"})
+    assert cfg.env.gym_kwargs == ("map_name=8x8", "is_slippery=false", "max_steps = 5")
+    assert parse_kwargs("env.gym_kwargs", cfg.env.gym_kwargs) == {
+        "map_name": "8x8", "is_slippery": False, "max_steps": 5}
+    assert parse_kwargs("env.gym_kwargs", Config().env.gym_kwargs) == {}
+    for bad, match in [("is_slippery", "write name=value"), ("8x8=map", "write name=value"),
+                       ("a=1,a=2", "sets 'a' twice"), ("a=[1", "invalid value in item")]:
+        with pytest.raises(ConfigError, match=rf"'env.gym_kwargs'.*{match}|{match}.*'env.gym_kwargs'"):
+            load_config([], {"env.gym_kwargs": bad})
+    with pytest.raises(ConfigError, match="write name=value"):
+        Config().update({"env": {"gym_kwargs": [3]}})
 
 
 def test_choices_agree_with_the_code_that_reads_them():

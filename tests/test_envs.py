@@ -29,6 +29,7 @@ def config(task, **overrides):
         "sticky": True,
         "noops": 30,
         "lives": False,
+        "gym_kwargs": (),
     }
     return types.SimpleNamespace(**(cfg | overrides))
 
@@ -144,6 +145,35 @@ def test_gym_discrete_observations_are_one_hot():
     assert all(o["vector"].sum() == 1.0 for o in outs)
     assert np.argmax(outs[0]["vector"]) == 0  # FrozenLake starts in the top-left cell
     env.close()
+
+
+def test_gym_kwargs_reach_gymnasium_make():
+    """The deterministic 8x8 lake: moving right from the start always arrives one cell right
+    (the slippery default slides sideways a third of the time each), and episodes keep the
+    registered 200-step limit."""
+    env = make_env(config("gym_FrozenLake8x8-v1", obs="vector",
+                          gym_kwargs=("is_slippery=false",)), seed=0)
+    assert env.obs_space["vector"].shape == (64,)
+    right = 2
+    for _ in range(20):
+        env.reset()
+        assert np.argmax(env.step(right)["vector"]) == 1
+    up = 3
+    env.reset()
+    outs = [env.step(up) for _ in range(200)]  # stays in the top-left cell until the limit
+    assert [bool(o["is_last"]) for o in outs] == [False] * 199 + [True]
+    assert not outs[-1]["is_terminal"]
+    env.close()
+
+
+@pytest.mark.parametrize("kwargs,task,match", [
+    (("slippery=false",), "gym_FrozenLake8x8-v1", r"does not take env.gym_kwargs.*slippery"),
+    (("render_mode=human",), "gym_FrozenLake8x8-v1", r"render_mode, which env.obs decides"),
+    (("is_slippery=false",), "builtin_catch", r"gym_\* tasks only; the task is builtin_catch"),
+])
+def test_bad_gym_kwargs_are_clear_errors(kwargs, task, match):
+    with pytest.raises(EnvError, match=match):
+        make_env(config(task, obs="vector", gym_kwargs=kwargs), seed=0)
 
 
 @pytest.mark.parametrize("obs", ["vector", "both"])
@@ -393,7 +423,7 @@ def test_render_failure_names_backend_and_packages():
         "from types import SimpleNamespace as S\n"
         "from dreamer.envs import EnvError, make_env\n"
         'cfg = S(task="dmc_cartpole_balance", obs="image", size=(8, 8), action_repeat=1,\n'
-        "        time_limit=0, gray=False, sticky=True, noops=0, lives=False)\n"
+        "        time_limit=0, gray=False, sticky=True, noops=0, lives=False, gym_kwargs=())\n"
         "try:\n"
         "    make_env(cfg, 0)\n"
         "except EnvError as err:\n"

@@ -57,7 +57,7 @@ def make_env(cfg: Any, seed: int) -> Env:
     """The environment for ``cfg.task``, with action repeat and time limit applied.
 
     ``cfg`` is the ``env`` config section (``task, obs, size, action_repeat, time_limit, gray,
-    sticky, noops, lives``). ``cfg.time_limit`` counts agent steps (after action repeat); 0 keeps
+    sticky, noops, lives, gym_kwargs``). ``cfg.time_limit`` counts agent steps (after action repeat); 0 keeps
     the environment's own limit. Raises ``EnvError`` for an unknown suite, task or option.
     """
     suite, _, name = cfg.task.partition("_")
@@ -69,6 +69,9 @@ def make_env(cfg: Any, seed: int) -> Env:
             f"env.action_repeat must be >= 1 and env.time_limit >= 0, "
             f"got {cfg.action_repeat} and {cfg.time_limit}"
         )
+    if cfg.gym_kwargs and suite != "gym":
+        raise EnvError(f"env.gym_kwargs passes keyword arguments to gymnasium.make, for gym_* "
+                       f"tasks only; the task is {cfg.task}: remove env.gym_kwargs")
     env = MAKERS[suite](name, cfg, seed)
     if cfg.action_repeat > 1 and suite not in _OWN_ACTION_REPEAT:
         env = ActionRepeat(env, cfg.action_repeat)

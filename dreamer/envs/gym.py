@@ -5,6 +5,8 @@ the one-hot ``[n]`` of a Discrete one (FrozenLake, Taxi: tabular agents read the
 argmax); ``image`` uint8 ``[H, W, 3]`` is the ``rgb_array`` render resized to ``env.size``. Actions: an int32
 index for Discrete spaces, float32 ``[A]`` in ``[-1, 1]`` rescaled to the bounds of Box spaces.
 gymnasium's ``terminated`` gives ``is_terminal``; ``truncated`` (its time limit) only ``is_last``.
+``env.gym_kwargs`` passes keyword arguments to ``gymnasium.make``, e.g. ``[is_slippery=false]``
+with ``gym_FrozenLake8x8-v1`` for the deterministic 8x8 lake (200 steps per episode).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from dreamer.config import parse_kwargs
 from dreamer.envs.base import (
     EnvError,
     Space,
@@ -131,8 +134,17 @@ def make(name: str, cfg: Any, seed: int) -> Gym:
     if cfg.time_limit:
         # Let the agent-step limit, not the registered one, end episodes.
         kwargs["max_episode_steps"] = cfg.time_limit * cfg.action_repeat
+    extra = parse_kwargs("env.gym_kwargs", cfg.gym_kwargs)
+    owned = {"render_mode": "env.obs", "max_episode_steps": "env.time_limit"}
+    for key in set(extra) & set(owned):
+        raise EnvError(f"env.gym_kwargs sets {key}, which {owned[key]} decides: set that instead")
     try:
-        env = gymnasium.make(name, **kwargs)
+        env = gymnasium.make(name, **kwargs, **extra)
     except gymnasium.error.DependencyNotInstalled as err:
         raise EnvError(f"gym_{name} needs a missing package: {err}") from err
+    except TypeError as err:
+        if not extra:
+            raise
+        raise EnvError(f"gym_{name} does not take env.gym_kwargs {list(cfg.gym_kwargs)}: {err}; "
+                       "see its keyword arguments in the gymnasium documentation") from err
     return Gym(env, f"gym_{name}", seed, size, cfg.obs)
