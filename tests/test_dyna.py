@@ -71,6 +71,21 @@ def test_planning_draws_only_seen_pairs_and_all_of_them():
     assert set(zip(*np.nonzero(np.asarray(q)))) == {(0, 0), (1, 2), (4, 1)}
 
 
+def test_draws_are_uniform_over_the_seen_pairs():
+    seen = np.zeros((S, A), bool)
+    marked = [(0, 2), (1, 0), (3, 1), (4, 2)]
+    for s, a in marked:
+        seen[s, a] = True
+    draws = np.asarray(dyna.draw_seen(jnp.asarray(seen), jax.random.key(0), 8000))
+    counts = collections.Counter(draws.tolist())
+    assert set(counts) == {s * A + a for s, a in marked}
+    np.testing.assert_allclose([counts[s * A + a] / 8000 for s, a in marked], 0.25, atol=0.02)
+    only = np.zeros((S, A), bool)
+    only[S - 1, A - 1] = True  # the last pair: the bisection's upper end
+    assert (np.asarray(dyna.draw_seen(jnp.asarray(only), jax.random.key(1), 50))
+            == S * A - 1).all()
+
+
 def plain_q_learning(trans, states, actions, lr, discount):
     """Q-learning over transitions in a plain Python loop: the reference for n = 0."""
     q = np.zeros((states, actions))

@@ -84,15 +84,28 @@ def model_update_on(q: jax.Array, model: dict[str, jax.Array], s, a, *, lr: floa
                     model["terminal"][s, a], lr=lr, discount=discount)
 
 
+def draw_seen(seen: jax.Array, key: jax.Array, count: int) -> jax.Array:
+    """`count` flat indices s * A + a of pairs drawn uniformly, with replacement, among those
+    marked in seen [S, A] (at least one): the k-th marked pair for k uniform below their
+    number, found by bisection in their running count (a categorical draw over all S * A pairs
+    would cost S * A random numbers per draw)."""
+    running = jnp.cumsum(seen.reshape(-1))                              # [S * A]
+    ranks = jax.random.randint(key, (count,), 0, jnp.maximum(running[-1], 1))
+    return jnp.searchsorted(running, ranks, side="right")
+
+
 def plan_uniform(q: jax.Array, model: dict[str, jax.Array], key: jax.Array, *, steps: int,
                  lr: float, discount: float) -> jax.Array:
     """Dyna-Q's planning: `steps` updates on pairs drawn uniformly among those the model has
     seen (at least one)."""
+    if steps == 0:
+        return q
     actions = q.shape[1]
-    logits = jnp.where(model["seen"].reshape(-1), 0.0, -jnp.inf)
+    # The model does not change while planning, so every pair is drawn up front.
+    pairs = draw_seen(model["seen"], key, steps)
 
     def body(i, q):
-        pair = jax.random.categorical(jax.random.fold_in(key, i), logits)
+        pair = pairs[i]
         return model_update_on(q, model, pair // actions, pair % actions, lr=lr,
                                discount=discount)[0]
 
@@ -129,14 +142,19 @@ def plan_prioritized(q: jax.Array, model: dict[str, jax.Array], priority: jax.Ar
                      steps: int, lr: float, discount: float, theta: float):
     """Prioritized sweeping's planning: up to `steps` pops while the queue is not empty, each an
     update on the popped pair followed by queueing its state's predecessors; (q, queue)."""
-    def body(_, carry):
-        q, priority = carry
-        s, a, any_queued, rest = pop(priority)
-        new_q, _ = model_update_on(q, model, s, a, lr=lr, discount=discount)
-        new_priority = push_predecessors(rest, new_q, model, s, discount=discount, theta=theta)
-        return (jnp.where(any_queued, new_q, q), jnp.where(any_queued, new_priority, priority))
+    def more(carry):
+        i, _, priority = carry
+        return (i < steps) & (priority.max() > 0)  # a queued pair has priority > 0
 
-    return jax.lax.fori_loop(0, steps, body, (q, priority))
+    def body(carry):
+        i, q, priority = carry
+        s, a, _, rest = pop(priority)
+        q, _ = model_update_on(q, model, s, a, lr=lr, discount=discount)
+        return i + 1, q, push_predecessors(rest, q, model, s, discount=discount, theta=theta)
+
+    # A while loop, not `steps` masked no-ops: the queue is often empty (before any reward).
+    _, q, priority = jax.lax.while_loop(more, body, (jnp.zeros([], jnp.int32), q, priority))
+    return q, priority
 
 
 def transitions(batch: Batch) -> Transitions:
