@@ -95,7 +95,9 @@ class Gym:
         if "image" in self.obs_space:
             out["image"] = self._render()
         if "vector" in self.obs_space and self._states:
-            out["vector"] = np.eye(self._states, dtype=np.float32)[int(state) - self._obs_start]
+            # One entry set, not a row of an [n, n] identity (Taxi: 500 x 500 per step).
+            out["vector"] = np.zeros(self._states, np.float32)
+            out["vector"][int(state) - self._obs_start] = 1.0
         elif "vector" in self.obs_space:
             out["vector"] = np.asarray(state, np.float32).reshape(-1)
         return out
