@@ -1,0 +1,132 @@
+"""The many-seeds loop of the tabular agents (dreamer.tabular): records, stopping rules and the
+truncation of episodes against Q-learning in a plain loop; greedy rollouts on hand-built tables;
+the moving average against numpy."""
+import jax
+import numpy as np
+import pytest
+
+from dreamer import tabular
+from dreamer.agents import make_agent
+from dreamer.config import load_config
+from dreamer.envs import make_env
+from dreamer.envs.base import Space, discrete_space, transition
+
+# A corridor 0 -> 1 -> 2 -> 3 (goal) with action 1 (right); action 0 stays; state 4 a hole
+# that action 0 of state 2 falls into.
+STAY, RIGHT = 0, 1
+P = {s: {STAY: [(1.0, s, 0.0, False)], RIGHT: [(1.0, s + 1, float(s == 2), s == 2)]}
+     for s in range(3)}
+P[2][STAY] = [(1.0, 4, 0.0, True)]
+P[3] = P[4] = {a: [(1.0, s, 0.0, True)] for s in (3,) for a in (STAY, RIGHT)}
+
+
+def test_deterministic_table_of_transition_lists():
+    table = tabular.deterministic_table(P)
+    np.testing.assert_array_equal(table["next"][:3], [[0, 1], [1, 2], [4, 3]])
+    np.testing.assert_array_equal(table["reward"][:3], [[0, 0], [0, 0], [0, 1]])
+    np.testing.assert_array_equal(table["terminal"][:3], [[False] * 2, [False] * 2, [True] * 2])
+    slippery = {**P, 1: {STAY: P[1][STAY], RIGHT: [(0.5, 2, 0.0, False), (0.5, 1, 0.0, False)]}}
+    with pytest.raises(ValueError, match="state 1, action 1 .* not deterministic"):
+        tabular.deterministic_table(slippery)
+
+
+def test_greedy_rollouts_by_hand():
+    table = tabular.deterministic_table(P)
+    right = np.zeros((5, 2))
+    right[:3, RIGHT] = [0.8, 0.9, 1.0]
+    hole = right.copy()
+    hole[2, STAY] = 2.0                      # prefers the hole at the last step
+    loop = right.copy()
+    loop[1, STAY] = 1.5                      # stays in state 1 for ever
+    tie = np.zeros((5, 2))                   # all ties: the lowest action, STAY, for ever
+    q = np.stack([right, hole, loop, tie])
+    np.testing.assert_array_equal(tabular.greedy_returns(q, table, 0, limit=10), [1, 0, 0, 0])
+    np.testing.assert_array_equal(tabular.greedy_returns(q, table, 1, limit=2), [1, 0, 0, 0])
+    np.testing.assert_array_equal(tabular.greedy_returns(q, table, 0, limit=2), [0, 0, 0, 0])
+
+
+def test_smooth_is_numpys_moving_average():
+    x = np.random.default_rng(0).normal(size=(3, 40))
+    for window in (1, 7, 40):
+        expected = np.stack([np.convolve(row, np.ones(window) / window, "valid") for row in x])
+        np.testing.assert_allclose(tabular.smooth(x, window), expected, atol=1e-12)
+    with pytest.raises(ValueError, match="window 41"):
+        tabular.smooth(x, 41)
+
+
+class Treadmill:
+    """One state, one action, reward 1 per step; every episode is cut after 3 steps by a time
+    limit (is_last without is_terminal)."""
+
+    def __init__(self):
+        self.obs_space = {"vector": Space(np.float32, (1,))}
+        self.act_space = discrete_space(1)
+
+    def reset(self):
+        self._t = 0
+        return transition({"vector": np.ones(1, np.float32)}, is_first=True)
+
+    def step(self, action):
+        self._t += 1
+        return transition({"vector": np.ones(1, np.float32)}, 1.0, is_last=self._t == 3)
+
+    def close(self):
+        pass
+
+
+def treadmill_q(episodes, lr=0.1, discount=0.95):
+    """Q after `episodes` episodes in a plain loop: three updates each, every one bootstrapping
+    (a cut episode's last state is not terminal); the step into a new episode is no update."""
+    q, out = 0.0, []
+    for _ in range(episodes):
+        for _ in range(3):
+            q += lr * (1.0 + discount * q - q)
+        out.append(q)
+    return np.array(out)
+
+
+def dyna(n=0, **overrides):
+    cfg = load_config(["dyna_q"], {"dyna.planning_steps": n, **overrides})
+    env = Treadmill()
+    return make_agent(cfg, env.obs_space, env.act_space)
+
+
+def test_truncated_episodes_bootstrap_and_the_records_and_stops():
+    expected = treadmill_q(6)
+    threshold = (expected[3] + expected[4]) / 2  # passed after episode 5
+    checks = []
+
+    def check(q):
+        checks.append(q[:, 0, 0].copy())
+        return q[:, 0, 0] > threshold
+
+    key = jax.random.key(0)
+    envs = [[Treadmill(), Treadmill()] for _ in range(2)]
+    plain, _ = tabular.train_seeds([dyna(), dyna(5)], envs, key, episodes=6)
+    assert plain.steps == [[3] * 6] * 2 and plain.returns == [[3.0] * 6] * 2
+    assert plain.solved == [[], []]
+    solved, = tabular.train_seeds([dyna()], [[Treadmill(), Treadmill()]], key, episodes=100,
+                                  check=check)
+    np.testing.assert_allclose(np.concatenate(checks), np.repeat(expected[:5], 2), rtol=1e-5)
+    assert solved.solved == [[False] * 4 + [True]] * 2
+    assert solved.steps == [[3] * 5] * 2
+    for budget, count in [(5, 1), (6, 2), (7, 2)]:  # the episode ending on the last step counts
+        by_count, = tabular.train_seeds([dyna()], [[Treadmill()]], key, episodes=100,
+                                        steps=budget)
+        assert by_count.steps == [[3] * count], budget
+
+
+def test_agents_stepping_together_equal_each_alone():
+    """Each seed's stream depends on its key only: two agents in one loop get the records
+    each gets alone (FrozenLake 4x4, acting at random until the goal)."""
+    cfg = load_config(["dyna_q"], {"env.task": "gym_FrozenLake-v1"})
+    envs = lambda: [make_env(cfg.env, i) for i in range(2)]
+    space = envs()[0]
+    agents = [make_agent(cfg.update({"dyna.planning_steps": n}), space.obs_space,
+                         space.act_space) for n in (0, 3)]
+    key = jax.random.key(1)
+    together = tabular.train_seeds(agents, [envs(), envs()], key, episodes=40)
+    for agent, records in zip(agents, together):
+        alone, = tabular.train_seeds([agent], [envs()], key, episodes=40)
+        assert alone == records
+        assert [len(x) for x in records.steps] == [40, 40]
