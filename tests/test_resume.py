@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -185,10 +186,11 @@ PETS_ARGS = ["pets", "--env.task=builtin_reach", "--pets.members=2", "--pets.par
 
 
 DYNA_ARGS = ["dyna_q"]  # its preset's tables and task are tiny already
+SWEEPING_ARGS = ["prioritized_sweeping"]
 
 
-@pytest.mark.parametrize("agent_args", [[], PETS_ARGS, DYNA_ARGS],
-                         ids=["dreamerv3", "pets", "dyna_q"])
+@pytest.mark.parametrize("agent_args", [[], PETS_ARGS, DYNA_ARGS, SWEEPING_ARGS],
+                         ids=["dreamerv3", "pets", "dyna_q", "prioritized_sweeping"])
 def test_sigkill_and_resume(tmp_path, agent_args):
     """Killed at a random moment after two checkpoints, the same command resumes from the last
     complete one: counters match, no step is lost or stored twice."""
@@ -222,6 +224,42 @@ def test_sigkill_and_resume(tmp_path, agent_args):
     assert final["env_steps"] == total
     assert final["updates"] == updates_due(debug, total)
     np.testing.assert_array_equal(stored_stamps(logdir / "replay"), np.arange(total))
+
+
+def test_prioritized_sweeping_resumes_with_its_queue(tmp_path, monkeypatch):
+    """The train state a resumed run starts from is the one the last checkpoint saved, bit for
+    bit, the priority queue included (Taxi: a reward every step keeps pairs queued)."""
+    saved, restored = [], []
+    save, restore = Checkpointer.save, Checkpointer.restore
+
+    def saving(self, step, state, meta):
+        saved.append(jax.device_get(state))
+        save(self, step, state, meta)
+
+    def restoring(self, target):
+        restored.append(restore(self, target))
+        return restored[-1]
+
+    monkeypatch.setattr(Checkpointer, "save", saving)
+    monkeypatch.setattr(Checkpointer, "restore", restoring)
+    logdir = tmp_path / "run"
+
+    def cfg(steps):
+        return load_config(["debug", "prioritized_sweeping"], {
+            "logdir": str(logdir), "env.task": "gym_Taxi-v4", "run.steps": steps,
+            "run.eval_every": 0, "run.log_every": 0, "run.checkpoint_every": 0,
+            "logger.console": False, "logger.report_every": 0, "parallel.devices": 1})
+
+    runner.run(cfg(150))
+    assert len(saved) == 1 and restored == [None]
+    queue = np.asarray(saved[0].priority)
+    assert (queue > 0).sum() > 1 and (np.asarray(saved[0].params["q"]) != 0).any()
+    runner.run(cfg(190))
+    step, state, _ = restored[-1]
+    assert step == 150
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state), saved[0])
+    assert latest_meta(logdir)["env_steps"] == 190
+    assert not np.array_equal(np.asarray(saved[-1].priority), queue)  # and it went on learning
 
 
 def test_wandb_offline_run_with_videos_resumes_the_same_run(tmp_path, monkeypatch):
