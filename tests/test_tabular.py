@@ -1,6 +1,10 @@
 """The many-seeds loop of the tabular agents (dreamer.tabular): records, stopping rules and the
 truncation of episodes against Q-learning in a plain loop; greedy rollouts on hand-built tables;
 the moving average against numpy."""
+import importlib.util
+import json
+from pathlib import Path
+
 import jax
 import numpy as np
 import pytest
@@ -40,9 +44,11 @@ def test_greedy_rollouts_by_hand():
     loop[1, STAY] = 1.5                      # stays in state 1 for ever
     tie = np.zeros((5, 2))                   # all ties: the lowest action, STAY, for ever
     q = np.stack([right, hole, loop, tie])
-    np.testing.assert_array_equal(tabular.greedy_returns(q, table, 0, limit=10), [1, 0, 0, 0])
-    np.testing.assert_array_equal(tabular.greedy_returns(q, table, 1, limit=2), [1, 0, 0, 0])
-    np.testing.assert_array_equal(tabular.greedy_returns(q, table, 0, limit=2), [0, 0, 0, 0])
+    reaches = tabular.greedy_reaches_goal
+    np.testing.assert_array_equal(reaches(q, table, 0, limit=10), [True, False, False, False])
+    np.testing.assert_array_equal(reaches(q, table, 1, limit=2), [True, False, False, False])
+    np.testing.assert_array_equal(reaches(q, table, 0, limit=2), [False] * 4)  # 3 steps away
+    np.testing.assert_array_equal(reaches(q[:1], table, 0, limit=3), [True])
 
 
 def test_smooth_is_numpys_moving_average():
@@ -130,3 +136,37 @@ def test_agents_stepping_together_equal_each_alone():
         alone, = tabular.train_seeds([agent], [envs()], key, episodes=40)
         assert alone == records
         assert [len(x) for x in records.steps] == [40, 40]
+
+
+def launch_dyna():
+    """launch/dyna.py as a module."""
+    path = Path(__file__).resolve().parent.parent / "launch" / "dyna.py"
+    spec = importlib.util.spec_from_file_location("launch_dyna", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_frozenlake_solve_times_by_hand():
+    episodes = tabular.Episodes(steps=[[5, 7, 3, 9], [4, 4]], returns=[[0, 1, 0, 1], [0, 0]],
+                                solved=[[False, False, False, True], [False, False]])
+    times = launch_dyna().solve_times(episodes)
+    # seed 0: greedy reaches the goal after episode 4, 24 steps; the goal first in episode 2
+    np.testing.assert_array_equal(times["episodes"], [4, np.nan])
+    np.testing.assert_array_equal(times["steps"], [24, np.nan])
+    np.testing.assert_array_equal(times["after"], [2, np.nan])
+
+
+@pytest.mark.parametrize("task,extra", [("taxi", ["--episodes", "3"]),
+                                        ("frozenlake", ["--steps", "30"])])
+def test_the_commands_write_a_figure_and_a_table(tmp_path, capsys, task, extra):
+    dyna = launch_dyna()
+    argv = ["--task", task, "--seeds", "2", "--planning", "2", "--sweeping", "none",
+            "--out", str(tmp_path), *extra]
+    assert dyna.main(argv) == 0
+    printed = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert printed["task"] == task and list(printed["results"]) == ["Dyna-Q n=2"]
+    table = (tmp_path / f"{task}.md").read_text()
+    assert table.startswith(dyna.settings(task)) and "| Dyna-Q n=2 |" in table
+    assert (tmp_path / f"{task}.png").stat().st_size > 0
+    assert dyna.main(["--task", task, "--sweeping", "0"]) == 2
