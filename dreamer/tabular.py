@@ -1,7 +1,7 @@
 """Many seeds of a tabular agent at once, outside the training loop, as Sutton & Barto run them:
 `train_seeds` calls the agent's own jitted `learn` after every real step and then `policy`, for
 every seed together (vmap), one environment per seed. Also greedy rollouts of Q tables on a known
-deterministic model (`deterministic_table`, `greedy_returns`) and a moving average (`smooth`).
+deterministic model (`deterministic_table`, `greedy_reaches_goal`) and a moving average (`smooth`).
 
 Episodes that end by termination and by truncation (a time limit) differ only in the learned
 transition's `terminal` flag, which the environment's `is_terminal` gives: the update into a
@@ -59,6 +59,7 @@ class _Seeds:
         n = len(envs)
         self.length, self.total = np.zeros(n, np.int64), np.zeros(n)
         self.taken = np.zeros(n, np.int64)
+        self.done = np.zeros(n, bool)
         self.record = Episodes([[] for _ in envs], [[] for _ in envs], [[] for _ in envs])
 
     def finished(self, i: int) -> bool:
@@ -79,7 +80,8 @@ class _Seeds:
     def advance(self, q: jax.Array, action: np.ndarray, check: Check | None) -> None:
         """Records the episodes that ended (with `check` of their Q tables [seeds, S, A]), then
         resets or steps every unfinished seed's environment with its action [seeds]."""
-        ended = [i for i, o in enumerate(self.outs) if o["is_last"] and not self.finished(i)]
+        active = np.flatnonzero(~self.done)
+        ended = [i for i in active if self.outs[i]["is_last"]]
         if check is not None and ended:
             solved = np.asarray(check(np.asarray(q)[ended]))
             chex.assert_shape(solved, (len(ended),))
@@ -88,17 +90,19 @@ class _Seeds:
         for i in ended:
             self.record.steps[i].append(int(self.length[i]))
             self.record.returns[i].append(float(self.total[i]))
-        for i, env in enumerate(self.envs):
-            if self.finished(i):
-                continue  # no more records: spare its environment
+        for i in active:
+            if i in ended and self.finished(i):
+                self.done[i] = True  # no more records: spare its environment
+                continue
             if self.outs[i]["is_last"]:
                 self.length[i], self.total[i] = 0, 0.0
-                self.outs[i] = env.reset()
+                self.outs[i] = self.envs[i].reset()
             else:
-                self.outs[i] = env.step(action[i])
+                self.outs[i] = self.envs[i].step(action[i])
                 self.length[i] += 1
                 self.total[i] += float(self.outs[i]["reward"])
                 self.taken[i] += 1
+            self.done[i] = self.finished(i)
 
 
 def train_seeds(agents: Sequence[Any], envs: Sequence[Sequence[Env]], key: jax.Array, *,
@@ -107,26 +111,22 @@ def train_seeds(agents: Sequence[Any], envs: Sequence[Sequence[Env]], key: jax.A
     """Trains each agent on its own environments, one copy per environment (a seed), each copy
     from its own key split from `key` (the same keys for every agent), until every seed has
     finished: after `episodes` episodes, after `steps` real steps (an unfinished episode is not
-    counted), or at the first episode after which `check` of its Q table is true. All agents
-    step together, in one jitted call per step; seeds that finished stop stepping their
-    environments. Returns each agent's Episodes."""
+    counted), or at the first episode after which `check` of its Q table is true. The agents
+    with unfinished seeds step together, in one jitted call per step; seeds that finished stop
+    stepping their environments. Returns each agent's Episodes."""
     keys = [jax.random.split(key, len(e)) for e in envs]
-    states = tuple(jax.vmap(a.init)(k) for a, k in zip(agents, keys))
-    carries = tuple(jax.vmap(lambda _, a=a: a.policy_initial(1))(k) for a, k in zip(agents, keys))
-    ticks = [make_tick(a) for a in agents]
-
-    @jax.jit
-    def tick(states, carries, inputs, step):
-        return tuple(t(s, c, *x, k, step) for t, s, c, x, k in zip(ticks, states, carries, inputs,
-                                                                   keys))
-
+    states = [jax.vmap(a.init)(k) for a, k in zip(agents, keys)]
+    carries = [jax.vmap(lambda _, a=a: a.policy_initial(1))(k) for a, k in zip(agents, keys)]
+    ticks = [jax.jit(make_tick(a)) for a in agents]  # one each: none recompiles when one stops
     runs = [_Seeds(e, episodes, steps) for e in envs]
     step = 0
-    while not all(r.finished(i) for r in runs for i in range(len(r.envs))):
-        out = tick(states, carries, tuple(r.inputs() for r in runs), step)
-        states, carries = tuple(o[0] for o in out), tuple(o[1] for o in out)
-        for r, (state, _, action) in zip(runs, out):
-            r.advance(state.params["q"], np.argmax(np.asarray(action)[:, 0], -1), check)
+    while active := [j for j, r in enumerate(runs) if not r.done.all()]:
+        # Dispatch is asynchronous: every agent's step is queued before any action is read.
+        out = {j: ticks[j](states[j], carries[j], *runs[j].inputs(), keys[j], step)
+               for j in active}
+        for j, (states[j], carries[j], action) in out.items():
+            runs[j].advance(states[j].params["q"], np.argmax(np.asarray(action)[:, 0], -1),
+                            check)
         step += 1
     return [r.record for r in runs]
 
@@ -150,24 +150,28 @@ def deterministic_table(transitions: Mapping[int, Mapping[int, Sequence[tuple]]]
     return table
 
 
-def greedy_returns(q: np.ndarray, table: Mapping[str, np.ndarray], start: int,
-                   limit: int) -> np.ndarray:
-    """The undiscounted return of one rollout of each Q table's greedy policy (q [N, S, A])
-    from state `start` on a deterministic `table`, for at most `limit` steps: [N]. Ties go to
-    the lowest action (np.argmax), not at random, so that only learned values lead anywhere:
-    a table of zeros always takes action 0."""
+def greedy_reaches_goal(q: np.ndarray, table: Mapping[str, np.ndarray], start: int,
+                        limit: int) -> np.ndarray:
+    """Whether each Q table's greedy policy (q [N, S, A]), rolled out once from state `start`
+    on a deterministic `table` for at most `limit` steps, ends the episode with a positive
+    reward (reaches a goal): [N] bool. Ties go to the lowest action (np.argmax), not at random,
+    so that only learned values lead anywhere: a table of zeros always takes action 0. A
+    rollout that comes back to a state it left goes round that loop for ever, so it stops."""
     n, states, actions = q.shape
     chex.assert_shape([table["next"], table["reward"], table["terminal"]], (states, actions))
-    s = np.full(n, start)
-    total, alive = np.zeros(n), np.ones(n, bool)
+    rows, s = np.arange(n), np.full(n, start)
+    visited = np.zeros((n, states), bool)
+    running, reached = np.ones(n, bool), np.zeros(n, bool)
     for _ in range(limit):
-        a = q[np.arange(n), s].argmax(-1)
-        total += np.where(alive, table["reward"][s, a], 0.0)
-        alive &= ~table["terminal"][s, a]
+        visited[rows, s] |= running
+        a = q[rows, s].argmax(-1)
+        end = running & table["terminal"][s, a]
+        reached |= end & (table["reward"][s, a] > 0)
         s = table["next"][s, a]
-        if not alive.any():
+        running &= ~end & ~visited[rows, s]
+        if not running.any():
             break
-    return total
+    return reached
 
 
 def smooth(x: np.ndarray, window: int) -> np.ndarray:
