@@ -13,7 +13,8 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
 def test_there_are_notebooks():
-    assert {p.name for p in NOTEBOOKS} >= {"quickstart.ipynb", "world_model_tour.ipynb"}
+    assert {p.name for p in NOTEBOOKS} >= {"quickstart.ipynb", "world_model_tour.ipynb",
+                                         "model_based_classics.ipynb"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
