@@ -69,6 +69,29 @@ def mppi(rollout: Rollout, params: Any, state: Any, key: jax.Array, mean: jax.Ar
     return mean
 
 
+def as_actions(plan: jax.Array, discrete: bool) -> jax.Array:
+    """Plan entries in [-1, 1] [..., A] -> the actions a model takes: the one-hot of the largest
+    entry when discrete (a continuous relaxation of the choice), the entries when continuous."""
+    if discrete:
+        return jax.nn.one_hot(jnp.argmax(plan, -1), plan.shape[-1])
+    return plan
+
+
+def discounted_return(reward: jax.Array, discount: jax.Array,
+                      value: jax.Array | None = None) -> jax.Array:
+    """Σ_h (Π_{j<h} d_j) r_h + (Π_j d_j) v: reward, discount [N, H] and value [N] (none: 0)
+    -> [N]. With d_j = γ (1 − p_j), p_j the predicted chance that step j ends the episode, a
+    step's reward counts with the chance that no earlier step ended it."""
+    chex.assert_equal_shape([reward, discount])
+    ones = jnp.ones_like(discount[:, :1])
+    before = jnp.cumprod(jnp.concatenate([ones, discount[:, :-1]], 1), 1)
+    ret = (before * reward).sum(1)
+    if value is None:
+        return ret
+    chex.assert_shape(value, reward.shape[:1])
+    return ret + before[:, -1] * discount[:, -1] * value
+
+
 def shift(plan: jax.Array) -> jax.Array:
     """The warm start of the next step: plan [..., H, A] advanced by one step, zeros at the end."""
     return jnp.concatenate([plan[..., 1:, :], jnp.zeros_like(plan[..., :1, :])], -2)

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dreamer import planners
+
 Data = dict[str, np.ndarray]
 Predict = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]
 FIELDS = ("state", "action", "reward", "next", "terminal", "last", "episode")
@@ -92,25 +94,14 @@ def unroll(predict: Predict, states: jax.Array, actions: jax.Array):
     return tuple(jnp.swapaxes(x, 0, 1) for x in outs)
 
 
-def survival_return(rewards: jax.Array, done: jax.Array, discount: float) -> jax.Array:
-    """sum_h discount^h * prod_{j<h} (1 - done_j) * r_h: the expected return when the episode
-    ends with probability done_h after step h's reward. rewards, done [N, H] -> [N]."""
-    chex.assert_equal_shape((rewards, done))
-    alive = jnp.cumprod(1.0 - done, -1)
-    alive = jnp.concatenate([jnp.ones_like(alive[:, :1]), alive[:, :-1]], -1)
-    scale = discount ** jnp.arange(rewards.shape[-1])
-    return (scale * alive * rewards).sum(-1)
-
-
 def rollout(predict: Callable[..., Any], params: Any, state: jax.Array, plan: jax.Array, *,
             discount: float) -> jax.Array:
     """The planners' rollout for discrete actions: `predict(params, states, actions)` from the
     state [D] along the one-hot argmax of each step of the plans [N, H, A] -> returns [N]."""
-    n, _, a = plan.shape
-    actions = jax.nn.one_hot(jnp.argmax(plan, -1), a)
-    states = jnp.broadcast_to(state, (n, state.shape[-1]))
-    _, rewards, done = unroll(lambda s, x: predict(params, s, x), states, actions)
-    return survival_return(rewards, done, discount)
+    states = jnp.broadcast_to(state, (plan.shape[0], state.shape[-1]))
+    _, rewards, done = unroll(lambda s, x: predict(params, s, x), states,
+                             planners.as_actions(plan, discrete=True))
+    return planners.discounted_return(rewards, discount * (1.0 - done))
 
 
 def windows(data: Data, horizon: int) -> Data:

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dreamer import analysis, cli, runner
+from dreamer import analysis, cli, planners, runner
 from dreamer.acting import AgentPolicy, evaluate
 from dreamer.agents.dreamerv3 import behavior, mpc
 from dreamer.agents.dreamerv3 import rssm as rssm_lib
@@ -42,8 +42,9 @@ def rollout_of(case, gamma=GAMMA):
 
 def test_discounted_return_by_hand():
     # 1 + 0.5 * 2 + 0.5 * 0.25 * 4 = 2.5; then 0 + 1 * 3 + 1 * 1 * (-1) = 2
-    out = mpc.discounted_return(jnp.array([[1.0, 2.0], [0.0, 3.0]]),
-                                jnp.array([[0.5, 0.25], [1.0, 1.0]]), jnp.array([4.0, -1.0]))
+    out = planners.discounted_return(jnp.array([[1.0, 2.0], [0.0, 3.0]]),
+                                     jnp.array([[0.5, 0.25], [1.0, 1.0]]),
+                                     jnp.array([4.0, -1.0]))
     np.testing.assert_allclose(out, [2.5, 2.0])
 
 

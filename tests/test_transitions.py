@@ -124,13 +124,13 @@ def test_unroll_equals_a_python_loop():
             assert done[i, t] == pytest.approx(1 / (1 + np.exp(-s[1])), rel=1e-5)
 
 
-def test_survival_return_by_hand():
+def test_survival_weighted_return_by_hand():
     rewards = jnp.array([[1.0, 2.0, 3.0, 4.0]])
     done = jnp.array([[0.0, 0.5, 1.0, 0.0]])
     # The step that terminates keeps its reward; later ones count with the chance of no end.
-    assert transitions.survival_return(rewards, done, 1.0)[0] == pytest.approx(1 + 2 + 0.5 * 3)
-    assert transitions.survival_return(rewards, done, 0.9)[0] == pytest.approx(
-        1 + 0.9 * 2 + 0.81 * 0.5 * 3)
+    for discount, expected in [(1.0, 1 + 2 + 0.5 * 3), (0.9, 1 + 0.9 * 2 + 0.81 * 0.5 * 3)]:
+        got = planners.discounted_return(rewards, discount * (1.0 - done))[0]
+        assert got == pytest.approx(expected)
 
 
 def greedy_or_safe(params, s, a):

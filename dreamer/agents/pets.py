@@ -200,12 +200,6 @@ class PETS:
         return state, metrics, {}
 
     # ----------------------------------------------------------------------------- acting
-    def _actions(self, plan: jax.Array) -> jax.Array:
-        """Plan entries in [-1, 1] -> actions: one-hot of the largest entry when discrete."""
-        if self.discrete:
-            return jax.nn.one_hot(jnp.argmax(plan, -1), self.act_dim)
-        return plan
-
     def rollout(self, params: dict[str, Any], state: dict[str, jax.Array],
                 actions: jax.Array) -> jax.Array:
         """Returns [N] of action sequences [N, H, A] from `state` {'obs': [D], 'key'}: the
@@ -214,22 +208,20 @@ class PETS:
         p = self.cfg.pets
         n, horizon, _ = actions.shape
         per = p.particles // p.members
-        acts = jnp.broadcast_to(self._actions(actions)[None, :, None],
+        acts = jnp.broadcast_to(planners.as_actions(actions, self.discrete)[None, :, None],
                                 (p.members, n, per, horizon, self.act_dim))
         acts = jnp.moveaxis(acts.reshape(p.members, n * per, horizon, self.act_dim), 2, 0)
         states = jnp.broadcast_to(state["obs"], (p.members, n * per, self.obs_dim))
 
-        def step(carry, inputs):
-            states, alive, scale, ret = carry
+        def step(states, inputs):
             action, key = inputs
             states, reward, done = self.predict(params, states, action, key)
-            ret = ret + scale * alive * reward
-            return (states, alive * (1.0 - done), scale * p.discount, ret), None
+            return states, (reward, done)
 
-        zeros = jnp.zeros((p.members, n * per))
-        init = (states, zeros + 1.0, jnp.ones([]), zeros)
         keys = jax.random.split(state["key"], horizon)
-        (_, _, _, ret), _ = jax.lax.scan(step, init, (acts, keys))
+        _, (reward, done) = jax.lax.scan(step, states, (acts, keys))  # [H, K, N * per]
+        reward, done = (x.reshape(horizon, -1).T for x in (reward, done))
+        ret = planners.discounted_return(reward, p.discount * (1.0 - done))
         return ret.reshape(p.members, n, per).mean((0, 2))
 
     def plan(self, params: dict[str, Any], obs: jax.Array, mean: jax.Array,
@@ -262,4 +254,4 @@ class PETS:
         carry = jnp.where(obs["is_first"][:, None, None], 0.0, carry)
         keys = jax.random.split(key, carry.shape[0])
         plans = jax.vmap(self.plan, (None, 0, 0, 0))(params, obs["vector"], carry, keys)
-        return planners.shift(plans), self._actions(plans[:, 0]), {}
+        return planners.shift(plans), planners.as_actions(plans[:, 0], self.discrete), {}

@@ -67,26 +67,9 @@ def planner_kwargs(mpc: Any) -> dict[str, Any]:
             "smoothing": mpc.smoothing, "temperature": mpc.temperature}
 
 
-def to_actions(plan: jax.Array, discrete: bool) -> jax.Array:
-    """Plan entries in [-1, 1] [..., A] -> the actions the model takes: the one-hot of the
-    largest entry when discrete, the entries themselves when continuous."""
-    if discrete:
-        return jax.nn.one_hot(jnp.argmax(plan, -1), plan.shape[-1])
-    return plan
-
-
 def _rows(tree: Any, n: int) -> Any:
     """Every leaf repeated along a new leading axis of n rows."""
     return jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), tree)
-
-
-def discounted_return(reward: jax.Array, discount: jax.Array, value: jax.Array) -> jax.Array:
-    """Σ_h (Π_{j<h} d_j) r_h + (Π_j d_j) v: reward, discount [N, H] and value [N] -> [N]."""
-    chex.assert_equal_shape([reward, discount])
-    chex.assert_shape(value, reward.shape[:1])
-    ones = jnp.ones_like(discount[:, :1])
-    before = jnp.cumprod(jnp.concatenate([ones, discount[:, :-1]], 1), 1)
-    return (before * reward).sum(1) + before[:, -1] * discount[:, -1] * value
 
 
 def returns(wm: WorldModelNets, ac: ActorCriticNets, params: dict[str, Any], state: dict[str, Any],
@@ -96,12 +79,12 @@ def returns(wm: WorldModelNets, ac: ActorCriticNets, params: dict[str, Any], sta
     n = actions.shape[0]
     chex.assert_shape(state["start"]["deter"], (None,))
     states = rssm_lib.open_loop(wm.rssm, params["wm"]["rssm"], _rows(state["start"], n),
-                                to_actions(actions, discrete), _rows(state["key"], n))
+                                planners.as_actions(actions, discrete), _rows(state["key"], n))
     feat = rssm_lib.feat(states)  # [N, H, F]: s_1 .. s_H
     reward = world_model.predict_rewards(wm, params["wm"], states)
     cont = jax.nn.sigmoid(wm.con.apply({"params": params["wm"]["con"]}, feat)[..., 0])
     value = behavior.value_dist(ac, params["critic"], feat[:, -1]).mean()
-    return discounted_return(reward, gamma * cont, value)
+    return planners.discounted_return(reward, gamma * cont, value)
 
 
 def actor_plan(wm: WorldModelNets, ac: ActorCriticNets, params: dict[str, Any], start: State,
@@ -187,5 +170,5 @@ class LatentMPC:
         fn = functools.partial(plan, self.agent.wm, self.agent.ac, gamma=self.gamma,
                                **self.kwargs)
         plans = jax.vmap(fn, (None, 0, 0, 0, 0))(params, state, plans, obs["is_first"], keys)
-        action = to_actions(plans[:, 0], self.agent.ac.discrete)
+        action = planners.as_actions(plans[:, 0], self.agent.ac.discrete)
         return ((state, action), plans), action, self.agent.policy_outputs(state)
