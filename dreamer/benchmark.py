@@ -1,6 +1,7 @@
 """Benchmarks behind `launch/bench.py`: parameter counts, train-step speed on one or N devices,
-environment throughput of actor processes, an agent's policy speed and replay memory (`dreamer.compare` times the train
-step side by side with the official DreamerV3 code, `dreamer.profiling` splits it by function).
+environment throughput of actor processes, an agent's policy speed and replay memory
+(`dreamer.compare` times the train step side by side with the official DreamerV3 code,
+`dreamer.profiling` splits it by function).
 
 Every command returns a JSON-serialisable dict; the launcher prints it as the last line.
 """
