@@ -449,7 +449,7 @@ class Config(Mapping[str, Any]):
     def __len__(self) -> int:
         return len(self._data)
 
-    # -- immutability, equality, hashing, pickling ---------------------------------------------------
+    # -- immutability, equality, hashing, pickling -------------------------------------------
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"Config is immutable: cannot set {self._prefix + name!r}; "
@@ -547,7 +547,8 @@ def available_presets(configs_dir: str | Path | None = None) -> list[str]:
     """Names of the presets: every `configs/<name>.yaml` except `defaults.yaml`."""
     names = [p.stem for p in configs_dir_of(configs_dir).glob("*.yaml") if p.stem != "defaults"]
     # Natural order, so that size1m < size12m < size100m.
-    return sorted(names, key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)])
+    return sorted(names, key=lambda n: [int(t) if t.isdigit() else t
+                                        for t in re.split(r"(\d+)", n)])
 
 
 def _preset_path(name: str, configs_dir: Path) -> Path:

@@ -160,7 +160,8 @@ def replay_bytes_per_step(cfg: Config) -> int:
     image = h * w * (1 if cfg.env.gray else 3) if cfg.env.obs in ("image", "both") else 0
     vector = 4 * 256 if cfg.env.obs in ("vector", "both") else 0  # up to 256 float32 features
     context = 4 * (cfg.model.deter + cfg.model.stoch) if cfg.replay.context else 0
-    return image + vector + context + 4 * 32 + 4 + 3 + 8  # action (<= 32 floats), reward, flags, stamp
+    # action (<= 32 floats), reward, flags, stamp
+    return image + vector + context + 4 * 32 + 4 + 3 + 8
 
 
 def replay_steps(cfg: Config) -> int:

@@ -48,7 +48,8 @@ def named_scopes(scoped=SCOPED) -> Iterator[None]:
             for name in names:
                 fn = getattr(module, name)
                 saved.append((module, name, fn))
-                setattr(module, name, _scoped(fn, f"{PREFIX}{module_name.rsplit('.', 1)[-1]}.{name}"))
+                scope = f"{PREFIX}{module_name.rsplit('.', 1)[-1]}.{name}"
+                setattr(module, name, _scoped(fn, scope))
         yield
     finally:
         for module, name, fn in reversed(saved):

@@ -20,7 +20,8 @@ import numpy as np
 
 def seed_sequence(seed: int, name: str, *index: int) -> np.random.SeedSequence:
     """The seed of stream `name` (with `index`) of run `seed`."""
-    return np.random.SeedSequence(int(seed), spawn_key=(zlib.crc32(name.encode()), *map(int, index)))
+    return np.random.SeedSequence(int(seed),
+                                  spawn_key=(zlib.crc32(name.encode()), *map(int, index)))
 
 
 def int_seed(seed: int, name: str, *index: int) -> int:

@@ -314,7 +314,8 @@ def main(argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     env = make_env(cfg.env, int_seed(seed, "env"))
-    data = transitions.collect(env, args["steps"], np.random.default_rng(seed_sequence(seed, "act")))
+    rng = np.random.default_rng(seed_sequence(seed, "act"))
+    data = transitions.collect(env, args["steps"], rng)
     env.close()
     agent = make_agent(cfg, env.obs_space, env.act_space)
     try:

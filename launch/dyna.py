@@ -30,12 +30,14 @@ with the same budget of --steps real steps per seed (a seed that does not get th
 is counted as unsolved and left out of the means). Every agent and n acts with the same keys
 per seed, and until a seed first reaches the goal its values are all 0, so its episodes up to
 then are the same for all of them: the differences between n come after, which the count of
-episodes after the first that reached the goal isolates. Why the experiment is sound with a Q table of zeros and a
-reward only at the goal: until the goal is first reached every value is 0 and planning changes
-nothing, so acting is a random walk only because ties are broken at random (breaking them by the
-first action, as np.argmax does, would walk into the left wall forever but for epsilon); the
-rollout after each episode breaks ties by the first action instead, so it reaches the goal only
-along actions whose learned values lead there, never by luck.
+episodes after the first that reached the goal isolates.
+
+Why the experiment is sound with a Q table of zeros and a reward only at the goal: until the
+goal is first reached every value is 0 and planning changes nothing, so acting is a random walk
+only because ties are broken at random (breaking them by the first action, as np.argmax does,
+would walk into the left wall forever but for epsilon); the rollout after each episode breaks
+ties by the first action instead, so it reaches the goal only along actions whose learned values
+lead there, never by luck.
 
 taxi: gymnasium Taxi-v4 (Taxi-v3 is deprecated in gymnasium 1.x; v4 with its defaults is the
 same deterministic task, 200 steps per episode), alpha 0.5, gamma 0.99, epsilon 0.1, over the

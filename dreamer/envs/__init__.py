@@ -57,8 +57,9 @@ def make_env(cfg: Any, seed: int) -> Env:
     """The environment for ``cfg.task``, with action repeat and time limit applied.
 
     ``cfg`` is the ``env`` config section (``task, obs, size, action_repeat, time_limit, gray,
-    sticky, noops, lives, gym_kwargs``). ``cfg.time_limit`` counts agent steps (after action repeat); 0 keeps
-    the environment's own limit. Raises ``EnvError`` for an unknown suite, task or option.
+    sticky, noops, lives, gym_kwargs``). ``cfg.time_limit`` counts agent steps (after action
+    repeat); 0 keeps the environment's own limit. Raises ``EnvError`` for an unknown suite,
+    task or option.
     """
     suite, _, name = cfg.task.partition("_")
     if suite not in MAKERS or not name:

@@ -2,8 +2,9 @@
 
 Observations: ``vector`` float32 ``[D]`` is the flattened state of a Box observation space, or
 the one-hot ``[n]`` of a Discrete one (FrozenLake, Taxi: tabular agents read the index back as its
-argmax); ``image`` uint8 ``[H, W, 3]`` is the ``rgb_array`` render resized to ``env.size``. Actions: an int32
-index for Discrete spaces, float32 ``[A]`` in ``[-1, 1]`` rescaled to the bounds of Box spaces.
+argmax); ``image`` uint8 ``[H, W, 3]`` is the ``rgb_array`` render resized to ``env.size``.
+Actions: an int32 index for Discrete spaces, float32 ``[A]`` in ``[-1, 1]`` rescaled to the
+bounds of Box spaces.
 gymnasium's ``terminated`` gives ``is_terminal``; ``truncated`` (its time limit) only ``is_last``.
 ``env.gym_kwargs`` passes keyword arguments to ``gymnasium.make``, e.g. ``[is_slippery=false]``
 with ``gym_FrozenLake8x8-v1`` for the deterministic 8x8 lake (200 steps per episode).

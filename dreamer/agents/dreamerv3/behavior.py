@@ -171,9 +171,9 @@ def actor_critic_loss(wm: WorldModelNets, ac: ActorCriticNets, params: dict[str,
                                   slowreg=slowreg, dist=critic_dist)
     metrics = {
         "ac/entropy": ent.mean(), "ac/return": ret.mean(), "ac/value": value.mean(),
-        "ac/adv_abs": jnp.abs(adv).mean(), "ac/retnorm_scale": scale, "ac/retnorm_lo": retnorm["lo"],
-        "ac/retnorm_hi": retnorm["hi"], "ac/imag_reward": reward[:, 1:].mean(),
-        "ac/imag_cont": cont[:, 1:].mean(),
+        "ac/adv_abs": jnp.abs(adv).mean(), "ac/retnorm_scale": scale,
+        "ac/retnorm_lo": retnorm["lo"], "ac/retnorm_hi": retnorm["hi"],
+        "ac/imag_reward": reward[:, 1:].mean(), "ac/imag_cont": cont[:, 1:].mean(),
     }
     return {"policy": actor, "value": critic}, metrics, retnorm, ret[:, 0]
 

@@ -15,7 +15,8 @@ GROUPS = ("wm", "actor", "critic")
 
 
 def adaptive_clip(ratio: float, pmin: float) -> optax.GradientTransformation:
-    """Scale each tensor's gradient so that |g| <= ratio * max(pmin, |param|) (Brock et al. 2021)."""
+    """Scale each tensor's gradient so that |g| <= ratio * max(pmin, |param|)
+    (Brock et al. 2021)."""
 
     def update(grads, state, params):
         def clip(g, p):
