@@ -19,12 +19,15 @@ continues the same runs. A run that exits non-zero is reported with its log; the
 Then (only this with --report-only) it writes DIR/scores.md: per task and budget (--budgets,
 default 4 evenly spaced up to N on the --bin grid), mean ± std over seeds (n) of each seed's mean
 eval/score in (budget - bin, budget], beside the published DreamerV3 mean at that step (see
-dreamer/reference.py); and DIR/curve_TASK.png: the mean over seeds on a grid of --bin env steps
+dreamer/reference.py), then each run's training time (time/hours: wall-clock hours of the
+training loop, evaluations and checkpoints included, summed over resumes) and the env steps it
+reached; and DIR/curve_TASK.png: the mean over seeds on a grid of --bin env steps
 (default run.eval_every) with the min-max band, and the published curve with its band. The
 published curves are those of --benchmark, or of the last of the presets dmc_proprio, dmc_vision,
 atari100k. Prints the table; the last line of stdout is one JSON object: root, benchmark, runs,
 finished (runs finished now), failed ([{task, seed, exit, log}]), skipped (runs finished before,
-so not trained), scores ({task: {budget: {mean, std, n, published}}}) and plots (PNG paths).
+so not trained), scores ({task: {budget: {mean, std, n, published}}}), hours ({task: {seed:
+{steps, hours}}}) and plots (PNG paths).
 Exit status: 0; 1 when a run failed; 2 for a wrong command line; 130 when interrupted (the
 trainers save a checkpoint; rerun to resume).
 """
@@ -47,6 +50,7 @@ from dreamer.cli import DEFAULT_PRESET, parse_args
 from dreamer.config import ConfigError
 
 KEY = "eval/score"
+TIME = "time/hours"
 OPTIONS = (
     Option("root", required=True, metavar="DIR"),
     Option("tasks", (), many=True, metavar="TASK"),
@@ -224,6 +228,33 @@ def summaries(suite: Suite, series: dict, published: dict) -> dict[str, dict[str
     return out
 
 
+def times(suite: Suite) -> dict[str, dict[str, dict]]:
+    """Per task and seed that has logged it: the env steps reached and the hours trained then
+    (`time/hours`, which a resumed run carries on from its checkpoint)."""
+    out: dict[str, dict[str, dict]] = {}
+    for run in runs_of(suite):
+        try:
+            steps, hours = plotting.read_series(run.logdir, TIME)
+        except FileNotFoundError:
+            continue
+        if len(steps):
+            out.setdefault(run.task, {})[str(run.seed)] = {"steps": int(steps[-1]),
+                                                            "hours": float(hours[-1])}
+    return out
+
+
+def times_table(suite: Suite, hours: dict[str, dict[str, dict]]) -> str:
+    """Markdown: a row per task, a column per seed, each cell `hours h (env steps)`."""
+    head = ["task", *(f"seed {s}" for s in suite.seeds)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for task in suite.tasks:
+        cells = [hours.get(task, {}).get(str(s)) for s in suite.seeds]
+        lines.append("| " + " | ".join([task, *(
+            "–" if c is None else f"{c['hours']:.2f} h ({c['steps']:,})"
+            for c in cells)]) + " |")
+    return "\n".join(lines)
+
+
 def published_curve(benchmark: str, task: str, until: int) -> plotting.Curve:
     """The published curve as a `Curve`, up to the first bin that ends at or after `until`."""
     p = reference.published(benchmark, task)
@@ -249,9 +280,9 @@ def write_plots(suite: Suite, series: dict, published: dict) -> list[str]:
     return paths
 
 
-def report(suite: Suite) -> tuple[str, dict, list[str]]:
-    """Writes ROOT/scores.md and the curves; returns the text of scores.md, the `summaries` and
-    the PNG paths."""
+def report(suite: Suite) -> tuple[str, dict, dict, list[str]]:
+    """Writes ROOT/scores.md and the curves; returns the text of scores.md, the `summaries`, the
+    `times` and the PNG paths."""
     series, published = series_of(suite), published_at(suite)
     table = plotting.table(series, suite.budgets, suite.width,
                            published if suite.benchmark else None, PUBLISHED, rows="task")
@@ -260,10 +291,14 @@ def report(suite: Suite) -> tuple[str, dict, list[str]]:
     if suite.benchmark:
         note += (f" {PUBLISHED}: the published {suite.benchmark} mean over seeds in the 10K-step "
                  "bin that ends at or after the budget (dreamer/reference.py).")
+    hours = times(suite)
+    text = (f"{note}\n\n{table}\n\nTraining time per run ({TIME}: wall-clock hours of the "
+            f"training loop, evaluations and checkpoints included, summed over resumes) and the "
+            f"env steps it reached:\n\n{times_table(suite, hours)}")
     suite.root.mkdir(parents=True, exist_ok=True)
-    text = f"{note}\n\n{table}"
     (suite.root / "scores.md").write_text(text + "\n")
-    return text, summaries(suite, series, published), write_plots(suite, series, published)
+    return text, summaries(suite, series, published), hours, write_plots(suite, series,
+                                                                         published)
 
 
 def main(argv: list[str]) -> int:
@@ -285,7 +320,7 @@ def main(argv: list[str]) -> int:
     failed = [{"task": r.task, "seed": r.seed, "exit": c, "log": str(r.logdir / "train.log")}
               for r, c in codes.items() if c != 0]
     try:
-        text, table, plots = report(suite)
+        text, table, hours, plots = report(suite)
     except ValueError as e:  # a metrics.jsonl that is not JSON lines
         print(f"learn: {e}", file=sys.stderr)
         return 2
@@ -293,7 +328,7 @@ def main(argv: list[str]) -> int:
     print(json.dumps({
         "root": str(suite.root), "benchmark": suite.benchmark, "runs": len(runs),
         "finished": sum(finished(r.logdir, suite.steps) for r in todo), "failed": failed,
-        "skipped": len(skipped), "scores": table, "plots": plots}))
+        "skipped": len(skipped), "scores": table, "hours": hours, "plots": plots}))
     return 1 if failed else 0
 
 

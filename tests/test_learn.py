@@ -69,6 +69,10 @@ def test_report_only_against_the_published_curves(tmp_path, capsys):
         logdir = root / "dmc_cartpole_balance" / f"seed_{seed}"
         logdir.mkdir(parents=True)
         lines = [{"step": 5_000 * k, "eval/score": 100.0 * k + 10 * seed} for k in (1, 2, 3, 4)]
+        # Seed 1 was killed after 0.5 h at 15K, resumed from its checkpoint at 10K (0.3 h) and
+        # trained on: the later line of a step wins.
+        lines += [{"step": 15_000, "time/hours": 0.5}, {"step": 10_000, "time/hours": 0.3},
+                  {"step": 20_000, "time/hours": 0.75 + seed}][: 3 if seed else 1]
         (logdir / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     argv = ["--root", str(root), "--tasks", "dmc_cartpole_balance,dmc_walker_stand",
             "--seeds", "0,1", "--steps", "2e4", "--configs", "dmc_proprio", "--report-only",
@@ -89,6 +93,10 @@ def test_report_only_against_the_published_curves(tmp_path, capsys):
     assert row in out and row in (root / "scores.md").read_text()
     assert result["plots"] == [str(root / "curve_dmc_cartpole_balance.png")]
     assert Path(result["plots"][0]).read_bytes()[:8] == PNG
+    assert result["hours"] == {"dmc_cartpole_balance": {
+        "0": {"steps": 15_000, "hours": 0.5}, "1": {"steps": 20_000, "hours": 1.75}}}
+    row = "| dmc_cartpole_balance | 0.50 h (15,000) | 1.75 h (20,000) |"
+    assert row in out and "| dmc_walker_stand | – | – |" in (root / "scores.md").read_text()
 
 
 def test_suite_trains_skips_finished_runs_and_resumes(tmp_path):
@@ -117,6 +125,7 @@ def test_suite_trains_skips_finished_runs_and_resumes(tmp_path):
     assert "| builtin_catch |" in proc.stdout and "(n=2)" in (root / "scores.md").read_text()
     assert result["plots"] == [str(root / "curve_builtin_catch.png")]
     assert (root / "curve_builtin_catch.png").read_bytes()[:8] == PNG
+    assert [result["hours"]["builtin_catch"][s]["steps"] for s in ("0", "1")] == [200, 200]
     logdirs = [root / "builtin_catch" / f"seed_{seed}" for seed in (0, 1)]
     for seed, logdir in enumerate(logdirs):
         cfg = Config.load(logdir / "config.yaml")
