@@ -132,10 +132,10 @@ def runs_of(suite: Suite) -> list[Run]:
     return [Run(t, s, suite.root / t / f"seed_{s}") for s in suite.seeds for t in suite.tasks]
 
 
-def scores(logdir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, values) of a run's evaluations; empty when it has not started."""
+def scores(logdir: Path, key: str = KEY) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of a run's `key` (its evaluations); empty when it has not started."""
     try:
-        return plotting.read_series(logdir, KEY)
+        return plotting.read_series(logdir, key)
     except FileNotFoundError:
         return np.zeros(0, np.int64), np.zeros(0)
 
@@ -233,10 +233,7 @@ def times(suite: Suite) -> dict[str, dict[str, dict]]:
     (`time/hours`, which a resumed run carries on from its checkpoint)."""
     out: dict[str, dict[str, dict]] = {}
     for run in runs_of(suite):
-        try:
-            steps, hours = plotting.read_series(run.logdir, TIME)
-        except FileNotFoundError:
-            continue
+        steps, hours = scores(run.logdir, TIME)
         if len(steps):
             out.setdefault(run.task, {})[str(run.seed)] = {"steps": int(steps[-1]),
                                                             "hours": float(hours[-1])}
