@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dreamer import kernels, multistep
 from dreamer.agents.dreamerv3 import DreamerV3
 from dreamer.agents.dreamerv3 import agent as dreamerv3_agent
 from dreamer.config import Config, load_config
@@ -90,23 +91,51 @@ def matmul_peak(dtype: Any = jnp.float32, n: int | None = None, repeats: int = 5
     return 2 * n ** 3 / float(np.median(times))
 
 
-def compile_train_step(cfg: Config) -> dict[str, Any]:
+def compile_train_step(cfg: Config, layout: str | None = None) -> dict[str, Any]:
     """The jitted train step compiled for a synthetic batch, with its initial state, the batch,
     the compile time and XLA's FLOP count; `time_train_step` runs it. Separate so that several
-    configurations can compile at once (compilation runs on the host) and be timed one by one."""
+    configurations can compile at once (compilation runs on the host) and be timed one by one.
+    `layout` builds the networks as for that platform ('gpu': batched block matmuls and, with
+    `jax.compute_dtype: auto`, bfloat16) whatever the backend compiles for; default: the
+    backend's own."""
     obs_space, act_space = spaces_of(cfg)
-    agent = DreamerV3(cfg, obs_space, act_space)
+    agent = DreamerV3(cfg, obs_space, act_space, platform=layout)
     batch = jax.device_put(random_batch(obs_space, agent, cfg.batch_size))
     state = agent.init(jax.random.PRNGKey(0))
     start = time.perf_counter()
     compiled = jax.jit(agent.train_step, donate_argnums=0).lower(
         state, batch, jax.random.PRNGKey(0)).compile()
     compile_s = time.perf_counter() - start
+    count = kernels.of_compiled(compiled)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
     return {"cfg": cfg, "agent": agent, "state": state, "batch": batch, "compiled": compiled,
-            "compile_s": compile_s, "flops": flops}
+            "compile_s": compile_s, "flops": flops, "kernels": count}
+
+
+def launch_floor(calls: int = 200) -> float:
+    """Median seconds of an empty jitted call on the default device (dispatch, one tiny kernel
+    and the wait for its result): what every separately launched call costs at least."""
+    f = jax.jit(lambda x: x + 1)
+    x = jax.device_put(jnp.zeros((), jnp.float32))
+    jax.block_until_ready(f(x))
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        jax.block_until_ready(f(x))
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def kernel_counts(cfg: Config, layout: str | None = None) -> dict[str, Any]:
+    """Kernels and while-loop iterations one update launches (`dreamer.kernels`), from the
+    optimized HLO of the compiled train step, with the loops that launch most."""
+    prepared = compile_train_step(cfg, layout)
+    return {**kernels.summary(prepared["kernels"]), "layout": layout or jax.default_backend(),
+            "compute_dtype": str(prepared["agent"].wm.rssm.dtype),
+            "batched_blocks": prepared["agent"].wm.rssm.batched_blocks,
+            "compile_s": prepared["compile_s"], "jax": jax.__version__}
 
 
 def time_train_step(prepared: dict[str, Any], updates: int = 5, warmup: int = 2,
@@ -126,6 +155,8 @@ def time_train_step(prepared: dict[str, Any], updates: int = 5, warmup: int = 2,
     median = float(np.median(times[warmup:]))
     dtype = agent.wm.rssm.dtype  # the compute dtype `jax.compute_dtype` resolved to
     peak = peak or matmul_peak(dtype)
+    floor = launch_floor()
+    count = prepared["kernels"]
     return {
         "seconds_per_update": median,
         "updates_per_s": 1 / median,
@@ -138,6 +169,11 @@ def time_train_step(prepared: dict[str, Any], updates: int = 5, warmup: int = 2,
         "matmul_peak_dtype": str(dtype),
         "fraction_of_peak": flops / median / peak,
         "compile_s": prepared["compile_s"],
+        "kernels_per_update": count.kernels,
+        "loop_iterations_per_update": count.loop_iterations,
+        "launch_floor_s": floor,
+        "update_over_launch_floor": median / floor,
+        "seconds_per_kernel": median / max(count.kernels, 1),
         "params": dreamerv3_agent.param_counts(state.params)["total"],
         "batch": [cfg.batch_size, cfg.batch_length],
         "batch_shape_fed": [cfg.batch_size, agent.sequence_length],
@@ -150,9 +186,53 @@ def time_train_step(prepared: dict[str, Any], updates: int = 5, warmup: int = 2,
     }
 
 
-def train_step(cfg: Config, updates: int = 5, warmup: int = 2) -> dict[str, Any]:
+def train_step(cfg: Config, updates: int = 5, warmup: int = 2,
+               layout: str | None = None) -> dict[str, Any]:
     """Median seconds per update of the jitted train step on a synthetic batch."""
-    return time_train_step(compile_train_step(cfg), updates, warmup)
+    return time_train_step(compile_train_step(cfg, layout), updates, warmup)
+
+
+def updates_per_call(cfg: Config, counts: list[int], calls: int = 3, warmup: int = 1,
+                     layout: str | None = None) -> dict[str, Any]:
+    """Seconds per update when one jitted call runs k updates (`multistep.scan_steps` over k
+    batches already on the device; k = 1 is the plain train step), for each k in `counts`:
+    the median over `calls` calls after `warmup`, divided by k."""
+    obs_space, act_space = spaces_of(cfg)
+    agent = DreamerV3(cfg, obs_space, act_space, platform=layout)
+    batch = random_batch(obs_space, agent, cfg.batch_size)
+    state = agent.init(jax.random.PRNGKey(0))
+    out = {}
+    for k in counts:
+        if k == 1:
+            fn, batches = agent.train_step, jax.device_put(batch)
+        else:
+            fn = multistep.scan_steps(agent.train_step)
+            batches = jax.device_put({key: np.stack([v] * k) for key, v in batch.items()})
+        start = time.perf_counter()
+        lowered = jax.jit(fn, donate_argnums=0).lower(state, batches, _keys(0, k))
+        compiled = lowered.compile()
+        compile_s = time.perf_counter() - start
+        times = []
+        for i in range(warmup + calls):
+            start = time.perf_counter()
+            state, metrics, _ = compiled(state, batches, _keys(i, k))
+            jax.block_until_ready((state, metrics))
+            times.append(time.perf_counter() - start)
+        median = float(np.median(times[warmup:]))
+        count = kernels.of_compiled(compiled)
+        out[str(k)] = {"seconds_per_update": median / k, "updates_per_s": k / median,
+                       "seconds_per_call": median, "compile_s": compile_s,
+                       "kernels_per_update": count.kernels / k,
+                       "loop_iterations_per_update": count.loop_iterations / k}
+    return {"per_call": out, "calls_timed": calls, "batch": [cfg.batch_size, cfg.batch_length],
+            "compute_dtype": str(agent.wm.rssm.dtype), "device": str(jax.devices()[0].device_kind),
+            "layout": layout or jax.default_backend()}
+
+
+def _keys(seed: int, k: int) -> jax.Array:
+    """The key of one update (k = 1) or the keys [k] of k updates in one call."""
+    key = jax.random.PRNGKey(seed)
+    return key if k == 1 else jax.random.split(key, k)
 
 
 def train_step_parallel(cfg: Config, devices: int, updates: int = 5,

@@ -85,15 +85,39 @@ def ours_command(bench_py: str | Path, configs: Sequence[str], updates: int, war
             "--jax.platform=cpu"]
 
 
+def official_kernels(script: str | Path, src: str | Path, configs: Sequence[str],
+                     run: Callable[[Sequence[str], dict[str, str]], str] | None = None
+                     ) -> dict[str, Any]:
+    """Kernels and while-loop iterations of the official train update (`dreamer.kernels`):
+    its bench compiles the update for the CPU in float32 (one update, none timed that matters)
+    and writes the compiled function's optimized HLO, which is counted here."""
+    import tempfile
+
+    from dreamer import kernels
+
+    run = run or run_command
+    with tempfile.TemporaryDirectory() as tmp:
+        dump = Path(tmp) / "official.hlo"
+        stdout = run(official_command(script, src, configs, 1, 0), {"HLO_DUMP": str(dump)})
+        if not dump.is_file():
+            raise CompareFailed("the official bench wrote no HLO (its run.sh does not support "
+                                "HLO_DUMP?)")
+        count = kernels.count(dump.read_text())
+    result = last_json(stdout)
+    return {**kernels.summary(count), "jax": result.get("jax"),
+            "revision": result.get("official_revision"), "layout": "cpu",
+            "compute_dtype": result.get("compute_dtype", "float32")}
+
+
 def tail(text: str, lines: int = 30) -> str:
     """The last `lines` lines of `text`."""
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-def run_command(cmd: Sequence[str]) -> str:
-    """Runs `cmd` in a fresh process on JAX's CPU backend and returns its stdout; CompareFailed
-    with the tail of its stderr when it exits non-zero."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+def run_command(cmd: Sequence[str], extra_env: dict[str, str] | None = None) -> str:
+    """Runs `cmd` in a fresh process on JAX's CPU backend (with `extra_env` set) and returns its
+    stdout; CompareFailed with the tail of its stderr when it exits non-zero."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", **(extra_env or {})}
     proc = subprocess.run(list(cmd), check=False, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise CompareFailed(f"{cmd[0]} exited with status {proc.returncode}", tail(proc.stderr))

@@ -5,6 +5,8 @@
                                     [--key=value ...]
   python launch/bench.py train-step --devices 2 --configs debug   (N devices; fake CPU ones
                                                                     when there is no accelerator)
+  python launch/bench.py train-step --per-call 1 4 16 --configs dmc_proprio size1m
+                                    (k updates in one jitted call: seconds per update for each k)
   python launch/bench.py actors --actors 1 2 [--seconds 20] [--configs dmc_vision ...]
   python launch/bench.py policy --configs pets --env.task=gym_Pendulum-v1 [--envs 1] [--calls 20]
                                 (actions per second of the agent's jitted policy alone)
@@ -13,12 +15,21 @@
                                  (shares of the step's time by function, from one trace)
   python launch/bench.py compare --official-src DIR --configs dmc_proprio size1m [--rounds 2]
                                  [--updates 5] [--warmup 2] [--official-bench PATH]
+  python launch/bench.py kernels --configs dmc_proprio size1m [--layout cpu|gpu]
+                                 [--official-src DIR] [--official-bench PATH] [--key=value ...]
+                                 (kernels and while-loop iterations one update launches)
 
 compare: the official DreamerV3 train update (github.com/danijar/dreamerv3 at DIR, a checkout or
 its git directory, timed by ../shared/tools/official-bench/run.sh or --official-bench PATH) and
 ours (train-step), float32 on the CPU with the same 16 x (64 + 1) batch, each side in a fresh
 process, alternating official, ours, ... for --rounds rounds. It prints a table, then
 {"compare": {..., "ratio": official median / ours median}} (above 1: ours is faster).
+
+kernels: counted in the optimized HLO of the compiled update (dreamer.kernels): each launched
+instruction once, a while loop's body times its trip count. --layout gpu builds the networks
+as on a GPU (batched block matmuls; bfloat16 unless --jax.compute_dtype says otherwise) while
+compiling for this machine's backend. With --official-src the official update is counted too
+(compiled by its bench, float32 on the CPU) and the ratio official / ours printed.
 """
 import json
 import sys
@@ -28,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dreamer import benchmark
 from dreamer import compare as side_by_side
-from dreamer.args import Args, Option, integer, number, parse, show_help
+from dreamer.args import Args, Option, choice, integer, number, parse, show_help
 from dreamer.cli import parse_args
 from dreamer.config import Config, ConfigError
 
@@ -46,19 +57,23 @@ OPTIONS = {
     "params": (),
     "replay": (Option("capacity", 50_000, integer(1), metavar="N"),
                Option("size", 64, integer(1), metavar="PIXELS")),
-    "train-step": (updates(5), WARMUP, Option("devices", None, integer(1), metavar="N")),
+    "train-step": (updates(5), WARMUP, Option("devices", None, integer(1), metavar="N"),
+                   Option("per-call", (), integer(1), many=True, metavar="K"),
+                   Option("layout", None, choice("cpu", "gpu"))),
     "profile": (updates(3), WARMUP),
     "actors": (Option("actors", (1, 2), integer(1), many=True, metavar="N"),
                Option("seconds", 20.0, number(0), metavar="S")),
     "policy": (Option("envs", 1, integer(1), metavar="N"),
                Option("calls", 20, integer(1), metavar="N"), WARMUP),
+    "kernels": (Option("layout", None, choice("cpu", "gpu")),
+                Option("official-src", metavar="DIR"), Option("official-bench", metavar="PATH")),
     "compare": (Option("official-src", required=True, metavar="DIR"),
                 Option("official-bench", metavar="PATH"),
                 Option("configs", (), many=True, required=True, metavar="PRESET"),
                 Option("rounds", 2, integer(1), metavar="N"), updates(5), WARMUP),
 }
 TAKES_CONFIG = {"train-step": (), "profile": (), "actors": ("dmc_vision",),
-                "policy": ()}  # default presets
+                "policy": (), "kernels": ()}  # default presets
 
 
 def compare_main(args: Args) -> int:
@@ -83,8 +98,27 @@ def compare_main(args: Args) -> int:
     return 0
 
 
+def kernels_main(cfg: Config, args: Args) -> dict:
+    """`kernels`: ours, and the official update's beside it when its source is given."""
+    result = {"kernels": benchmark.kernel_counts(cfg, args["layout"])}
+    if args["official-src"]:
+        script = side_by_side.official_bench_script(ROOT, args["official-bench"])
+        problem = side_by_side.compare_setup_problem(args["official-src"], script)
+        if problem:
+            raise side_by_side.CompareFailed(problem)
+        official = side_by_side.official_kernels(script, args["official-src"], args["configs"])
+        ours = result["kernels"]
+        result["official"] = official
+        result["ratio"] = {"kernels": official["kernels"] / ours["kernels"],
+                           "loop_iterations": official["loop_iterations"]
+                           / max(ours["loop_iterations"], 1)}
+    return result
+
+
 def measure(command: str, cfg: Config, args: Args) -> dict:
     """The result of a command that takes a config."""
+    if command == "kernels":
+        return kernels_main(cfg, args)
     if command == "actors":
         return {"actors": benchmark.actors(cfg, args["actors"], args["seconds"])}
     if command == "policy":
@@ -96,6 +130,10 @@ def measure(command: str, cfg: Config, args: Args) -> dict:
             prepared = benchmark.compile_train_step(cfg)
         return {"profile": profiling.profile_train_step(prepared, steps=args["updates"],
                                                         warmup=args["warmup"])}
+    if args["per-call"]:
+        return {"train_step": benchmark.updates_per_call(
+            cfg, args["per-call"], calls=args["updates"], warmup=args["warmup"],
+            layout=args["layout"])}
     if args["devices"]:
         import jax
 
@@ -104,7 +142,7 @@ def measure(command: str, cfg: Config, args: Args) -> dict:
         return {"train_step": benchmark.train_step_parallel(
             cfg, args["devices"], updates=args["updates"], warmup=args["warmup"])}
     return {"train_step": benchmark.train_step(cfg, updates=args["updates"],
-                                               warmup=args["warmup"])}
+                                               warmup=args["warmup"], layout=args["layout"])}
 
 
 def main(argv: list[str]) -> int:
@@ -132,7 +170,13 @@ def main(argv: list[str]) -> int:
         result = {"replay": benchmark.replay_memory(args["capacity"],
                                                     (args["size"], args["size"]))}
     else:
-        result = measure(command, cfg, args)
+        try:
+            result = measure(command, cfg, args)
+        except side_by_side.CompareFailed as e:  # the official side of `kernels`
+            print(f"bench {command}: {e}", file=sys.stderr)
+            if e.stderr_tail:
+                print(f"--- the last lines of its stderr ---\n{e.stderr_tail}", file=sys.stderr)
+            return 1
         result.update(configs=args["configs"], overrides=args.overrides)
     print(json.dumps(result))
     return 0

@@ -57,3 +57,18 @@ def test_policy_command_of_the_launcher(capsys):
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["policy"]["agent"] == "dreamerv3" and out["policy"]["actions_per_s"] > 0
     assert bench.main(["policy", "--envs", "0"]) == 2
+
+
+def test_updates_per_call_and_kernel_counts_on_the_tiny_config():
+    """k updates per call report seconds and kernels per update for each k; the kernel count
+    of the gpu layout builds the block GRU as batched matmuls."""
+    cfg = load_config(["debug"])
+    out = benchmark.updates_per_call(cfg, [1, 2], calls=1, warmup=0)
+    assert set(out["per_call"]) == {"1", "2"}
+    for k, row in out["per_call"].items():
+        assert row["seconds_per_update"] * int(k) == row["seconds_per_call"]
+        assert row["kernels_per_update"] > row["loop_iterations_per_update"] > 0
+    counts = benchmark.kernel_counts(cfg, layout="gpu")
+    assert counts["batched_blocks"] and counts["layout"] == "gpu"
+    assert counts["kernels"] > counts["kernels_outside_loops"] > 0
+    assert counts["loop_iterations"] >= cfg.batch_length
