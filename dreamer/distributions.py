@@ -133,15 +133,26 @@ def noise(sampler, key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     return sampler(key, shape)
 
 
+def is_noise(key: jax.Array) -> bool:
+    """Whether a sampler's `key` argument holds noise drawn ahead (floating point) rather than
+    PRNG keys. Drawing a scan's noise for all its steps before the scan takes the random number
+    generation out of the loop body (on a GPU every draw inside is a kernel launch per step)
+    and gives the same samples, since a draw depends only on its key and shape."""
+    return jnp.issubdtype(key.dtype, jnp.floating)
+
+
 def sample_categorical(logits: jax.Array, key: jax.Array) -> jax.Array:
-    """Index [...] drawn from categoricals with `logits` [..., K] (Gumbel-max)."""
-    return jnp.argmax(logits + noise(jax.random.gumbel, key, logits.shape), -1)
+    """Index [...] drawn from categoricals with `logits` [..., K] (Gumbel-max). `key` is one key,
+    one per row (see `noise`), or the Gumbel noise itself [..., K] (`is_noise`)."""
+    gumbel = key if is_noise(key) else noise(jax.random.gumbel, key, logits.shape)
+    return jnp.argmax(logits + gumbel, -1)
 
 
 def onehot_straight_through(logits: jax.Array, key: jax.Array) -> jax.Array:
     """Sample one-hot [..., K] from `logits` with straight-through gradients (Bengio et al. 2013).
 
-    `key` is one key or one key per row of the leading axis (see `noise`)."""
+    `key` is one key, one key per row of the leading axis (see `noise`) or Gumbel noise
+    [..., K] drawn ahead."""
     probs = jax.nn.softmax(logits, -1)
     sample = jax.nn.one_hot(sample_categorical(logits, key), logits.shape[-1], dtype=probs.dtype)
     return sample + probs - sg(probs)
@@ -185,16 +196,24 @@ class Policy:
             self.loc = jnp.tanh(mean)
             self.std = (maxstd - minstd) * jax.nn.sigmoid(std + 2.0) + minstd
 
+    @staticmethod
+    def noise(key: jax.Array, shape: tuple[int, ...], discrete: bool) -> jax.Array:
+        """What `sample` draws from `key` for actions of `shape` [N, A]: Gumbel noise for a
+        discrete policy, standard normal noise for a continuous one. `sample` given this array
+        in place of the key returns the same action."""
+        return noise(jax.random.gumbel if discrete else jax.random.normal, key, shape)
+
     def sample(self, key: jax.Array, straight_through: bool = False) -> jax.Array:
         """Continuous samples are reparameterised; discrete ones carry straight-through
-        gradients when asked (for backpropagation through imagined dynamics). `key` is one key
-        or one key per row of the leading axis."""
+        gradients when asked (for backpropagation through imagined dynamics). `key` is one key,
+        one key per row of the leading axis, or the noise that `Policy.noise` draws."""
         if self.discrete:
             if straight_through:
                 return onehot_straight_through(self.logits, key)
             index = sample_categorical(self.logits, key)
             return jax.nn.one_hot(index, self.logits.shape[-1], dtype=jnp.float32)
-        return self.loc + self.std * noise(jax.random.normal, key, self.loc.shape)
+        eps = key if is_noise(key) else noise(jax.random.normal, key, self.loc.shape)
+        return self.loc + self.std * eps
 
     def mode(self) -> jax.Array:
         if self.discrete:

@@ -74,6 +74,12 @@ def update_retnorm(stats: dict[str, jax.Array], ret: jax.Array, *, lo: float, hi
     return stats, jnp.maximum(limit, stats["hi"] - stats["lo"])
 
 
+def action_dim(nets: ActorCriticNets) -> int:
+    """The size of an action vector (one-hot for discrete actions)."""
+    out = nets.actor.out
+    return out[0] if isinstance(out, tuple) else out
+
+
 def policy_dist(nets: ActorCriticNets, actor_params: Any, feat: jax.Array) -> Policy:
     out = nets.actor.apply({"params": actor_params}, feat)
     return Policy(out, nets.discrete, nets.minstd, nets.maxstd)
@@ -97,10 +103,12 @@ def rollout(wm: WorldModelNets, ac: ActorCriticNets, wm_params: Any, actor_param
     frozen = sg({k: wm_params[k] for k in ("rssm", "rew", "con")})
     actor = actor_params if grad else sg(actor_params)
 
-    def policy(state, k):
-        return policy_dist(ac, actor, rssm_lib.feat(state)).sample(k, straight_through=grad)
+    def policy(state, eps):
+        return policy_dist(ac, actor, rssm_lib.feat(state)).sample(eps, straight_through=grad)
 
-    states, action = rssm_lib.imagine(wm.rssm, frozen["rssm"], start, policy, horizon, key)
+    shape = (start["deter"].shape[0], action_dim(ac))
+    states, action = rssm_lib.imagine(wm.rssm, frozen["rssm"], start, policy, horizon, key,
+                                      draw=lambda k: Policy.noise(k, shape, ac.discrete))
     feat = rssm_lib.feat(states)
     reward = TwoHot(wm.rew.apply({"params": frozen["rew"]}, feat), wm.bins).mean()
     cont = jax.nn.sigmoid(wm.con.apply({"params": frozen["con"]}, feat)[..., 0])

@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dreamer.distributions import onehot_straight_through, sg, split_keys, unimix_logits
+from dreamer.distributions import noise, onehot_straight_through, sg, split_keys, unimix_logits
 from dreamer.nets import (
     BlockLinear,
     ConcatLinear,
@@ -121,7 +121,8 @@ class RSSM(nn.Module):
         return unimix_logits(x, self.unimix)
 
     def sample(self, logits: jax.Array, key: jax.Array) -> jax.Array:
-        """logits [N, S, K] -> flat straight-through one-hot sample [N, S*K]."""
+        """logits [N, S, K] -> flat straight-through one-hot sample [N, S*K]. `key`: one key,
+        one per row [N], or the Gumbel noise [N, S, K] that `latent_noise` draws from it."""
         sample = onehot_straight_through(logits, key)
         return sample.reshape((*sample.shape[:-2], -1))
 
@@ -151,6 +152,14 @@ def initial(rssm: RSSM, batch: int) -> State:
             "stoch": jnp.zeros((batch, rssm.stoch * rssm.classes), jnp.float32)}
 
 
+def latent_noise(rssm: RSSM, keys: jax.Array, n: int) -> jax.Array:
+    """The Gumbel noise of the latent samples of N states for each of a scan's keys:
+    keys [T] or [T, N] (per row) -> [T, N, S, K]. `RSSM.sample` given noise [N, S, K] in place
+    of a key draws exactly what it would from that key."""
+    shape = (n, rssm.stoch, rssm.classes)
+    return jax.vmap(lambda k: noise(jax.random.gumbel, k, shape))(keys)
+
+
 def reset_state(state: State, action: jax.Array, is_first: jax.Array):
     """Zero the state and previous action where an episode starts (is_first [N])."""
     keep = 1.0 - is_first.astype(jnp.float32)
@@ -172,13 +181,13 @@ def observe(rssm: RSSM, params: Any, state: State, prev_action: jax.Array, embed
     chex.assert_shape(embed, (b, t, None))
     apply = _method(rssm, params)
     proj = apply("embed_proj", embed)
-    keys = split_keys(key, t)
+    gumbel = latent_noise(rssm, split_keys(key, t), b)
 
     def step(state, inputs):
         state, logits = apply("filter_step", state, *inputs)
         return state, (state, logits)
 
-    xs = (_swap(prev_action), _swap(proj), _swap(is_first), keys)
+    xs = (_swap(prev_action), _swap(proj), _swap(is_first), gumbel)
     last, (states, post) = jax.lax.scan(step, state, xs)
     states, post = _swap(states), _swap(post)
     prior = apply("prior", states["deter"])
@@ -186,40 +195,48 @@ def observe(rssm: RSSM, params: Any, state: State, prev_action: jax.Array, embed
 
 
 def unroll_prior(rssm: RSSM, params: Any, start: State, act: Callable, keys: jax.Array,
-                 inputs: Any = None):
+                 inputs: Any = None, draw: Callable | None = None):
     """Roll the prior forward one step per key ([H, ...]) from `start` ({'deter': [N, D], ...}).
 
     At step h the action `act(state_h, key, input_h) -> [N, A]` is taken (`inputs`: a pytree of
     [H, ...] per-step inputs, or None) and the next state is drawn with the step's second key.
+    `draw(key) -> noise`, when given, turns each step's action key into the noise that `act`
+    receives in its place, drawn for all steps before the scan (as the latent noise is).
     Returns (state after the last step, states [N, H, ...] in which the actions were taken,
     actions [N, H, A]).
     """
     apply = _method(rssm, params)
+    n = start["deter"].shape[0]
+    pairs = jax.vmap(lambda k: split_keys(k, 2))(keys)  # [H, 2, ...]
+    k_act, k_img = pairs[:, 0], pairs[:, 1]
+    if draw is not None:
+        k_act = jax.vmap(draw)(k_act)
 
     def step(state, xs):
-        k, x = xs
-        k_act, k_img = split_keys(k, 2)
-        action = act(state, k_act, x)
-        next_state, _ = apply("img_step", state, action, k_img)
+        k, gumbel, x = xs
+        action = act(state, k, x)
+        next_state, _ = apply("img_step", state, action, gumbel)
         return next_state, (state, action)
 
-    last, (states, actions) = jax.lax.scan(step, start, (keys, inputs))
+    xs = (k_act, latent_noise(rssm, k_img, n), inputs)
+    last, (states, actions) = jax.lax.scan(step, start, xs)
     return last, _swap(states), _swap(actions)
 
 
 def imagine(rssm: RSSM, params: Any, start: State, policy: Callable, horizon: int,
-            key: jax.Array):
+            key: jax.Array, draw: Callable | None = None):
     """Roll the prior forward from `start` ({'deter': [N, D], 'stoch': [N, SK]}).
 
     `policy(state, key) -> action [N, A]` picks each action from the state it is taken in.
-    `key` is one key, or one per start state [N] (then `policy` gets row keys too).
+    `key` is one key, or one per start state [N] (then `policy` gets row keys too); with
+    `draw` (see `unroll_prior`), `policy` gets `draw(key)` in place of each key.
     Returns (states [N, H+1, ...] including the start, actions [N, H+1, A]), where action h is
     taken in state h (the last one is sampled for completeness but never executed).
     """
     keys = split_keys(key, horizon + 1)
     last, states, actions = unroll_prior(rssm, params, start, lambda s, k, _: policy(s, k),
-                                         keys[:-1])
-    last_action = policy(last, keys[-1])
+                                         keys[:-1], draw=draw)
+    last_action = policy(last, keys[-1] if draw is None else draw(keys[-1]))
     states = jax.tree.map(lambda xs, x: jnp.concatenate([xs, x[:, None]], 1), states, last)
     return states, jnp.concatenate([actions, last_action[:, None]], 1)
 
