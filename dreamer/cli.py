@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dreamer import xla_flags
 from dreamer.args import Args, Option, UsageError, choice, integer, parse
 from dreamer.checkpoint import CheckpointError
 from dreamer.config import Config, ConfigError, available_presets, configs_dir_of, load_config
@@ -97,6 +98,10 @@ def train_main(argv: list[str] | None = None) -> int:
 
     if cfg.jax.platform:
         jax.config.update("jax_platforms", cfg.jax.platform)
+    added = xla_flags.apply(cfg.jax.xla_flags, cfg.jax.platform)
+    if added:
+        print(f"dreamer-train: added to XLA_FLAGS (jax.xla_flags: {cfg.jax.xla_flags}): "
+              f"{' '.join(added)}", file=sys.stderr)
     if cfg.parallel.devices > 1:
         # On a machine without accelerators, N devices are N fake CPU devices (for trying the
         # data-parallel path); the setting does not touch GPU or TPU backends.
@@ -236,9 +241,10 @@ def evaluate_logdir(logdir: Path, episodes: int, mode: str = "sample", seed: int
     from dreamer import analysis
 
     if (logdir / "config.yaml").is_file():
-        platform = Config.load(logdir / "config.yaml").jax.platform
-        if platform:
-            jax.config.update("jax_platforms", platform)
+        settings = Config.load(logdir / "config.yaml").jax
+        if settings.platform:
+            jax.config.update("jax_platforms", settings.platform)
+        xla_flags.apply(settings.xla_flags, settings.platform)
     run = analysis.load_run(logdir)
     agent, result = run.agent, {}
     if mode == "mpc":

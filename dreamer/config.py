@@ -25,6 +25,8 @@ from typing import Any, NamedTuple
 
 import yaml
 
+from dreamer import xla_flags
+
 __all__ = [
     "Config",
     "ConfigError",
@@ -88,9 +90,22 @@ def parse_kwargs(key: str, items: Sequence[Any]) -> dict[str, Any]:
     return out
 
 
+def _check_xla_flags(key: str, value: str) -> tuple[str, ...]:
+    """The flags of a `jax.xla_flags` value (`dreamer.xla_flags.parse`); a ConfigError names
+    `key` and its choices."""
+    try:
+        return xla_flags.parse(value)
+    except ValueError as e:
+        choices = ", ".join(repr(c) for c in xla_flags.SETTINGS)
+        raise ConfigError(f"invalid value for config key {key!r}: {value!r}; choose one of "
+                          f"{choices} or a string of XLA flags such as "
+                          f"'--xla_gpu_autotune_level=0' ({e})") from None
+
+
 # Keys whose values need a form beyond their type: checked when the config is made, by the
 # function that the code acting on the key also reads them with.
-FORMATS: dict[str, Callable[[str, Any], Any]] = {"env.gym_kwargs": parse_kwargs}
+FORMATS: dict[str, Callable[[str, Any], Any]] = {"env.gym_kwargs": parse_kwargs,
+                                                 "jax.xla_flags": _check_xla_flags}
 
 
 # ---------------------------------------------------------------------------------------------

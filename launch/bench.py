@@ -162,6 +162,10 @@ def main(argv: list[str]) -> int:
     except ConfigError as e:
         print(f"bench {command}: {e}", file=sys.stderr)
         return 2
+    if cfg is not None:  # before JAX starts its backend, which reads XLA_FLAGS once
+        from dreamer import xla_flags
+
+        xla_flags.apply(cfg.jax.xla_flags, cfg.jax.platform)
     if command == "compare":
         return compare_main(args)
     if command == "params":
