@@ -5,6 +5,12 @@ orbax writes each checkpoint into a temporary folder and renames it when complet
 killed mid-save leaves no half-written step among `steps()`. A step whose files are damaged or
 foreign is skipped in favour of the previous one, with a warning; a folder holding no readable
 checkpoint at all is a `CheckpointError` that names the folder and what to do.
+
+In a multi-host run every process calls each method of `Checkpointer`, in the same order (orbax
+waits for all of them at each save). The state is written as host arrays, which orbax writes from
+process 0 only, as it does the JSON record: the processes hold identical copies of the state, so
+a checkpoint is written once. Every process reads it back, so the checkpoint folder must be on a
+filesystem that all hosts share.
 """
 from __future__ import annotations
 
@@ -80,7 +86,9 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
         """Writes checkpoint `step` (blocking until it is complete on disk); one already at
-        `step` is replaced."""
+        `step` is replaced. `state` is copied to host arrays first: orbax refuses a process's
+        own device arrays in a multi-host run, and writes host arrays once, from process 0."""
+        state = jax.device_get(state)
         if step in self.steps():
             self._manager.delete(step)
         self._manager.save(step, args=ocp.args.Composite(

@@ -1,5 +1,11 @@
 """The learner: the train state on the learner devices, updates on replayed batches, and the
-policy parameters that acting reads (on the CPU, versioned by update count)."""
+policy parameters that acting reads (on the CPU, versioned by update count).
+
+In a multi-host run (`parallel.distributed`) every process holds a learner over the devices of
+all processes: it feeds its own devices from its own replay, and all processes compute the same
+update. What leaves the devices (parameters for acting, the state for a checkpoint) is read from
+this process's own devices and placed on its own CPU.
+"""
 from __future__ import annotations
 
 from typing import Any
@@ -13,7 +19,8 @@ from dreamer.parallel import AXIS, DataParallel, initialize_distributed, select_
 
 
 def setup_distributed(cfg: Config) -> None:
-    """Joins the multi-host run when `parallel.distributed` is on (before any JAX call)."""
+    """Joins the multi-host run when `parallel.distributed` is on (before any JAX call; see
+    `dreamer.parallel.initialize_distributed`)."""
     p = cfg.parallel
     if p.distributed:
         initialize_distributed(p.coordinator, p.num_processes, p.process_id)
@@ -29,8 +36,9 @@ class Learner:
     def __init__(self, cfg: Config, obs_space: dict, act_space: Any, key: jax.Array):
         self.cfg = cfg
         self.agent = make_agent(cfg, obs_space, act_space)
+        self._cpu = jax.local_devices(backend="cpu")[0]  # this process's, also multi-host
         if not cfg.jax.jit:
-            self.devices = [jax.devices()[0]]
+            self.devices = [jax.local_devices()[0]]
             self._parallel = None
             self.state = self.agent.init(key)
         else:
@@ -38,14 +46,13 @@ class Learner:
             parallel_agent = make_agent(cfg, obs_space, act_space, axis_name=AXIS)
             self._parallel = DataParallel(parallel_agent.train_step, self.devices,
                                           cfg.parallel.backend)
-            with jax.default_device(jax.devices("cpu")[0]):
+            with jax.default_device(self._cpu):
                 state = jax.jit(self.agent.init)(key)
             self.state = self._parallel.replicate(state)
             self._parallel.assert_replicas_equal(self.state, "initial train state")
         local = [d for d in self.devices if d.process_index == jax.process_index()]
         self.batch_size = cfg.batch_size * len(local)
         self.updates = 0
-        self._cpu = jax.devices("cpu")[0]
         self._params: tuple[int, Any] | None = None
         self._report = None
 

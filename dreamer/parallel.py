@@ -1,6 +1,6 @@
 """Device parallelism lives here: the axis name, the data-parallel wrapper of the per-device
 train step (`jax.pmap` or `jax.shard_map` over a 1-D mesh), replicate / shard / unreplicate,
-a batch prefetcher and the multi-host switch.
+a batch prefetcher, and the multi-host switch with the few values processes exchange.
 
 The step is written per device (`DreamerV3(axis_name=AXIS)`): it averages gradients and metrics with
 `mean_over` and gathers return statistics, so N devices holding B sequences each compute the
@@ -9,17 +9,26 @@ leading device axis that the mesh shards, with both backends. shard_map runs wit
 `check_vma=False`: the step's own `pmean` is then the only reduction. (With the check on, the
 gradients of device-invariant inputs come back already summed over devices, and a further pmean
 would scale them by N; the tests catch that with plain SGD.)
+
+Several processes (`initialize_distributed`; one per host, or several on one machine) form one
+mesh of all their devices. Each process runs the same program: it feeds the sequences of its own
+devices (`shard`), holds the replicas of its own devices, and reads results from them; the step's
+reductions cross the processes. Every process must call the step, and anything else that
+communicates, the same number of times in the same order.
 """
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -62,10 +71,14 @@ def row_keys(key: jax.Array, rows: int, axis_name: str | None) -> jax.Array:
 
 def initialize_distributed(coordinator: str = "", num_processes: int = 0,
                            process_id: int = -1) -> None:
-    """Join a multi-host run (TPU pod slice, multi-node GPU) before any other JAX call.
+    """Join a multi-host run (TPU pod slice, multi-node GPU, or several processes on one machine)
+    before any other JAX call.
 
     With no arguments JAX detects the cluster (TPU pods, SLURM, Open MPI); otherwise pass the
-    coordinator's `host:port`, the number of processes and this process's index.
+    coordinator's `host:port` (process 0's address; the port must be free there), the number of
+    processes and this process's index. On the CPU backend the processes' collectives go through
+    gloo over TCP (`jax_cpu_collectives_implementation`, whose default in the pinned jax is
+    "gloo"), so that several CPU processes on one machine can stand in for several hosts.
     """
     kwargs: dict[str, Any] = {}
     if coordinator:
@@ -78,7 +91,8 @@ def initialize_distributed(coordinator: str = "", num_processes: int = 0,
 
 
 def select_devices(count: int = 0) -> list[jax.Device]:
-    """The first `count` devices of the default backend (0: all of them), across all hosts."""
+    """The first `count` devices of the default backend (0: all of them), across all hosts.
+    Every process must hold the same number of them: each feeds the sequences of its own."""
     devices = jax.devices()
     if count > len(devices):
         platform = devices[0].platform
@@ -86,7 +100,49 @@ def select_devices(count: int = 0) -> list[jax.Device]:
                 f"{count} before starting Python." if platform == "cpu" else "")
         raise ConfigError(f"parallel.devices={count} but only {len(devices)} {platform} "
                          f"device(s) are available.{hint}")
-    return devices[:count] if count else devices
+    chosen = devices[:count] if count else devices
+    held = [sum(d.process_index == p for d in chosen) for p in range(jax.process_count())]
+    if len(set(held)) > 1:
+        raise ConfigError(f"parallel.devices={count} gives the {jax.process_count()} processes "
+                          f"{held} devices: each needs the same number (0 uses all devices).")
+    return chosen
+
+
+def process_zero_value(value: int) -> int:
+    """Process 0's `value` on every process (itself in a single-process run): for decisions that
+    all processes must take together, such as when to write a checkpoint."""
+    if jax.process_count() == 1:
+        return int(value)
+    return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+
+
+def gather_json(value: Any) -> list[Any]:
+    """A JSON-serialisable `value` of every process, in process order, on every process."""
+    if jax.process_count() == 1:
+        return [value]
+    data = np.frombuffer(json.dumps(value).encode(), np.uint8)
+    sizes = multihost_utils.process_allgather(np.int32(data.size))
+    # Padded to a power of two, so that the gather compiles for a few lengths only.
+    padded = np.zeros(1 << int(sizes.max() - 1).bit_length(), np.uint8)
+    padded[:data.size] = data
+    rows = multihost_utils.process_allgather(padded)
+    return [json.loads(bytes(row[:n])) for row, n in zip(rows, sizes, strict=True)]
+
+
+def assert_processes_equal(tree: Any, what: str = "state") -> None:
+    """Raises unless every process holds the same `tree` (host arrays or single copies),
+    compared bit for bit by one checksum per leaf."""
+    if jax.process_count() == 1:
+        return
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    sums = np.array([zlib.crc32(np.ascontiguousarray(x).tobytes()) for _, x in leaves],
+                    np.uint32)
+    every = multihost_utils.process_allgather(sums)
+    for p in range(1, len(every)):
+        differs = np.flatnonzero(every[p] != every[0])
+        if differs.size:
+            raise AssertionError(f"{what} differs between process 0 and process {p} at "
+                                 f"{jax.tree_util.keystr(leaves[differs[0]][0])}")
 
 
 class DataParallel:
@@ -164,7 +220,8 @@ class DataParallel:
         return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data[0]), tree)
 
     def assert_replicas_equal(self, tree: Any, what: str = "state") -> None:
-        """Raises if any local device holds a copy that differs (bitwise) from the first."""
+        """Raises if any device holds a copy that differs (bitwise) from the first: the devices
+        of this process directly, those of other processes by checksums."""
         for path, x in jax.tree_util.tree_leaves_with_path(tree):
             shards = [np.asarray(s.data) for s in x.addressable_shards]
             for i, other in enumerate(shards[1:], 1):
@@ -172,6 +229,7 @@ class DataParallel:
                     raise AssertionError(
                         f"{what} differs between device 0 and device {i} at "
                         f"{jax.tree_util.keystr(path)}")
+        assert_processes_equal(self.unreplicate(tree), what)
 
 
 class Prefetcher:

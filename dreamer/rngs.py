@@ -7,6 +7,11 @@ one run, and no streams of two runs with different seeds, share a seed (no `seed
 arithmetic, which makes seed 1's first stream seed 0's second). `Rngs` holds the streams that
 advance during a run (JAX keys that are split as they are used, NumPy generators) and saves and
 restores them as one JSON-serialisable record.
+
+In a multi-host run each process draws its own streams (its environments, replay sampling and
+acting differ from the other processes'), except the `shared` ones that must agree everywhere
+(the train state's initialisation and the update keys). Process 0 draws what a single-process
+run draws.
 """
 from __future__ import annotations
 
@@ -39,19 +44,26 @@ class Rngs:
 
     `key(name)` returns the next JAX key of a stream (splitting its state), `numpy(name)` its
     NumPy generator (the same object every call). `state()` / `load_state()` save and restore
-    every stream used so far.
+    every stream used so far. `process` (this process's index in a multi-host run) gives every
+    stream but the `shared` ones a seed of its own.
     """
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, process: int = 0, shared: tuple[str, ...] = ()):
         self.seed = int(seed)
+        self.process, self.shared = int(process), tuple(shared)
         self._keys: dict[str, jax.Array] = {}
         self._numpy: dict[str, np.random.Generator] = {}
+
+    def _seed_name(self, name: str) -> str:
+        """The name a stream's seed derives from: `name`, or `name@process` for a process's own
+        stream (a distinct name, so that no index of one process meets another's)."""
+        return name if self.process == 0 or name in self.shared else f"{name}@{self.process}"
 
     def key(self, name: str) -> jax.Array:
         """The next key of JAX stream `name`."""
         current = self._keys.get(name)
         if current is None:
-            current = jax_key(self.seed, name)
+            current = jax_key(self.seed, self._seed_name(name))
         self._keys[name], out = jax.random.split(current)
         return out
 
@@ -62,12 +74,13 @@ class Rngs:
     def numpy(self, name: str) -> np.random.Generator:
         """The NumPy generator of stream `name`."""
         if name not in self._numpy:
-            self._numpy[name] = np.random.default_rng(seed_sequence(self.seed, name))
+            self._numpy[name] = np.random.default_rng(
+                seed_sequence(self.seed, self._seed_name(name)))
         return self._numpy[name]
 
     def int_seed(self, name: str, *index: int) -> int:
         """An integer seed of stream `name` of this run (stateless)."""
-        return int_seed(self.seed, name, *index)
+        return int_seed(self.seed, self._seed_name(name), *index)
 
     def state(self) -> dict[str, Any]:
         return {"seed": self.seed,

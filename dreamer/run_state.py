@@ -1,5 +1,10 @@
 """A run's resumable host state: its counters, and the checkpoint record that holds them beside
-the learner's train state, the random streams and the replay's state."""
+the learner's train state, the random streams and the replay's state.
+
+In a multi-host run each process has its own counters, random streams and replay (the train
+state is common to all): the record that process 0 writes holds those of every process under
+`processes`, in process order, and each process resumes from its own entry.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -12,9 +17,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from dreamer.checkpoint import Checkpointer, abstract
+from dreamer.checkpoint import Checkpointer, CheckpointError, abstract
 from dreamer.config import Config
 from dreamer.learner import Learner
+from dreamer.parallel import gather_json
 from dreamer.replay import Replay
 from dreamer.rngs import Rngs
 
@@ -49,10 +55,27 @@ def finite(tree: Any) -> bool:
 
 def record(cfg: Config, counters: Counters, rngs: Rngs, replay: Replay, updates: int,
            env_steps: int) -> dict[str, Any]:
-    """The JSON record a checkpoint holds beside the train state (read back by `restore`)."""
-    return {"env_steps": env_steps, "updates": updates,
-            "counters": dataclasses.asdict(counters), "rngs": rngs.state(),
-            "replay": replay.state(), "config": cfg.to_dict(), "saved_at": time.time()}
+    """The JSON record a checkpoint holds beside the train state (read back by `restore`); in a
+    multi-host run, with every process's own part under `processes` (a collective: every
+    process calls it)."""
+    own = {"counters": dataclasses.asdict(counters), "rngs": rngs.state(),
+           "replay": replay.state()}
+    out = {"env_steps": env_steps, "updates": updates, **own, "config": cfg.to_dict(),
+           "saved_at": time.time()}
+    if jax.process_count() > 1:
+        out["processes"] = gather_json(own)
+    return out
+
+
+def _own_part(meta: dict[str, Any], directory: Path) -> dict[str, Any]:
+    """`meta` with this process's counters, random streams and replay state."""
+    parts = meta.get("processes", [meta])
+    if len(parts) != jax.process_count():
+        raise CheckpointError(
+            f"the checkpoint in {directory} was written by {len(parts)} process(es), and this "
+            f"run has {jax.process_count()}: resume with parallel.num_processes={len(parts)}, "
+            "or train in a new --logdir.")
+    return {**meta, **parts[jax.process_index()]}
 
 
 def restore(checkpoints: Checkpointer, learner: Learner, replay: Replay, rngs: Rngs,
@@ -60,8 +83,14 @@ def restore(checkpoints: Checkpointer, learner: Learner, replay: Replay, rngs: R
     """Continues from the newest readable checkpoint: loads the train state, the random streams
     and the replay (its steps up to the checkpoint's) and returns the counters, with this start
     counted. None when there is no checkpoint; steps in `replay_dir` that no checkpoint
-    describes are then moved aside."""
+    describes are then moved aside. In a multi-host run every process must find the same
+    checkpoint (a collective: every process calls it)."""
     found = checkpoints.restore(abstract(learner.host_state()))
+    steps = gather_json(None if found is None else found[0])
+    if len(set(steps)) > 1:
+        raise CheckpointError(
+            f"the processes found different checkpoints in {checkpoints.directory} (steps by "
+            f"process: {steps}): the logdir must be on a filesystem that every host shares.")
     if found is None:
         if replay_dir.is_dir() and any(replay_dir.glob("*.npz")):
             aside = replay_dir.with_name(f"replay-without-checkpoint-{time.time_ns()}")
@@ -70,6 +99,7 @@ def restore(checkpoints: Checkpointer, learner: Learner, replay: Replay, rngs: R
                           f"moved them to {aside} and starting afresh", stacklevel=2)
         return None
     step, state, meta = found
+    meta = _own_part(meta, checkpoints.directory)
     learner.load_state(state, meta["updates"])
     counters = Counters.from_meta(meta)
     counters.starts += 1

@@ -1,5 +1,11 @@
 """The training loops: acting in this process or in actor processes, updates at the train
-ratio, and the run around them (logdir, resume check, the session's periodic work)."""
+ratio, and the run around them (logdir, resume check, the session's periodic work).
+
+A multi-host run (`parallel.distributed`) runs the loop that acts in the learner process, in
+lockstep on every process (see `dreamer.session`). Processes that stop early (Ctrl-C, SIGTERM,
+an error) cannot agree on a last checkpoint, so such a run resumes from its last periodic one
+(`run.checkpoint_every`); one that reaches `run.steps` saves at the end as usual.
+"""
 from __future__ import annotations
 
 import threading
@@ -20,8 +26,8 @@ from dreamer.monitor import NonFiniteError
 from dreamer.parallel import Prefetcher
 from dreamer.session import Session
 
-__all__ = ["NonFiniteError", "Session", "check_resumable", "prepare_logdir", "resolve_logdir",
-           "run"]
+__all__ = ["NonFiniteError", "Session", "check_distributed", "check_resumable",
+           "prepare_logdir", "resolve_logdir", "run"]
 
 
 def resolve_logdir(cfg: Config) -> Path:
@@ -32,11 +38,29 @@ def resolve_logdir(cfg: Config) -> Path:
 
 
 def prepare_logdir(cfg: Config) -> Path:
-    """Creates the logdir and writes its `config.yaml`."""
+    """Creates the logdir and writes its `config.yaml` (process 0 of a multi-host run)."""
     logdir = resolve_logdir(cfg)
     logdir.mkdir(parents=True, exist_ok=True)
-    cfg.update({"logdir": str(logdir)}).save(logdir / "config.yaml")
+    if jax.process_index() == 0:
+        cfg.update({"logdir": str(logdir)}).save(logdir / "config.yaml")
     return logdir
+
+
+def check_distributed(cfg: Config) -> None:
+    """Raises ConfigError for what a multi-host run does not support."""
+    if not cfg.parallel.distributed:
+        return
+    if cfg.actors.num > 0:
+        raise ConfigError(
+            f"parallel.distributed=true needs actors.num=0 (got {cfg.actors.num}): the "
+            "processes of a multi-host run step their environments in lockstep, and actor "
+            "processes deliver steps when they come.")
+    if not cfg.jax.jit:
+        raise ConfigError("parallel.distributed=true needs jax.jit=true: the eager step runs "
+                          "on one device of one process.")
+    if not cfg.logdir:
+        raise ConfigError("parallel.distributed=true needs --logdir: the same folder for every "
+                          "process, on a filesystem that all hosts share.")
 
 
 def check_resumable(meta: dict[str, Any], cfg: Config, directory: Path) -> None:
@@ -57,11 +81,12 @@ def run(cfg: Config, logger: Logger | None = None,
     A logdir that holds checkpoints resumes from the newest readable one: train state, counters,
     RNG state and replay continue exactly where it was saved.
     """
+    check_distributed(cfg)
     setup_distributed(cfg)
     logdir = resolve_logdir(cfg)
     cfg = cfg.update({"logdir": str(logdir)})
     checkpoints = Checkpointer(logdir / "checkpoints", cfg.run.checkpoint_keep)
-    session = None
+    session, finished = None, False
     try:
         meta = checkpoints.latest_meta()
         if meta is not None:  # before config.yaml is overwritten or anything is built
@@ -69,10 +94,12 @@ def run(cfg: Config, logger: Logger | None = None,
         prepare_logdir(cfg)
         session = Session(cfg, logdir, checkpoints, logger, stop)
         extra = _train_with_actors(session) if cfg.actors.num > 0 else _train(session)
-        return session.finish(extra)
+        out = session.finish(extra)
+        finished = True
+        return out
     finally:
         if session is not None:
-            session.close()
+            session.close(save=finished or jax.process_count() == 1)
         else:
             checkpoints.close()
 

@@ -2,6 +2,11 @@
 replay, the acting policies, the resumable counters (`dreamer.run_state`), and the periodic work
 that falls due (evaluation, reports and metric writes by its `dreamer.monitor.Monitor`;
 checkpoints). The loops change it only through methods.
+
+In a multi-host run each process holds a session: its own environments, replay (under
+`replay/process-<i>`) and random streams, and the learner they share. The processes run the loop
+in lockstep (the same steps and updates, checkpoints when process 0's clock says so); process 0
+alone writes the logs.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from dreamer import run_state
@@ -26,9 +32,12 @@ from dreamer.envs import make_env
 from dreamer.learner import Learner
 from dreamer.logging import Logger
 from dreamer.monitor import Monitor
+from dreamer.parallel import process_zero_value
 from dreamer.replay import Replay
 from dreamer.rngs import Rngs
 from dreamer.run_state import Counters
+
+SYNC_TICKS = 64  # ticks between the processes' checks whether a checkpoint is due
 
 
 class Session:
@@ -42,7 +51,12 @@ class Session:
         self.cfg, self.logdir, self.checkpoints = cfg, logdir, checkpoints
         self.stop = stop or threading.Event()  # set: the loops stop as on Ctrl-C
         self.repeat = cfg.env.action_repeat
-        self.rngs = Rngs(cfg.seed)
+        # The learner's devices start from the same state and draw the same update keys.
+        self.rngs = Rngs(cfg.seed, jax.process_index(), shared=("init", "update"))
+        self.replay_dir = logdir / "replay"
+        if jax.process_count() > 1:
+            self.replay_dir = self.replay_dir / f"process-{jax.process_index()}"
+            logger = logger if jax.process_index() == 0 else Logger([])
         self.eval_env = make_env(cfg.env, self.rngs.int_seed("eval_env"))
         try:
             self._build(logger)
@@ -55,7 +69,7 @@ class Session:
         self.learner = Learner(cfg, space.obs_space, space.act_space, rngs.key("init"))
         self.agent = self.learner.agent
         self.replay = Replay(cfg.replay.capacity, self.agent.sequence_length,
-                             self.logdir / "replay", cfg.replay.chunk, cfg.replay.recency,
+                             self.replay_dir, cfg.replay.chunk, cfg.replay.recency,
                              cfg.replay.recency_window, cfg.replay.online, rngs.numpy("replay"))
         # Acting runs on the host CPU (`Learner.params`), in float32 there under `auto`.
         acting = make_agent(cfg, space.obs_space, space.act_space, platform="cpu")
@@ -68,10 +82,11 @@ class Session:
         self.ratio = Ratio(cfg, self.learner.batch_size // cfg.batch_size)  # local devices
         self._context: tuple[Any, Any] | None = None  # replay updates not yet written back
         restored = run_state.restore(self.checkpoints, self.learner, self.replay, rngs,
-                                     self.logdir / "replay", self.repeat)
+                                     self.replay_dir, self.repeat)
         self.counters = restored if restored is not None else Counters(
             wandb_id=f"{self.logdir.name[:48]}-{uuid.uuid4().hex[:8]}")
         self.due_save = EverySeconds(cfg.run.checkpoint_every or math.inf)  # 0: at exit only
+        self._ticks = 0
         self.monitor = Monitor(cfg, self.logdir, self.counters, self.learner, self.replay, rngs,
                                eval_policy, self.eval_env, logger)
 
@@ -138,8 +153,17 @@ class Session:
         """Evaluation, report, metric write (`Monitor.tick`, with the loop's `extra` metrics)
         and checkpoint, each when it is due."""
         self.monitor.tick(extra)
-        if self.due_save():
+        if self._save_due():
             self.save()
+
+    def _save_due(self) -> bool:
+        """Whether a periodic checkpoint is due. In a multi-host run process 0's clock decides,
+        asked every `SYNC_TICKS` ticks (the processes tick in lockstep), so that all save
+        together without a collective at every step."""
+        if jax.process_count() == 1:
+            return self.due_save()
+        self._ticks += 1
+        return self._ticks % SYNC_TICKS == 0 and bool(process_zero_value(self.due_save()))
 
     def finish(self, extra: dict[str, float] | None = None) -> dict[str, Any]:
         """The final evaluation and metric write (`Monitor.finish`); returns the evaluation."""
@@ -162,10 +186,12 @@ class Session:
             self.env_steps))
         self.monitor.timing["time/checkpoint_s"] = time.perf_counter() - start
 
-    def close(self) -> None:
-        """Saves (replay, then checkpoint) and releases the logger and the environment."""
+    def close(self, save: bool = True) -> None:
+        """Saves (replay, then checkpoint) unless told not to, and releases the logger and the
+        environment."""
         try:
-            self.save()
+            if save:
+                self.save()
         finally:
             self.monitor.close()
             self.checkpoints.close()
