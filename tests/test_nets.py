@@ -118,6 +118,7 @@ def test_agent_on_an_accelerator_runs_the_block_gru_batched_with_the_same_result
     act = Space(np.float32, (2,), -1.0, 1.0)
     cpu, gpu = build_nets(cfg, obs, act, "cpu")[0], build_nets(cfg, obs, act, "gpu")[0]
     assert not cpu.rssm.batched_blocks and gpu.rssm.batched_blocks
+    assert cpu.rssm.observe_unroll == 1 < gpu.rssm.observe_unroll
     n, m = 3, cfg.model
     state = {"deter": jax.random.normal(jax.random.PRNGKey(0), (n, m.deter)),
              "stoch": jax.random.normal(jax.random.PRNGKey(1), (n, m.stoch * m.classes))}

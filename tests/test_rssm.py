@@ -77,9 +77,11 @@ def numpy_block_gru(p: dict, deter: np.ndarray, stoch: np.ndarray, action: np.nd
     return update * cand + (1.0 - update) * deter
 
 
-def make_rssm(blocks: int, layers: int = 1, batched: bool = False, norm: str = "rms") -> RSSM:
+def make_rssm(blocks: int, layers: int = 1, batched: bool = False, norm: str = "rms",
+              unroll: int = 1) -> RSSM:
     return RSSM(deter=DETER, hidden=HIDDEN, stoch=STOCH, classes=CLASSES, embed=EMBED,
-                blocks=blocks, dyn_layers=layers, batched_blocks=batched, norm=norm)
+                blocks=blocks, dyn_layers=layers, batched_blocks=batched, norm=norm,
+                observe_unroll=unroll)
 
 
 def random_inputs(seed: int = 0):
@@ -197,3 +199,31 @@ def test_batched_blocks_gives_the_same_model(blocks):
     imagined = [imagine(m, params, last, policy, 3, key) for m in (plain, batched)]
     jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), **TOL),
                  imagined[0], imagined[1])
+
+
+@pytest.mark.parametrize("unroll", [2, 4])
+def test_observe_unroll_gives_the_same_filtering(unroll):
+    """`observe_unroll` runs several steps per loop iteration, also when it does not divide
+    the sequence length: states, posterior and prior logits and their gradients equal those
+    of one step per iteration."""
+    plain, unrolled = make_rssm(2, 1), make_rssm(2, 1, unroll=unroll)
+    params = random_params(plain)["params"]
+    rng = np.random.default_rng(5)
+    b, t = 2, 7
+    start = initial(plain, b)
+    prev_action = rng.normal(0, 2.0, (b, t, ACTION)).astype(np.float32)
+    embed = rng.normal(size=(b, t, EMBED)).astype(np.float32)
+    is_first = np.zeros((b, t), bool)
+    is_first[:, 0] = is_first[1, 3] = True
+    key = jax.random.PRNGKey(6)
+
+    def run(model, params):
+        return observe(model, params, start, prev_action, embed, is_first, key)
+
+    outs = [run(m, params) for m in (plain, unrolled)]
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), **TOL),
+                 outs[0], outs[1])
+    grads = [jax.grad(lambda p, m=m: jnp.sum(run(m, p)[3] ** 2))(params)
+             for m in (plain, unrolled)]
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), **TOL),
+                 grads[0], grads[1])

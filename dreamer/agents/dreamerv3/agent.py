@@ -22,6 +22,7 @@ from dreamer.nets import MLP, Decoder, Encoder, count_params
 from dreamer.parallel import mean_over, row_keys
 
 Batch = dict[str, jax.Array]
+OBSERVE_UNROLL = 4  # observe-scan steps per loop iteration on accelerators (`build_nets`)
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -49,7 +50,9 @@ def build_nets(cfg: Any, obs_space: dict, act_space: Any, platform: str | None =
                ) -> tuple[WorldModelNets, ActorCriticNets]:
     """Module definitions from the config and the environment's spaces, computing in the dtype
     of `jax.compute_dtype` for `platform` (default: `jax.platform`, else JAX's backend); on
-    accelerators the block GRU's blocks run as one batched matmul (`nets.block_matmul`)."""
+    accelerators the block GRU's blocks run as one batched matmul (`nets.block_matmul`) and the
+    observe scan runs `OBSERVE_UNROLL` steps per loop iteration (the same math in fewer, larger
+    iterations: each one is a host round trip or a graph node on a GPU)."""
     m = cfg.model
     platform = platform or cfg.jax.platform or jax.default_backend()
     dtype = compute_dtype(cfg.jax.compute_dtype, platform)
@@ -67,7 +70,8 @@ def build_nets(cfg: Any, obs_space: dict, act_space: Any, platform: str | None =
         enc=enc,
         rssm=rssm_lib.RSSM(m.deter, m.hidden, m.stoch, m.classes, embed.shape[-1], m.blocks,
                            m.img_layers, m.obs_layers, m.dyn_layers, m.unimix, **common,
-                           batched_blocks=platform != "cpu"),
+                           batched_blocks=platform != "cpu",
+                           observe_unroll=1 if platform == "cpu" else OBSERVE_UNROLL),
         dec=Decoder(shapes, layers=m.dec_layers, bspace=m.bspace, **cnn, **common),
         rew=MLP(m.head_layers, m.units, m.bins, outscale=0.0, **common),
         con=MLP(m.head_layers, m.units, 1, outscale=1.0, **common),

@@ -50,6 +50,7 @@ class RSSM(nn.Module):
     act: str = "silu"
     dtype: Dtype = jnp.float32
     batched_blocks: bool = False  # block GRU as batched matmuls (accelerators; `block_matmul`)
+    observe_unroll: int = 1  # steps per iteration of observe's scan (fewer loop trips on GPUs)
 
     def setup(self):
         kw = {"norm": self.norm, "act": self.act, "dtype": self.dtype}
@@ -188,7 +189,7 @@ def observe(rssm: RSSM, params: Any, state: State, prev_action: jax.Array, embed
         return state, (state, logits)
 
     xs = (_swap(prev_action), _swap(proj), _swap(is_first), gumbel)
-    last, (states, post) = jax.lax.scan(step, state, xs)
+    last, (states, post) = jax.lax.scan(step, state, xs, unroll=rssm.observe_unroll)
     states, post = _swap(states), _swap(post)
     prior = apply("prior", states["deter"])
     return last, states, post, prior
