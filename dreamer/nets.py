@@ -7,7 +7,7 @@ convolutions run in the configured compute dtype.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -44,19 +44,28 @@ class Norm(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.impl == "none":
             return x
-        dtype = x.dtype
-        x = x.astype(jnp.float32)
-        if self.impl == "rms":
-            x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), -1, keepdims=True) + self.eps)
-        elif self.impl == "layer":
-            x = x - jnp.mean(x, -1, keepdims=True)
-            x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), -1, keepdims=True) + self.eps)
-        else:
+        if self.impl not in ("rms", "layer"):
             raise ValueError(f"unknown norm '{self.impl}': use rms, layer or none")
-        x = x * self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
+        params = {"scale": self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)}
         if self.impl == "layer":
-            x = x + self.param("shift", nn.initializers.zeros, (x.shape[-1],), jnp.float32)
-        return x.astype(dtype)
+            params["shift"] = self.param("shift", nn.initializers.zeros, (x.shape[-1],),
+                                         jnp.float32)
+        return normalize(x, self.impl, self.eps, params)
+
+
+def normalize(x: jax.Array, impl: str, eps: float, params: dict[str, jax.Array]) -> jax.Array:
+    """`Norm`'s arithmetic over the last axis of x [..., U], in float32, with its parameters
+    (`scale`, and `shift` for LayerNorm) of shape [U] or broadcastable to x (e.g. [K, U] for K
+    stacked norms); returns x's dtype."""
+    dtype = x.dtype
+    x = x.astype(jnp.float32)
+    if impl == "layer":
+        x = x - jnp.mean(x, -1, keepdims=True)
+    x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), -1, keepdims=True) + eps)
+    x = x * params["scale"]
+    if impl == "layer":
+        x = x + params["shift"]
+    return x.astype(dtype)
 
 
 class Linear(nn.Module):
@@ -194,6 +203,66 @@ class MLP(nn.Module):
         if self.out:
             x = Linear(self.out, self.outscale, dtype=self.dtype)(x)
         return x.astype(jnp.float32)
+
+
+def fused_mlps(heads: Sequence[tuple[MLP, Any]], x: jax.Array) -> list[Any]:
+    """The outputs of several MLPs on the same input, [mlp.apply({'params': p}, x) for mlp, p
+    in heads], computed with fewer and larger matmuls: the first layers of all heads as one
+    matmul on x (their kernels side by side), each deeper layer as one batched matmul over the
+    heads that have it, and the norms of a layer as one stacked norm. The heads must share
+    units, norm, activation and compute dtype (depths and outputs may differ); otherwise each
+    runs on its own. Gradients reach each head's own parameters as they would apart.
+
+    On an accelerator every separate matmul and norm is a kernel launch; the value and critic
+    heads of DreamerV3 read the same imagined states."""
+    mlps = [m for m, _ in heads]
+    first = mlps[0]
+    if not all((m.units, m.norm, m.act, m.dtype) == (first.units, first.norm, first.act,
+                                                    first.dtype) and m.layers > 0 for m in mlps):
+        return [m.apply({"params": p}, x) for m, p in heads]
+    order = sorted(range(len(heads)), key=lambda i: -mlps[i].layers)  # deepest first
+    mlps = [mlps[i] for i in order]
+    params = [heads[i][1] for i in order]
+    dtype, act = first.dtype, get_act(first.act)
+
+    def layer(j: int, depth: int) -> dict[str, Any]:
+        return params[j][f"Dense_{depth}"]
+
+    def norm(y: jax.Array, depth: int, count: int) -> jax.Array:
+        if first.norm == "none":
+            return act(y)
+        stacked = {k: jnp.stack([layer(j, depth)["Norm_0"][k] for j in range(count)])
+                   for k in layer(0, depth)["Norm_0"]}
+        return act(normalize(y, first.norm, Norm.eps, stacked))
+
+    x = x.astype(dtype)
+    dense = [layer(j, 0)["Linear_0"]["dense"] for j in range(len(mlps))]
+    kernel = jnp.concatenate([d["kernel"] for d in dense], -1).astype(dtype)
+    bias = jnp.concatenate([d["bias"] for d in dense], -1).astype(dtype)
+    h = (x @ kernel + bias).reshape((*x.shape[:-1], len(mlps), first.units))
+    h = norm(h, 0, len(mlps))
+    for depth in range(1, mlps[0].layers):
+        count = sum(m.layers > depth for m in mlps)  # a prefix: the deepest come first
+        dense = [layer(j, depth)["Linear_0"]["dense"] for j in range(count)]
+        kernel = jnp.stack([d["kernel"] for d in dense]).astype(dtype)
+        bias = jnp.stack([d["bias"] for d in dense]).astype(dtype)
+        y = norm(jnp.einsum("...ku,kuv->...kv", h[..., :count, :], kernel) + bias, depth, count)
+        h = y if count == len(mlps) else jnp.concatenate([y, h[..., count:, :]], -2)
+
+    def linear(features: jax.Array, p: dict[str, Any]) -> jax.Array:
+        d = p["dense"]
+        return (features @ d["kernel"].astype(dtype) + d["bias"].astype(dtype)).astype(
+            jnp.float32)
+
+    outs: list[Any] = [None] * len(heads)
+    for j, (m, p) in enumerate(zip(mlps, params)):
+        features = h[..., j, :]
+        if isinstance(m.out, tuple):
+            out = tuple(linear(features, p[f"out{i}"]) for i in range(len(m.out)))
+        else:
+            out = linear(features, p["Linear_0"]) if m.out else features.astype(jnp.float32)
+        outs[order[j]] = out
+    return outs
 
 
 def maxpool2(x: jax.Array) -> jax.Array:

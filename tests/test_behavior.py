@@ -6,8 +6,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import randomise_heads
 
 from dreamer.agents.dreamerv3 import behavior
+from dreamer.agents.dreamerv3 import rssm as rssm_lib
+from dreamer.distributions import TwoHot
 
 lambda_return = jax.jit(behavior.lambda_return)
 
@@ -174,3 +177,37 @@ def test_repval_loss_trains_critic_and_world_model_representations(imagination):
     for group in ("wm", "actor"):
         assert not moved(stopped[group]), group
     chex.assert_trees_all_close(stopped["critic"], grads["critic"], rtol=1e-5, atol=1e-8)
+
+
+def test_imagined_outputs_equal_each_head_apart(case):
+    """The fused heads on imagined states give what each head gives on its own (reward,
+    continue, slow critic, critic, actor), and the same gradients reach the critic and the
+    actor; the frozen heads get none."""
+    agent, state = case.agent, case.state
+    params = randomise_heads(state.params, jax.random.key(3))
+    feat = jax.random.normal(jax.random.key(4), (6, 4, rssm_lib.feat(
+        rssm_lib.initial(agent.wm.rssm, 1)).shape[-1]))
+    wm, ac = agent.wm, agent.ac
+
+    def apart(params):
+        p = params
+        return {"reward": TwoHot(wm.rew.apply({"params": p["wm"]["rew"]}, feat), wm.bins).mean(),
+                "cont": jax.nn.sigmoid(wm.con.apply({"params": p["wm"]["con"]}, feat)[..., 0]),
+                "slow": behavior.value_dist(ac, state.slow_critic, feat).mean(),
+                "critic": behavior.value_dist(ac, p["critic"], feat).logits,
+                "actor": ac.actor.apply({"params": p["actor"]}, feat)}
+
+    def fused(params):
+        out = behavior.imagined_outputs(wm, ac, params, state.slow_critic, feat)
+        return {**out, "critic": out["critic"].logits}
+
+    def loss(fn, params):
+        return sum(jnp.sum(jnp.cos(x)) for x in jax.tree.leaves(fn(params)))
+
+    chex.assert_trees_all_close(jax.jit(fused)(params), jax.jit(apart)(params), rtol=1e-5,
+                                atol=1e-5)
+    got = jax.jit(jax.grad(lambda p: loss(fused, p)))(params)
+    want = jax.jit(jax.grad(lambda p: loss(apart, p)))(params)
+    chex.assert_trees_all_close((got["critic"], got["actor"]), (want["critic"], want["actor"]),
+                                rtol=1e-4, atol=1e-5)
+    assert all(float(jnp.abs(g).sum()) == 0 for g in jax.tree.leaves(got["wm"]))

@@ -17,7 +17,7 @@ from dreamer.agents.dreamerv3 import rssm as rssm_lib
 from dreamer.agents.dreamerv3.world_model import WorldModelNets
 from dreamer.config import CHOICES
 from dreamer.distributions import Policy, TwoHot, sg
-from dreamer.nets import MLP
+from dreamer.nets import MLP, fused_mlps
 
 ACTOR_GRADS = CHOICES["ac.actor_grad"]
 
@@ -35,7 +35,7 @@ class ActorCriticNets(NamedTuple):
 
 def lambda_return(reward: jax.Array, cont: jax.Array, boot: jax.Array,
                   lam: jax.Array | float) -> jax.Array:
-    """TD(λ) returns by a reverse scan (paper Eq. 7), arrays [N, T] -> returns [N, T-1].
+    """TD(λ) returns (paper Eq. 7), arrays [N, T] -> returns [N, T-1].
 
     R_t = r_{t+1} + c_{t+1} ((1 - λ_{t+1}) v_{t+1} + λ_{t+1} R_{t+1}), with R_{T-1} = v_{T-1},
     where `reward` r_t is received on entering step t, `cont` c_t = γ (1 - terminal_t) and
@@ -43,15 +43,17 @@ def lambda_return(reward: jax.Array, cont: jax.Array, boot: jax.Array,
     """
     chex.assert_equal_shape([reward, cont, boot])
     lam = jnp.broadcast_to(jnp.asarray(lam, jnp.float32), reward.shape)
+    # Each step is an affine map of the next return, R_t = a_t + b_t R_{t+1}; their compositions
+    # come from a parallel prefix scan (log T levels, no loop that runs once per step).
+    r, c, v, lm = (x[:, 1:] for x in (reward, cont, boot, lam))
+    a = r + c * (1 - lm) * v
+    b = c * lm
 
-    def step(ret_next, inputs):
-        r, c, v, lm = inputs
-        ret = r + c * ((1 - lm) * v + lm * ret_next)
-        return ret, ret
+    def compose(later, now):  # now ∘ later: x -> a_now + b_now (a_later + b_later x)
+        return now[0] + now[1] * later[0], now[1] * later[1]
 
-    xs = [x[:, 1:].T for x in (reward, cont, boot, lam)]
-    _, rets = jax.lax.scan(step, boot[:, -1], xs, reverse=True)
-    return rets.T
+    a, b = jax.lax.associative_scan(compose, (a, b), reverse=True, axis=1)
+    return a + b * boot[:, -1:]
 
 
 def gather(x: jax.Array, axis_name: str | None) -> jax.Array:
@@ -93,35 +95,50 @@ def rollout(wm: WorldModelNets, ac: ActorCriticNets, wm_params: Any, actor_param
             start: dict[str, jax.Array], key: jax.Array, *, horizon: int, grad: bool = False):
     """Imagine `horizon` steps from start states [N, ...].
 
-    Returns feat [N, H+1, F], action [N, H+1, A], reward [N, H+1] and cont [N, H+1]
-    (continue probabilities; index 0 belongs to the start state and is replaced by the caller).
-    World-model parameters and start states never receive gradients. With `grad`, gradients
-    flow from the outputs through the frozen model's dynamics into the actor (reparameterised or
-    straight-through action samples); otherwise everything is stopped.
+    Returns feat [N, H+1, F] and action [N, H+1, A]. World-model parameters and start states
+    never receive gradients. With `grad`, gradients flow from the outputs through the frozen
+    model's dynamics into the actor (reparameterised or straight-through action samples);
+    otherwise everything is stopped.
     """
     start = sg(start)
-    frozen = sg({k: wm_params[k] for k in ("rssm", "rew", "con")})
     actor = actor_params if grad else sg(actor_params)
 
     def policy(state, eps):
         return policy_dist(ac, actor, rssm_lib.feat(state)).sample(eps, straight_through=grad)
 
     shape = (start["deter"].shape[0], action_dim(ac))
-    states, action = rssm_lib.imagine(wm.rssm, frozen["rssm"], start, policy, horizon, key,
-                                      draw=lambda k: Policy.noise(k, shape, ac.discrete))
-    feat = rssm_lib.feat(states)
-    reward = TwoHot(wm.rew.apply({"params": frozen["rew"]}, feat), wm.bins).mean()
-    cont = jax.nn.sigmoid(wm.con.apply({"params": frozen["con"]}, feat)[..., 0])
-    out = (feat, action, reward, cont)
+    states, action = rssm_lib.imagine(wm.rssm, sg(wm_params["rssm"]), start, policy, horizon,
+                                      key, draw=lambda k: Policy.noise(k, shape, ac.discrete))
+    out = (rssm_lib.feat(states), action)
     return out if grad else sg(out)
 
 
+def imagined_outputs(wm: WorldModelNets, ac: ActorCriticNets, params: dict[str, Any],
+                     slow_critic: Any, feat: jax.Array) -> dict[str, Any]:
+    """Every head's output on imagined (stopped) features [N, H+1, F], from two fused calls
+    (`nets.fused_mlps`): the frozen ones (reward, continue, slow critic) and the trained ones
+    (critic, actor). Returns reward [N, H+1] (expected), cont [N, H+1] (probabilities),
+    slow [N, H+1] (the slow critic's value), critic (TwoHot [N, H+1]) and actor (the policy's
+    raw outputs on all H+1 states)."""
+    frozen = sg((params["wm"]["rew"], params["wm"]["con"], slow_critic))
+    rew, con, slow = fused_mlps([(wm.rew, frozen[0]), (wm.con, frozen[1]),
+                                 (ac.critic, frozen[2])], feat)
+    critic, actor = fused_mlps([(ac.critic, params["critic"]), (ac.actor, params["actor"])],
+                               feat)
+    return {"reward": TwoHot(rew, wm.bins).mean(), "cont": jax.nn.sigmoid(con[..., 0]),
+            "slow": TwoHot(slow, ac.bins).mean(), "critic": TwoHot(critic, ac.bins),
+            "actor": actor}
+
+
 def critic_loss(nets: ActorCriticNets, critic_params: Any, slow_params: Any, feat: jax.Array,
-                target: jax.Array, *, slowreg: float, dist: TwoHot | None = None) -> jax.Array:
+                target: jax.Array, *, slowreg: float, dist: TwoHot | None = None,
+                slow: jax.Array | None = None) -> jax.Array:
     """Two-hot regression onto `target` plus a pull towards the slow critic's prediction.
-    `dist` is the critic's output on `feat` when the caller has it already."""
+    `dist` (the critic's output) and `slow` (the slow critic's value) on `feat` are given when
+    the caller has them already."""
     dist = value_dist(nets, critic_params, feat) if dist is None else dist
-    slow = sg(value_dist(nets, slow_params, feat).mean())
+    slow = value_dist(nets, slow_params, feat).mean() if slow is None else slow
+    slow = sg(slow)
     return -dist.log_prob(sg(target)) - slowreg * dist.log_prob(slow)
 
 
@@ -141,20 +158,26 @@ def actor_critic_loss(wm: WorldModelNets, ac: ActorCriticNets, params: dict[str,
     if actor_grad not in ACTOR_GRADS:
         raise ValueError(f"ac.actor_grad must be one of {ACTOR_GRADS}, got {actor_grad!r}")
     dynamics = actor_grad == "dynamics"
-    feat, action, reward, cont = rollout(wm, ac, params["wm"], params["actor"], start, key,
-                                         horizon=horizon, grad=dynamics)
-    cont = cont.at[:, 0].set(start_cont)
+    feat, action = rollout(wm, ac, params["wm"], params["actor"], start, key, horizon=horizon,
+                           grad=dynamics)
     gamma = 1.0 - 1.0 / discount_horizon
     # The critic is frozen inside the actor's objective; with dynamics gradients, values still
     # pass gradients to the imagined features. Without them the features are constants, and
-    # the critic's one forward pass serves both its own loss and the (stopped) values.
+    # one forward pass of every head on them serves all losses (`imagined_outputs`).
     if dynamics:
+        frozen = sg(params["wm"])
+        reward = TwoHot(wm.rew.apply({"params": frozen["rew"]}, feat), wm.bins).mean()
+        cont = jax.nn.sigmoid(wm.con.apply({"params": frozen["con"]}, feat)[..., 0])
         value = value_dist(ac, sg(params["critic"]), feat).mean()
-        critic_dist = None
+        critic_dist = slow = actor_out = None
     else:
-        full = value_dist(ac, params["critic"], feat)
+        outs = imagined_outputs(wm, ac, params, slow_critic, feat)
+        reward, cont, full = outs["reward"], outs["cont"], outs["critic"]
         value = sg(full.mean())
         critic_dist = TwoHot(full.logits[:, :-1], full.bins)
+        slow = outs["slow"][:, :-1]
+        actor_out = jax.tree.map(lambda x: x[:, :-1], outs["actor"])
+    cont = cont.at[:, 0].set(start_cont)
     ret = lambda_return(reward, gamma * cont, value, lam)  # [N, H]
     # Imagined steps after a predicted episode end should not count: weight by the discounted
     # probability of still being alive.
@@ -165,7 +188,10 @@ def actor_critic_loss(wm: WorldModelNets, ac: ActorCriticNets, params: dict[str,
     adv = sg((ret - value[:, :-1]) / scale)
     feat, action, reward, cont, value = sg((feat, action, reward, cont, value))
 
-    dist = policy_dist(ac, params["actor"], feat[:, :-1])
+    if actor_out is None:
+        dist = policy_dist(ac, params["actor"], feat[:, :-1])
+    else:
+        dist = Policy(actor_out, ac.discrete, ac.minstd, ac.maxstd)
     ent = dist.entropy()
     if dynamics:
         # Dreamer (2020-2023) continuous control: maximise the λ-return itself by backpropagating
@@ -176,7 +202,7 @@ def actor_critic_loss(wm: WorldModelNets, ac: ActorCriticNets, params: dict[str,
     actor = -weight * (objective + entropy * ent)
     ret = sg(ret)
     critic = weight * critic_loss(ac, params["critic"], slow_critic, feat[:, :-1], ret,
-                                  slowreg=slowreg, dist=critic_dist)
+                                  slowreg=slowreg, dist=critic_dist, slow=slow)
     metrics = {
         "ac/entropy": ent.mean(), "ac/return": ret.mean(), "ac/value": value.mean(),
         "ac/adv_abs": jnp.abs(adv).mean(), "ac/retnorm_scale": scale,
