@@ -1,13 +1,14 @@
 """When periodic work is due: small clocks that the training loops ask, each testable alone.
 
 `Every` counts a counter (env steps, updates), `EverySeconds` wall time, `Ratio` the updates
-owed for the agent steps collected (the train ratio). None of them does the work; the session
+owed for the agent steps collected (the train ratio); `Phases` times the parts of a loop. None of them does the work; the session
 and its monitor ask and act.
 """
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from dreamer.config import Config, updates_due
 
@@ -56,3 +57,27 @@ class Ratio:
     def owed(self, agent_steps: int, updates: int) -> int:
         """Updates due after `agent_steps` and not done yet (negative when ahead)."""
         return updates_due(self.cfg, agent_steps, self.devices) - updates
+
+
+class Phases:
+    """Wall time spent in named phases of a loop (`with phases("env"): ...`), read as shares of
+    the time since the last read: `shares(elapsed)` gives `loop/<name>_fraction` for each phase
+    and starts the count again. Where an env step's time goes: acting, stepping, replay inserts,
+    sampling, update dispatch; what is left is logging, evaluation and the loop itself."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter):
+        self.clock = clock
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = self.clock()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + self.clock() - start
+
+    def shares(self, elapsed: float) -> dict[str, float]:
+        out = {f"loop/{name}_fraction": s / elapsed for name, s in self.seconds.items()}
+        self.seconds = {}
+        return out

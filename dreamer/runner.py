@@ -18,6 +18,7 @@ import jax
 from dreamer.acting import Collector
 from dreamer.actors import make_pool
 from dreamer.checkpoint import Checkpointer, incompatible_keys
+from dreamer.clocks import Phases
 from dreamer.config import Config, ConfigError
 from dreamer.envs import make_env
 from dreamer.learner import setup_distributed
@@ -111,22 +112,29 @@ def _train(s: Session) -> dict[str, float]:
     try:
         collector = Collector(envs, s.agent.act_dim)
         random_outputs = s.agent.policy_outputs_initial(len(envs))
+        phases = Phases()  # where the time goes: loop/<phase>_fraction in the metrics
         while s.env_steps < cfg.run.steps:
             s.check_stop()
-            if s.env_steps < cfg.run.prefill:
-                actions = collector.random_actions(s.rngs.numpy("prefill"))
-                outputs = random_outputs
-            else:
-                actions, outputs = s.policy(s.learner.params(s.acting_lag),
-                                            collector.batch_obs())
-            records, episodes = collector.step(actions, outputs)
-            for worker, record in enumerate(records):
-                s.add_steps([record], worker)
-            for ep in episodes:
-                s.add_episode(ep["score"], ep["length"] * s.repeat)
+            with phases("act"):
+                if s.env_steps < cfg.run.prefill:
+                    actions = collector.random_actions(s.rngs.numpy("prefill"))
+                    outputs = random_outputs
+                else:
+                    actions, outputs = s.policy(s.learner.params(s.acting_lag),
+                                                collector.batch_obs())
+            with phases("env"):
+                records, episodes = collector.step(actions, outputs)
+            with phases("insert"):
+                for worker, record in enumerate(records):
+                    s.add_steps([record], worker)
+                for ep in episodes:
+                    s.add_episode(ep["score"], ep["length"] * s.repeat)
             for _ in range(max(0, s.owed())):
-                s.update(*s.sample())
-            s.tick()
+                with phases("sample"):
+                    batch = s.sample()
+                with phases("update"):
+                    s.update(*batch)
+            s.tick(phases.shares)
     finally:
         for env in envs:
             env.close()

@@ -1,7 +1,7 @@
 """The clocks that schedule periodic work, each alone."""
 import math
 
-from dreamer.clocks import Every, EverySeconds, Ratio
+from dreamer.clocks import Every, EverySeconds, Phases, Ratio
 from dreamer.config import load_config, updates_due
 
 
@@ -43,3 +43,22 @@ def test_ratio_owes_the_updates_of_the_train_ratio():
     assert ratio.owed(140, 20) == -9
     for steps in (0, 100, 250, 1001):
         assert ratio.owed(steps, 3) == updates_due(cfg, steps, 2) - 3
+
+
+def test_phases_share_the_time_since_the_last_read():
+    """Each phase's seconds (summed over its entries, an exception's too) over the elapsed
+    time; a read starts the count again."""
+    now = [0.0]
+    phases = Phases(clock=lambda: now[0])
+    for name, seconds in (("env", 2.0), ("update", 1.0), ("env", 3.0)):
+        with phases(name):
+            now[0] += seconds
+    try:
+        with phases("act"):
+            now[0] += 0.5
+            raise ValueError
+    except ValueError:
+        pass
+    assert phases.shares(10.0) == {"loop/env_fraction": 0.5, "loop/update_fraction": 0.1,
+                                   "loop/act_fraction": 0.05}
+    assert phases.shares(1.0) == {}

@@ -28,6 +28,12 @@ def test_debug_run_writes_logdir(tmp_path):
                 "fps/train", "train/updates"):
         assert key in keys, key
     assert max(line["step"] for line in lines) == 300
+    # Where the loop's time went: each phase's share of a log period, together at most all.
+    phases = ("act", "env", "insert", "sample", "update")
+    for line in lines:
+        shares = [line[f"loop/{p}_fraction"] for p in phases if f"loop/{p}_fraction" in line]
+        assert all(share >= 0 for share in shares) and sum(shares) <= 1 + 1e-6
+    assert all(f"loop/{p}_fraction" in keys for p in phases)
     # One evaluation per 100 steps; the one at the last step is also the final one.
     assert [line["step"] for line in lines if "eval/score" in line] == [100, 200, 300]
     updates = max(line.get("train/updates", 0) for line in lines)
