@@ -43,8 +43,22 @@ def param_counts() -> dict[str, Any]:
     return out
 
 
-def spaces_of(cfg: Config) -> tuple[dict[str, Space], Space]:
-    """Observation and action spaces of the configured task (makes and closes one env)."""
+SPACES = ("task", "walker")
+
+
+def spaces_of(cfg: Config, spaces: str | None = None) -> tuple[dict[str, Space], Space]:
+    """Observation and action spaces: of the configured task (makes and closes one env), or
+    with `spaces='walker'` DMC walker's (`WALKER_OBS` by `env.obs`, images of `env.size`,
+    `WALKER_ACT`) with no environment made, for machines without the simulator."""
+    if spaces == "walker":
+        obs = {}
+        if cfg.env.obs in ("vector", "both"):
+            obs.update(WALKER_OBS["proprio"])
+        if cfg.env.obs in ("image", "both"):
+            obs["image"] = Space(np.uint8, (*cfg.env.size, 3))
+        return obs, WALKER_ACT
+    if spaces not in (None, "task"):
+        raise ValueError(f"unknown spaces {spaces!r}: choose one of {', '.join(SPACES)}")
     from dreamer.envs import make_env
 
     env = make_env(cfg.env, 0)
@@ -91,14 +105,15 @@ def matmul_peak(dtype: Any = jnp.float32, n: int | None = None, repeats: int = 5
     return 2 * n ** 3 / float(np.median(times))
 
 
-def compile_train_step(cfg: Config, layout: str | None = None) -> dict[str, Any]:
+def compile_train_step(cfg: Config, layout: str | None = None,
+                       spaces: str | None = None) -> dict[str, Any]:
     """The jitted train step compiled for a synthetic batch, with its initial state, the batch,
     the compile time and XLA's FLOP count; `time_train_step` runs it. Separate so that several
     configurations can compile at once (compilation runs on the host) and be timed one by one.
     `layout` builds the networks as for that platform ('gpu': batched block matmuls and, with
     `jax.compute_dtype: auto`, bfloat16) whatever the backend compiles for; default: the
-    backend's own."""
-    obs_space, act_space = spaces_of(cfg)
+    backend's own. `spaces`: see `spaces_of`."""
+    obs_space, act_space = spaces_of(cfg, spaces)
     agent = DreamerV3(cfg, obs_space, act_space, platform=layout)
     batch = jax.device_put(random_batch(obs_space, agent, cfg.batch_size))
     state = agent.init(jax.random.PRNGKey(0))
@@ -128,10 +143,11 @@ def launch_floor(calls: int = 200) -> float:
     return float(np.median(times))
 
 
-def kernel_counts(cfg: Config, layout: str | None = None) -> dict[str, Any]:
+def kernel_counts(cfg: Config, layout: str | None = None,
+                  spaces: str | None = None) -> dict[str, Any]:
     """Kernels and while-loop iterations one update launches (`dreamer.kernels`), from the
     optimized HLO of the compiled train step, with the loops that launch most."""
-    prepared = compile_train_step(cfg, layout)
+    prepared = compile_train_step(cfg, layout, spaces)
     return {**kernels.summary(prepared["kernels"]), "layout": layout or jax.default_backend(),
             "compute_dtype": str(prepared["agent"].wm.rssm.dtype),
             "batched_blocks": prepared["agent"].wm.rssm.batched_blocks,
@@ -186,18 +202,18 @@ def time_train_step(prepared: dict[str, Any], updates: int = 5, warmup: int = 2,
     }
 
 
-def train_step(cfg: Config, updates: int = 5, warmup: int = 2,
-               layout: str | None = None) -> dict[str, Any]:
+def train_step(cfg: Config, updates: int = 5, warmup: int = 2, layout: str | None = None,
+               spaces: str | None = None) -> dict[str, Any]:
     """Median seconds per update of the jitted train step on a synthetic batch."""
-    return time_train_step(compile_train_step(cfg, layout), updates, warmup)
+    return time_train_step(compile_train_step(cfg, layout, spaces), updates, warmup)
 
 
 def updates_per_call(cfg: Config, counts: list[int], calls: int = 3, warmup: int = 1,
-                     layout: str | None = None) -> dict[str, Any]:
+                     layout: str | None = None, spaces: str | None = None) -> dict[str, Any]:
     """Seconds per update when one jitted call runs k updates (`multistep.scan_steps` over k
     batches already on the device; k = 1 is the plain train step), for each k in `counts`:
     the median over `calls` calls after `warmup`, divided by k."""
-    obs_space, act_space = spaces_of(cfg)
+    obs_space, act_space = spaces_of(cfg, spaces)
     agent = DreamerV3(cfg, obs_space, act_space, platform=layout)
     batch = random_batch(obs_space, agent, cfg.batch_size)
     state = agent.init(jax.random.PRNGKey(0))

@@ -25,6 +25,9 @@ ours (train-step), float32 on the CPU with the same 16 x (64 + 1) batch, each si
 process, alternating official, ours, ... for --rounds rounds. It prints a table, then
 {"compare": {..., "ratio": official median / ours median}} (above 1: ours is faster).
 
+train-step and kernels take --spaces walker: DMC walker's observation and action spaces without
+making the environment (for machines without dm-control); the default, task, makes one.
+
 kernels: counted in the optimized HLO of the compiled update (dreamer.kernels): each launched
 instruction once, a while loop's body times its trip count. --layout gpu builds the networks
 as on a GPU (batched block matmuls; bfloat16 unless --jax.compute_dtype says otherwise) while
@@ -52,6 +55,7 @@ def updates(default: int) -> Option:
 
 
 WARMUP = Option("warmup", 2, integer(0), metavar="N")
+SPACES = Option("spaces", "task", choice(*benchmark.SPACES))
 # Each command's own options; those in TAKES_CONFIG also take --configs and config overrides.
 OPTIONS = {
     "params": (),
@@ -59,13 +63,13 @@ OPTIONS = {
                Option("size", 64, integer(1), metavar="PIXELS")),
     "train-step": (updates(5), WARMUP, Option("devices", None, integer(1), metavar="N"),
                    Option("per-call", (), integer(1), many=True, metavar="K"),
-                   Option("layout", None, choice("cpu", "gpu"))),
+                   Option("layout", None, choice("cpu", "gpu")), SPACES),
     "profile": (updates(3), WARMUP),
     "actors": (Option("actors", (1, 2), integer(1), many=True, metavar="N"),
                Option("seconds", 20.0, number(0), metavar="S")),
     "policy": (Option("envs", 1, integer(1), metavar="N"),
                Option("calls", 20, integer(1), metavar="N"), WARMUP),
-    "kernels": (Option("layout", None, choice("cpu", "gpu")),
+    "kernels": (Option("layout", None, choice("cpu", "gpu")), SPACES,
                 Option("official-src", metavar="DIR"), Option("official-bench", metavar="PATH")),
     "compare": (Option("official-src", required=True, metavar="DIR"),
                 Option("official-bench", metavar="PATH"),
@@ -100,7 +104,7 @@ def compare_main(args: Args) -> int:
 
 def kernels_main(cfg: Config, args: Args) -> dict:
     """`kernels`: ours, and the official update's beside it when its source is given."""
-    result = {"kernels": benchmark.kernel_counts(cfg, args["layout"])}
+    result = {"kernels": benchmark.kernel_counts(cfg, args["layout"], args["spaces"])}
     if args["official-src"]:
         script = side_by_side.official_bench_script(ROOT, args["official-bench"])
         problem = side_by_side.compare_setup_problem(args["official-src"], script)
@@ -133,7 +137,7 @@ def measure(command: str, cfg: Config, args: Args) -> dict:
     if args["per-call"]:
         return {"train_step": benchmark.updates_per_call(
             cfg, args["per-call"], calls=args["updates"], warmup=args["warmup"],
-            layout=args["layout"])}
+            layout=args["layout"], spaces=args["spaces"])}
     if args["devices"]:
         import jax
 
@@ -142,7 +146,8 @@ def measure(command: str, cfg: Config, args: Args) -> dict:
         return {"train_step": benchmark.train_step_parallel(
             cfg, args["devices"], updates=args["updates"], warmup=args["warmup"])}
     return {"train_step": benchmark.train_step(cfg, updates=args["updates"],
-                                               warmup=args["warmup"], layout=args["layout"])}
+                                               warmup=args["warmup"], layout=args["layout"],
+                                               spaces=args["spaces"])}
 
 
 def main(argv: list[str]) -> int:

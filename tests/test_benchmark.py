@@ -72,3 +72,20 @@ def test_updates_per_call_and_kernel_counts_on_the_tiny_config():
     assert counts["batched_blocks"] and counts["layout"] == "gpu"
     assert counts["kernels"] > counts["kernels_outside_loops"] > 0
     assert counts["loop_iterations"] >= cfg.batch_length
+
+
+def test_walker_spaces_need_no_environment():
+    """`--spaces walker` builds DMC walker's spaces from `env.obs` alone (no simulator), the
+    same spaces the walker task makes; an unknown choice names the choices."""
+    import pytest
+
+    for obs, keys in (("vector", {"vector"}), ("image", {"image"}), ("both", {"vector", "image"})):
+        cfg = load_config(["debug"], {"env.task": "dmc_walker_walk", "env.obs": obs})
+        spaces, act = benchmark.spaces_of(cfg, "walker")
+        assert set(spaces) == keys and act == benchmark.WALKER_ACT
+    made, made_act = benchmark.spaces_of(cfg)
+    assert {k: (v.dtype, v.shape) for k, v in made.items()} == {
+        k: (v.dtype, v.shape) for k, v in spaces.items()}
+    assert (made_act.dtype, made_act.shape) == (act.dtype, act.shape)
+    with pytest.raises(ValueError, match="walker"):
+        benchmark.spaces_of(cfg, "cheetah")
