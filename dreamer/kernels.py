@@ -18,6 +18,12 @@ Instructions that move no data and launch nothing (parameters, constants, tuples
 elements, bitcasts, ordering tokens) are not counted. The CPU backend fuses a little less than
 the GPU one, so counts from a CPU compile are a proxy for a GPU's, comparable between two
 programs compiled the same way.
+
+One difference is known and split out: JAX lowers its random-bit generator (threefry2x32) on
+the CPU as a rolled loop of 5 rounds and on GPUs and TPUs as straight-line code that fuses into
+the kernels around it. `Count.rng_kernels` and `rng_iterations` are what such loops (trip count
+5, inside a `jax.random` function's scope) add to a CPU count; the rest is the estimate for an
+accelerator.
 """
 from __future__ import annotations
 
@@ -49,6 +55,10 @@ _COMP_ATTR = {
 }
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 _CONSTANT = re.compile(r"constant\((-?\d+)\)")
+# The scopes of jax.random's functions, in which the CPU lowering's rolled threefry loop sits.
+_RNG_SCOPE = re.compile(r"threefry|random_bits|jit\(_(uniform|gumbel|normal|bernoulli|randint|"
+                        r"truncated_normal|categorical)\)")
+THREEFRY_ROUNDS = 5  # the trip count of that loop
 
 
 @dataclass
@@ -69,6 +79,11 @@ class Loop:
     depth: int               # 0 for a loop in the entry computation
     calls: int = 1           # how often the loop itself runs per call of the program
 
+    @property
+    def cpu_rng(self) -> bool:
+        """Whether it is the CPU lowering's rolled loop of the random-bit generator."""
+        return self.trip_count == THREEFRY_ROUNDS and bool(_RNG_SCOPE.search(self.scope))
+
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "trip_count": self.trip_count,
                 "body_kernels": self.body_kernels, "runs": self.calls,
@@ -86,8 +101,20 @@ class Count:
     loops: list[Loop] = field(default_factory=list)
     by_opcode: dict[str, int] = field(default_factory=dict)
 
+    @property
+    def rng_kernels(self) -> int:
+        """Launches in the CPU's rolled random-bit loops (straight-line code on GPUs/TPUs)."""
+        return sum(loop.body_kernels * (loop.trip_count or 1) * loop.calls
+                   for loop in self.loops if loop.cpu_rng)
+
+    @property
+    def rng_iterations(self) -> int:
+        """Iterations of the CPU's rolled random-bit loops."""
+        return sum((loop.trip_count or 1) * loop.calls for loop in self.loops if loop.cpu_rng)
+
     def as_dict(self) -> dict[str, Any]:
         return {"kernels": self.kernels, "loop_iterations": self.loop_iterations,
+                "rng_kernels": self.rng_kernels, "rng_iterations": self.rng_iterations,
                 "kernels_outside_loops": self.outside_loops,
                 "while_loops": len(self.loops),
                 "unknown_trip_counts": sum(loop.trip_count is None for loop in self.loops),
@@ -222,6 +249,9 @@ def summary(c: Count, top: int = 6) -> dict[str, Any]:
     loops = sorted(c.loops, key=lambda loop: -loop.body_kernels * (loop.trip_count or 1)
                    * loop.calls)[:top]
     return {"kernels": c.kernels, "loop_iterations": c.loop_iterations,
+            "rng_kernels": c.rng_kernels, "rng_iterations": c.rng_iterations,
+            "kernels_without_rng": c.kernels - c.rng_kernels,
+            "loop_iterations_without_rng": c.loop_iterations - c.rng_iterations,
             "kernels_outside_loops": c.outside_loops, "while_loops": len(c.loops),
             "top_loops": [loop.as_dict() for loop in loops]}
 

@@ -139,3 +139,24 @@ def test_a_compiled_scan_runs_one_loop_iteration_per_step():
     assert c.kernels == c.outside_loops + 50 * loop.body_kernels and loop.body_kernels >= 2
     summary = kernels.summary(c)
     assert summary["kernels"] == c.kernels and summary["top_loops"][0]["trip_count"] == 50
+
+
+def test_the_cpus_rolled_random_bit_loops_are_split_out():
+    """jax.random on the CPU lowers threefry as a loop of 5 rounds (straight-line code on GPUs):
+    such loops are counted apart, and a 5-step scan of the program's own is not one of them."""
+    def f(key, x):
+        noise = jax.random.normal(key, (16,))
+        def step(c, _):
+            return jnp.tanh(c * 2.0) + 1.0, None
+        return jax.lax.scan(step, x + noise, None, length=5)[0]
+
+    c = kernels.of_compiled(jax.jit(f).lower(jax.random.PRNGKey(0), jnp.ones(16)).compile())
+    rng = [loop for loop in c.loops if loop.cpu_rng]
+    own = [loop for loop in c.loops if not loop.cpu_rng]
+    assert jax.default_backend() != "cpu" or len(rng) >= 1
+    assert [loop.trip_count for loop in own] == [5]
+    assert c.rng_iterations == sum(loop.trip_count * loop.calls for loop in rng)
+    assert c.rng_kernels == sum(loop.body_kernels * 5 * loop.calls for loop in rng)
+    summary = kernels.summary(c)
+    assert summary["loop_iterations_without_rng"] == 5
+    assert summary["kernels_without_rng"] == c.kernels - c.rng_kernels
