@@ -4,7 +4,7 @@
 #   bash launch/gpu_bench.sh prepare [OFFICIAL_GIT_DIR]   here, with PyPI reachable: fills
 #       runs/gpu-carry/ with the official source, its bench and the pure-Python packages it
 #       needs that a CUDA image with JAX, flax, optax and chex lacks (installed with --target)
-#   bash launch/gpu_bench.sh run                           on the GPU machine, from the repo root
+#   bash launch/gpu_bench.sh run [STEP ...]                on the GPU machine, from the repo root
 #       with runs/gpu-carry beside it; needs python3 with a CUDA jax, flax, optax, chex, numpy,
 #       pyyaml and pillow (no dm-control, gymnasium or wandb: DMC walker's spaces are built
 #       by hand, `launch/bench.py --spaces walker`)
@@ -13,7 +13,9 @@
 # with its name, and log.txt with everything printed. Each measurement has its own time limit
 # (STEP_TIMEOUT, default 150 s) and a failed one is logged and skipped. SMOKE=1 runs the same
 # steps with tiny models (both codes' `debug` presets) on JAX's default backend, as a check of the
-# script on a machine without a GPU. In order:
+# script on a machine without a GPU. STEP names pick some of the steps; all of them take about
+# 14 minutes on an H200 (estimated), so under a 10-minute limit per command run them in two
+# calls, e.g. the first five, then the rest with another OUT. In order:
 #   ours-proprio      size1m proprio, learner only, bf16, XLA flags auto, 20 timed updates
 #   ours-per-call     the same with k = 1, 4, 16 updates per jitted call
 #   ours-noflags      the same as ours-proprio with --jax.xla_flags=none
@@ -21,6 +23,9 @@
 #   official-proprio  the official size1m update (bf16 on the GPU, its jax the image's)
 #   ours-vision12m    size12m vision, bf16, XLA flags auto, 10 timed updates
 #   official-vision12m
+#   ours-vision50m, official-vision50m
+#   loop-proprio      the full loop at the dmc_proprio preset for 2500 env steps on a
+#                     simulator-free task: env steps/s and loop/<phase>_fraction
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -74,16 +79,19 @@ SHIM
 }
 
 run() {
+  local only=("$@")  # the steps to run (default: all)
   local out="${OUT:-$ROOT/runs/gpu-bench}" limit="${STEP_TIMEOUT:-150}"
   local py="${PYTHON:-python3}"
   mkdir -p "$out"
   local results="$out/results.jsonl" log="$out/log.txt"
   : > "$results"
   cd "$ROOT" || return 1
-  export PYTHONUNBUFFERED=1 PYTHONPATH="$ROOT"
-  local size1m=(size1m) size12m=(size12m) platform=cuda dtype=bfloat16 updates=20 few=10
+  export PYTHONUNBUFFERED=1 PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+  local size1m=(size1m) size12m=(size12m) size50m=(size50m) platform=cuda dtype=bfloat16
+  local updates=20 few=10 loop_steps=2500
   if [ "${SMOKE:-0}" = 1 ]; then
-    size1m=(debug) size12m=(debug) platform=cpu dtype=float32 updates=2 few=1
+    size1m=(debug) size12m=(debug) size50m=(debug) platform=cpu dtype=float32 updates=2 few=1
+    loop_steps=300
   else
     export JAX_PLATFORMS=cuda
   fi
@@ -96,7 +104,12 @@ run() {
   # measure NAME COMMAND...: runs it under the time limit; its last stdout line (JSON) goes
   # into results.jsonl under "name", everything else into log.txt.
   measure() {
+    local limit="$limit"
+    if [ "$1" = --limit ]; then limit="$2"; shift 2; fi
     local name="$1"; shift
+    if [ ${#only[@]} -gt 0 ] && [[ " ${only[*]} " != *" $name "* ]]; then
+      return
+    fi
     local tmp; tmp="$(mktemp)"
     echo "=== $name: $* ($(date -u +%T))" >> "$log"
     timeout "$limit" "$@" > "$tmp" 2>> "$log"
@@ -142,6 +155,32 @@ print(json.dumps(r))' >> "$results"
     measure official-vision12m "${official[@]}" --configs dmc_vision "${size12m[@]}" \
       --updates "$few" --warmup 2
   fi
+  measure ours-vision50m "${ours[@]}" train-step --configs dmc_vision "${size50m[@]}" \
+    --spaces walker --updates "$few" --warmup 2
+  if [ -f "$CARRY/bench_official.py" ]; then
+    measure official-vision50m "${official[@]}" --configs dmc_vision "${size50m[@]}" \
+      --updates "$few" --warmup 2
+  fi
+  # The full loop at the dmc_proprio preset (size1m, train ratio 1024: one update per env step
+  # once the replay holds a batch), acting and stepping a simulator-free task in this process:
+  # env steps/s and where each step's time goes (loop/<phase>_fraction), from its last line.
+  rm -rf "$out/loop"
+  measure --limit "$((2 * limit))" loop-proprio "$py" - "$out/loop" "$loop_steps" \
+    "${size1m[@]}" <<'EOF'
+import json
+import subprocess
+import sys
+
+logdir, steps = sys.argv[1], sys.argv[2]
+subprocess.run([sys.executable, "launch/train.py", "--configs", "dmc_proprio", *sys.argv[3:],
+                "--env.task=builtin_reach", "--env.obs=vector", f"--run.steps={steps}",
+                "--run.eval_every=0", "--run.log_every=10", "--run.checkpoint_every=0",
+                f"--logdir={logdir}"], check=True)
+lines = [json.loads(line) for line in open(f"{logdir}/metrics.jsonl")]
+last = [line for line in lines if "fps/env" in line][-1]
+print(json.dumps({k: v for k, v in last.items() if k.startswith(("fps/", "loop/", "learner/"))
+                  or k == "step"}))
+EOF
   "$py" - "$results" <<'EOF'
 import json, sys
 for line in open(sys.argv[1]):
@@ -158,6 +197,6 @@ EOF
 
 case "${1:-}" in
   prepare) shift; prepare "$@" ;;
-  run) run ;;
-  *) sed -n 2,24p "${BASH_SOURCE[0]}" >&2; exit 2 ;;
+  run) shift; run "$@" ;;
+  *) sed -n 2,28p "${BASH_SOURCE[0]}" >&2; exit 2 ;;
 esac
