@@ -201,7 +201,7 @@ def test_batched_blocks_gives_the_same_model(blocks):
                  imagined[0], imagined[1])
 
 
-@pytest.mark.parametrize("unroll", [2, 4])
+@pytest.mark.parametrize("unroll", [3, 8])
 def test_observe_unroll_gives_the_same_filtering(unroll):
     """`observe_unroll` runs several steps per loop iteration, also when it does not divide
     the sequence length: states, posterior and prior logits and their gradients equal those

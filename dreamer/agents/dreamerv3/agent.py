@@ -22,7 +22,7 @@ from dreamer.nets import MLP, Decoder, Encoder, count_params
 from dreamer.parallel import mean_over, row_keys
 
 Batch = dict[str, jax.Array]
-OBSERVE_UNROLL = 4  # observe-scan steps per loop iteration on accelerators (`build_nets`)
+OBSERVE_UNROLL = 8  # observe-scan steps per loop iteration on accelerators (`build_nets`)
 
 
 class TrainState(flax.struct.PyTreeNode):
