@@ -36,6 +36,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,41 +164,55 @@ def say(text: str) -> None:
 
 
 def train(suite: Suite, runs: list[Run]) -> dict[Run, int]:
-    """Trains the runs, at most `suite.jobs` at a time; returns each one's exit status. On an
-    interrupt the running trainers are stopped (they save a checkpoint) before it propagates."""
+    """Trains the runs with launch/train.py (`command`), at most `suite.jobs` at a time."""
+    return launch(runs, suite.jobs, lambda run: command(suite, run))
+
+
+def launch(runs: list[Run], jobs: int, command_of: Callable[[Run], list[str]],
+           on_exit: Callable[[Run, int, float], None] | None = None) -> dict[Run, int]:
+    """Runs `command_of(run)` for each run, at most `jobs` at a time, its output appended to
+    `train.log` in the run's logdir; returns each one's exit status. `on_exit(run, status,
+    seconds)` is called as each process ends, also when an interrupt stops it. On an interrupt
+    the running trainers are stopped (they save a checkpoint) before it propagates."""
     waiting, active, codes = list(runs), {}, {}
     previous = signal.signal(signal.SIGTERM, interrupt)
+
+    def ended(run: Run, proc: subprocess.Popen, log, started: float) -> None:
+        log.close()
+        if on_exit is not None:
+            on_exit(run, proc.returncode, time.time() - started)
+
     try:
         while waiting or active:
-            while waiting and len(active) < suite.jobs:
+            while waiting and len(active) < jobs:
                 run = waiting.pop(0)
                 run.logdir.mkdir(parents=True, exist_ok=True)
                 log = (run.logdir / "train.log").open("a")
-                cmd = command(suite, run)
+                cmd = command_of(run)
                 log.write(f"learn: {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(cmd)}\n")
                 log.flush()
                 # A session of its own: a Ctrl-C reaches the trainers once, through `finally`.
                 active[run] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                                 start_new_session=True), log, time.time())
-                say(f"training {run.task} seed {run.seed} (log: {run.logdir / 'train.log'})")
+                say(f"training {run.logdir} (log: {run.logdir / 'train.log'})")
             for run, (proc, log, started) in list(active.items()):
                 if proc.poll() is None:
                     continue
-                log.close()
-                codes[run] = proc.returncode
                 del active[run]
+                ended(run, proc, log, started)
+                codes[run] = proc.returncode
                 took = f"{time.time() - started:.0f} s"
-                say(f"{run.task} seed {run.seed}: done in {took}" if proc.returncode == 0 else
-                    f"{run.task} seed {run.seed} FAILED (exit {proc.returncode} after {took}); "
+                say(f"{run.logdir}: done in {took}" if proc.returncode == 0 else
+                    f"{run.logdir} FAILED (exit {proc.returncode} after {took}); "
                     f"log: {run.logdir / 'train.log'}")
             if active:
                 time.sleep(0.5)
     finally:
         for proc, _, _ in active.values():
             proc.terminate()  # the trainer saves its replay and a checkpoint, then exits
-        for proc, log, _ in active.values():
+        for run, (proc, log, started) in active.items():
             proc.wait()
-            log.close()
+            ended(run, proc, log, started)
         signal.signal(signal.SIGTERM, previous)
     return codes
 
