@@ -27,8 +27,8 @@ Then (only this with --report-only) it reads `episode/score` of both (the traini
 official `train` script has no evaluation episodes; ours from metrics.jsonl, the official from
 scores.jsonl) and writes ROOT/parity.md: per task, mean ± std over seeds of each seed's mean score
 in (budget - bin, budget] at each budget (multiples of --bin), whether ours is within the official
-seeds' range or above it, the training losses and actor-critic statistics of both over the last
-bin, and each run's hours; and ROOT/parity_TASK.png, both curves with their min-max bands.
+seeds' range or above it, the training losses and statistics of both over the last bin both
+have reached, and each run's hours; and ROOT/parity_TASK.png, both curves with their min-max bands.
 The last line of stdout is one JSON object: root, runs, finished, failed, skipped, scores ({task:
 {side: {budget: {mean, std, n, min, max}}}}), verdicts ({task: {budget: "within" | "above" |
 "below by X" | null}}), hours ({side: {task: {seed: hours}}}) and plots.
@@ -72,7 +72,9 @@ OPTIONS = (
     Option("report-only", False, switch=True),
 )
 # Comparable statistics of the two codes' training metrics: (what, ours, official). The official
-# reconstruction loss is logged per observation key (e.g. train/loss/position), summed here.
+# reconstruction loss is logged per observation key (e.g. train/loss/position), summed here. Its
+# `train/ret` is the λ-return after return normalisation, ours `train/ac/return` before it: not
+# compared.
 METRICS = (
     ("loss: reconstruction", "train/loss/vector", "rec"),
     ("loss: reward", "train/loss/reward", "train/loss/rew"),
@@ -85,7 +87,6 @@ METRICS = (
     ("posterior entropy", "train/wm/post_ent", "train/rep_ent"),
     ("prior entropy", "train/wm/prior_ent", "train/dyn_ent"),
     ("policy entropy", "train/ac/entropy", "train/ent/action"),
-    ("imagined λ-return", "train/ac/return", "train/ret"),
     ("critic value", "train/ac/value", "train/val"),
 )
 NOT_RECONSTRUCTION = {"rew", "con", "dyn", "rep", "value", "repval", "policy"}
@@ -301,17 +302,25 @@ def report(p: dict) -> tuple[str, dict]:
 
 
 def metrics_table(p: dict, task: str) -> str:
-    """Each side's mean over seeds of the training statistics in the last bin it logged."""
-    def last_bin(side: str, key: str) -> str:
-        values = []
-        for steps, vals in side_series(p, side, task, key):
-            top = int(steps[-1])
-            values.append(vals[steps > top - p["bin"]].mean())
+    """Each side's mean over seeds of the training statistics over the same env steps: the last
+    bin that both sides have reached, (end - bin, end] with `end` the earlier of the two sides'
+    latest episode."""
+    ends = [max(int(st[-1]) for st, _ in runs)
+            for runs in (side_series(p, side, task) for side in p["sides"]) if runs]
+    if not ends:
+        return ""
+    end = min(ends)
+
+    def mean(side: str, key: str) -> str:
+        values = [vals[(steps > end - p["bin"]) & (steps <= end)].mean()
+                  for steps, vals in side_series(p, side, task, key)
+                  if ((steps > end - p["bin"]) & (steps <= end)).any()]
         return f"{np.mean(values):.3g}" if values else "–"
 
-    lines = ["| statistic (last bin) | ours | official |", "|---|---|---|"]
+    window = f"({max(end - p['bin'], 0):,}, {end:,}]"
+    lines = [f"| statistic, mean over {window} env steps | ours | official |", "|---|---|---|"]
     for what, ours, official in METRICS:
-        lines.append(f"| {what} | {last_bin('ours', ours)} | {last_bin('official', official)} |")
+        lines.append(f"| {what} | {mean('ours', ours)} | {mean('official', official)} |")
     return "\n".join(lines)
 
 
