@@ -37,6 +37,7 @@ Exit status: 0; 1 when a run failed; 2 for a wrong command line; 130 when interr
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -155,7 +156,7 @@ def official_source(given: str, cache: Path) -> Path:
     if not (out / "dreamerv3" / "main.py").is_file():
         say(f"exporting the official code {rev.stdout.strip()[:7]} to {out}")
         tmp = out.with_suffix(".tmp")
-        subprocess.run(["rm", "-rf", str(tmp)], check=True)
+        shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         archive = subprocess.run(["git", "--git-dir", str(path), "archive", "HEAD"],
                                  capture_output=True, check=True).stdout
@@ -173,7 +174,7 @@ def official_python(cache: Path) -> Path:
     if python.is_file() and stamp.is_file() and stamp.read_text() == want:
         return python
     say(f"building the official code's environment in {venv} (the first time takes minutes)")
-    subprocess.run(["rm", "-rf", str(venv)], check=True)
+    shutil.rmtree(venv, ignore_errors=True)
     base = os.environ.get("PYTHON", "python3.11")
     subprocess.run([base, "-m", "venv", str(venv)], check=True)
     subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(REQUIREMENTS)],
