@@ -4,7 +4,11 @@ a JSON record of everything else a resume needs (counters, RNG state, config, W&
 orbax writes each checkpoint into a temporary folder and renames it when complete, so a process
 killed mid-save leaves no half-written step among `steps()`. A step whose files are damaged or
 foreign is skipped in favour of the previous one, with a warning; a folder holding no readable
-checkpoint at all is a `CheckpointError` that names the folder and what to do.
+checkpoint at all is a `CheckpointError` that names the folder, gives one line per checkpoint
+tried (step, exception type, the message's first line without TensorStore's specs) and what to
+do. The full errors, with tracebacks, are printed only when the environment variable
+`DREAMER_DEBUG` is set; without it the "Event loop is closed" reports that TensorStore's reads
+still in flight raise after a failed restore are dropped.
 
 In a multi-host run every process calls each method of `Checkpointer`, in the same order (orbax
 waits for all of them at each save). The state is written as host arrays, which orbax writes from
@@ -15,6 +19,9 @@ filesystem that all hosts share.
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import traceback
 import warnings
 from pathlib import Path
 from typing import Any
@@ -57,6 +64,45 @@ def incompatible_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[st
 
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def debugging() -> bool:
+    """Whether `DREAMER_DEBUG` asks for full errors (set and not empty or 0)."""
+    return os.environ.get("DREAMER_DEBUG", "") not in ("", "0")
+
+
+def describe(error: BaseException, limit: int = 240) -> str:
+    """'Type: first line of the message', without the specs TensorStore appends in brackets,
+    cut to `limit` characters."""
+    lines = str(error).strip().splitlines()
+    line = lines[0] if lines else ""
+    for mark in (" [source locations=", " [tensorstore_spec"):
+        line = line.split(mark)[0]
+    if len(line) > limit:
+        line = line[:limit - 1] + "…"
+    return f"{type(error).__name__}: {line}" if line else type(error).__name__
+
+
+def _closed_loop_report(unraisable: Any) -> bool:
+    """Whether an unraisable exception is the 'Event loop is closed' that TensorStore's reads
+    raise when they finish after orbax gave up on a damaged checkpoint."""
+    value = unraisable.exc_value
+    return isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
+
+
+def _quiet_closed_loop_reports() -> None:
+    """From now on, drop `_closed_loop_report`s (tens of tracebacks, arriving while the run goes
+    on or exits); every other unraisable exception goes to the hook there was."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_drops_closed_loop_reports", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        if not _closed_loop_report(unraisable):
+            previous(unraisable)
+
+    hook._drops_closed_loop_reports = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
 
 
 def abstract(tree: Any, device: jax.Device | None = None) -> Any:
@@ -119,15 +165,21 @@ class Checkpointer:
                 out = self._manager.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
             except Exception as e:  # noqa: BLE001 (damaged or foreign: fall back to an older one)
-                failures.append(f"step {step}: {type(e).__name__}: {e}")
-                warnings.warn(f"checkpoint {self.directory / str(step)} cannot be read "
-                              f"({type(e).__name__}); trying the previous one", stacklevel=2)
+                if debugging():
+                    traceback.print_exc()
+                else:
+                    _quiet_closed_loop_reports()
+                failures.append(f"step {step}: {describe(e)}")
                 continue
+            if failures:
+                warnings.warn(f"checkpoints in {self.directory} cannot be read ("
+                              + "; ".join(failures) + f"); resumed from step {step}",
+                              stacklevel=2)
             return step, out["state"], dict(out["meta"])
         raise CheckpointError(
-            f"no readable checkpoint in {self.directory} (tried steps {steps}): "
-            + "; ".join(failures)
-            + ". Move the folder away to start afresh, or point --logdir elsewhere.")
+            f"no readable checkpoint in {self.directory}:\n  " + "\n  ".join(failures)
+            + "\nMove the folder away to start afresh, or point --logdir elsewhere "
+            "(DREAMER_DEBUG=1 prints the full errors).")
 
     def close(self) -> None:
         self._manager.close()

@@ -49,8 +49,10 @@ def test_no_readable_checkpoint_is_a_clear_error(tmp_path, state):
     assert ckpt.restore(abstract(state)) is None
     ckpt.save(5, state, {"updates": 5})
     shutil.rmtree(tmp_path / "checkpoints" / "5" / "state")
-    with pytest.warns(UserWarning), pytest.raises(CheckpointError, match="no readable checkpoint"):
+    with pytest.raises(CheckpointError, match="no readable checkpoint") as error:
         ckpt.restore(abstract(state))
+    lines = str(error.value).splitlines()  # the folder, one line per step tried, the fix
+    assert len(lines) == 3 and lines[1].startswith("  step 5: ") and "Move the folder" in lines[2]
     ckpt.close()
 
 

@@ -1,6 +1,7 @@
 """Checkpoint and resume of whole runs: counters, replay contents and RNG continue where they were
 saved; incompatible configs, damaged checkpoints and SIGKILL are handled."""
 import json
+import os
 import random
 import shutil
 import signal
@@ -178,6 +179,34 @@ def test_a_foreign_checkpoint_folder_is_a_clear_error(tmp_path):
         check=False, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert "no readable checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_damaged_only_checkpoint_says_so_in_a_line_and_deletes_nothing(tmp_path):
+    """The only checkpoint's data files cut short: exit 2 with one line for the checkpoint and
+    the fix, not the TensorStore specs and tracebacks of every array; DREAMER_DEBUG shows them."""
+    logdir = tmp_path / "run"
+    command = [sys.executable, str(ROOT / "launch" / "train.py"), "--configs", "dyna_q",
+               "--run.steps=200", f"--logdir={logdir}"]
+    subprocess.run(command, check=True, capture_output=True, cwd=ROOT, timeout=300)
+    data = [path for path in (logdir / "checkpoints").rglob("d/*") if path.is_file()]
+    assert data
+    for path in data:
+        path.write_bytes(path.read_bytes()[:10])
+    files = sorted((logdir / "checkpoints").rglob("*"))
+    proc = subprocess.run([*command[:-2], "--run.steps=400", command[-1]], check=False,
+                          capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env={k: v for k, v in os.environ.items() if k != "DREAMER_DEBUG"})
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) <= 5 and max(map(len, lines)) < 400, proc.stderr
+    assert "no readable checkpoint in" in proc.stderr and "step 200: ValueError" in proc.stderr
+    assert "Move the folder away" in lines[-1] and "Traceback" not in proc.stderr
+    assert sorted((logdir / "checkpoints").rglob("*")) == files  # nothing deleted or moved
+    debug = subprocess.run([*command[:-2], "--run.steps=400", command[-1]], check=False,
+                           capture_output=True, text=True, cwd=ROOT, timeout=300,
+                           env={**os.environ, "DREAMER_DEBUG": "1"})
+    assert debug.returncode == 2 and "Traceback" in debug.stderr
+    assert len(debug.stderr.splitlines()) > 3 * len(lines)
 
 
 PETS_ARGS = ["pets", "--env.task=builtin_reach", "--pets.members=2", "--pets.particles=2",
