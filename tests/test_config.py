@@ -288,11 +288,15 @@ def test_a_bare_boolean_switch_sets_it_true():
 
 
 # The 2024 code's benchmark settings (dreamerv3/configs.yaml at e3f0224): train ratio per agent
-# step, action repeat, batch 16 x 64, model size; and the updates per simulator frame they give.
+# step, action repeat, batch 16 x 64, model size, environments stepped together (its default 16
+# unless the preset sets them); and the updates per simulator frame they give.
 OFFICIAL_2024 = {
-    "dmc_proprio": {"train_ratio": 1024, "action_repeat": 1, "deter": 512, "per_frame": 1.0},
-    "dmc_vision": {"train_ratio": 256, "action_repeat": 1, "deter": 8192, "per_frame": 0.25},
-    "atari100k": {"train_ratio": 256, "action_repeat": 4, "deter": 8192, "per_frame": 0.0625},
+    "dmc_proprio": {"train_ratio": 1024, "action_repeat": 1, "deter": 512, "envs": 16,
+                    "per_frame": 1.0},
+    "dmc_vision": {"train_ratio": 256, "action_repeat": 1, "deter": 8192, "envs": 16,
+                   "per_frame": 0.25},
+    "atari100k": {"train_ratio": 256, "action_repeat": 4, "deter": 8192, "envs": 1,
+                  "per_frame": 0.0625},
 }
 
 
@@ -304,6 +308,7 @@ def test_benchmark_presets_train_at_the_2024_codes_update_density(preset):
     assert cfg.run.train_ratio == official["train_ratio"]
     assert cfg.env.action_repeat == official["action_repeat"]
     assert cfg.model.deter == official["deter"]
+    assert cfg.run.envs == official["envs"]
     expected = official["train_ratio"] / (16 * 64 * official["action_repeat"])
     assert updates_per_frame(cfg) == pytest.approx(expected) == official["per_frame"]
     # The global batch grows with the devices; the ratio then gives fewer, larger updates.
@@ -319,6 +324,7 @@ def test_cpu_preset_keeps_the_task_and_sets_a_cpu_budget(task):
     assert (cfg.env.task, cfg.env.obs, cfg.run.steps) == (base.env.task, base.env.obs,
                                                           base.run.steps)
     assert (cfg.model.deter, cfg.batch_length, cfg.env.action_repeat) == (256, 32, 2)
+    assert cfg.run.envs == 1
     assert updates_per_frame(cfg) == pytest.approx(128 / (16 * 32 * 2))
 
 
