@@ -56,6 +56,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "pets.act": ("silu", "gelu", "relu", "elu", "tanh"),
     "pets.planner": ("cem", "mppi"),
     "mpc.planner": ("cem", "mppi"),
+    "dyna.backup": ("sample", "expected"),
 }
 
 

@@ -1,7 +1,9 @@
 """Many seeds of a tabular agent at once, outside the training loop, as Sutton & Barto run them:
 `train_seeds` calls the agent's own jitted `learn` after every real step and then `policy`, for
 every seed together (vmap), one environment per seed. Also greedy rollouts of Q tables on a known
-deterministic model (`deterministic_table`, `greedy_reaches_goal`) and a moving average (`smooth`).
+deterministic model (`deterministic_table`, `greedy_reaches_goal`), the exact value of greedy
+acting on a known stochastic one (`outcome_table`, `greedy_value`) and a moving average
+(`smooth`).
 
 Episodes that end by termination and by truncation (a time limit) differ only in the learned
 transition's `terminal` flag, which the environment's `is_terminal` gives: the update into a
@@ -21,7 +23,8 @@ import numpy as np
 
 from dreamer.envs import Env
 
-# A Q-table check run after each episode of a seed: q [K, S, A] -> [K] bool.
+# A Q-table check run after each episode of a seed: q [K, S, A] -> [K] bool (a seed stops at
+# the first true) or, as a measure, [K] floats (recorded only).
 Check = Callable[[np.ndarray], np.ndarray]
 
 
@@ -32,6 +35,7 @@ class Episodes:
     steps: list[list[int]]       # agent steps per episode
     returns: list[list[float]]   # undiscounted return per episode
     solved: list[list[bool]]     # the check of the Q table after each episode (empty without one)
+    measured: list[list[float]] = dataclasses.field(default_factory=list)  # the measure, likewise
 
 
 def make_tick(agent: Any) -> Callable:
@@ -60,7 +64,7 @@ class _Seeds:
         self.length, self.total = np.zeros(n, np.int64), np.zeros(n)
         self.taken = np.zeros(n, np.int64)
         self.done = np.zeros(n, bool)
-        self.record = Episodes([[] for _ in envs], [[] for _ in envs], [[] for _ in envs])
+        self.record = Episodes(*([[] for _ in envs] for _ in range(4)))
 
     def finished(self, i: int) -> bool:
         episodes, steps = self.limits
@@ -77,16 +81,20 @@ class _Seeds:
         return (obs, np.array([o["reward"] for o in outs], np.float32)[:, None],
                 np.array([o["is_terminal"] for o in outs])[:, None])
 
-    def advance(self, q: jax.Array, action: np.ndarray, check: Check | None) -> None:
-        """Records the episodes that ended (with `check` of their Q tables [seeds, S, A]), then
-        resets or steps every unfinished seed's environment with its action [seeds]."""
+    def advance(self, q: jax.Array, action: np.ndarray, check: Check | None,
+                measure: Check | None = None) -> None:
+        """Records the episodes that ended (with `check` and `measure` of their Q tables
+        [seeds, S, A]), then resets or steps every unfinished seed's environment with its
+        action [seeds]."""
         active = np.flatnonzero(~self.done)
         ended = [i for i in active if self.outs[i]["is_last"]]
-        if check is not None and ended:
-            solved = np.asarray(check(np.asarray(q)[ended]))
-            chex.assert_shape(solved, (len(ended),))
-            for i, ok in zip(ended, solved):
-                self.record.solved[i].append(bool(ok))
+        for fn, record, kind in ((check, self.record.solved, bool),
+                                 (measure, self.record.measured, float)):
+            if fn is not None and ended:
+                values = np.asarray(fn(np.asarray(q)[ended]))
+                chex.assert_shape(values, (len(ended),))
+                for i, value in zip(ended, values):
+                    record[i].append(kind(value))
         for i in ended:
             self.record.steps[i].append(int(self.length[i]))
             self.record.returns[i].append(float(self.total[i]))
@@ -106,18 +114,21 @@ class _Seeds:
 
 
 def train_seeds(agents: Sequence[Any], envs: Sequence[Sequence[Env]], key: jax.Array, *,
-                episodes: int, steps: float = np.inf, check: Check | None = None
-                ) -> list[Episodes]:
+                episodes: int, steps: float = np.inf, check: Check | None = None,
+                measure: Check | None = None) -> list[Episodes]:
     """Trains each agent on its own environments, one copy per environment (a seed), each copy
     from its own key split from `key` (the same keys for every agent), until every seed has
     finished: after `episodes` episodes, after `steps` real steps (an unfinished episode is not
-    counted), or at the first episode after which `check` of its Q table is true. The agents
-    with unfinished seeds step together, in one jitted call per step; seeds that finished stop
-    stepping their environments. Returns each agent's Episodes."""
+    counted), or at the first episode after which `check` of its Q table is true; `measure` of
+    the Q table is recorded after every episode. The agents with unfinished seeds step
+    together, in one jitted call per step (the train state donated: its tables are updated in
+    place); seeds that finished stop stepping their environments. Returns each agent's
+    Episodes."""
     keys = [jax.random.split(key, len(e)) for e in envs]
     states = [jax.vmap(a.init)(k) for a, k in zip(agents, keys)]
     carries = [jax.vmap(lambda _, a=a: a.policy_initial(1))(k) for a, k in zip(agents, keys)]
-    ticks = [jax.jit(make_tick(a)) for a in agents]  # one each: none recompiles when one stops
+    # One each, so that none recompiles when another stops.
+    ticks = [jax.jit(make_tick(a), donate_argnums=0) for a in agents]
     runs = [_Seeds(e, episodes, steps) for e in envs]
     step = 0
     while active := [j for j, r in enumerate(runs) if not r.done.all()]:
@@ -126,7 +137,7 @@ def train_seeds(agents: Sequence[Any], envs: Sequence[Sequence[Env]], key: jax.A
                for j in active}
         for j, (states[j], carries[j], action) in out.items():
             runs[j].advance(states[j].params["q"], np.argmax(np.asarray(action)[:, 0], -1),
-                            check)
+                            check, measure)
         step += 1
     return [r.record for r in runs]
 
@@ -148,6 +159,40 @@ def deterministic_table(transitions: Mapping[int, Mapping[int, Sequence[tuple]]]
                                  "make it with is_slippery=False)")
             _, table["next"][s, a], table["reward"][s, a], table["terminal"][s, a] = outcomes[0]
     return table
+
+
+def outcome_table(transitions: Mapping[int, Mapping[int, Sequence[tuple]]]
+                  ) -> dict[str, np.ndarray]:
+    """A toy-text environment's transition lists (gymnasium's `env.unwrapped.P`, stochastic or
+    not) as arrays over outcomes [S, A, S]: `prob` of each next state, the expected `reward` of
+    arriving there, and the chance `end` that the episode terminates there. Outcomes listed
+    twice (a slip into a wall) are summed."""
+    states, actions = len(transitions), len(transitions[0])
+    prob, gain, end = (np.zeros((states, actions, states)) for _ in range(3))
+    for s in range(states):
+        for a in range(actions):
+            for p, s_next, r, terminal in transitions[s][a]:
+                prob[s, a, s_next] += p
+                gain[s, a, s_next] += p * r
+                end[s, a, s_next] += p * terminal
+    arrived = np.maximum(prob, 1e-300)
+    return {"prob": prob, "reward": gain / arrived, "end": end / arrived}
+
+
+def greedy_value(q: np.ndarray, table: Mapping[str, np.ndarray], start: int, limit: int,
+                 discount: float = 1.0) -> np.ndarray:
+    """The exact expected return of acting greedily on each Q table (q [N, S, A]) from state
+    `start` for at most `limit` steps on a known `outcome_table`: [N]. Ties between greedy
+    actions are broken uniformly at random, as the agents' `mode` policy does. With a reward of
+    1 only at a goal, it is the chance of reaching the goal within the limit."""
+    greedy = q == q.max(-1, keepdims=True)
+    pi = greedy / greedy.sum(-1, keepdims=True)                           # [N, S, A]
+    going = table["prob"] * (1.0 - table["end"])                          # [S, A, S']
+    reward = (table["prob"] * table["reward"]).sum(-1)                    # [S, A]
+    value = np.zeros(q.shape[:2])                                         # [N, S]
+    for _ in range(limit):  # value with k steps left, from k - 1
+        value = (pi * (reward + discount * np.einsum("sat,nt->nsa", going, value))).sum(-1)
+    return value[:, start]
 
 
 def greedy_reaches_goal(q: np.ndarray, table: Mapping[str, np.ndarray], start: int,

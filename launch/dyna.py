@@ -1,16 +1,17 @@
-"""Tabular Dyna-Q and prioritized sweeping (Sutton & Barto, 2nd ed., Sec. 8.2 and 8.4) on three
+"""Tabular Dyna-Q and prioritized sweeping (Sutton & Barto, 2nd ed., Sec. 8.2 and 8.4) on four
 tasks, one command each; mean and spread over seeds.
 
-  python launch/dyna.py [--task maze|frozenlake|taxi] [--planning N,...|none]
-                        [--sweeping N,...|none] [--seeds 30] [--episodes N] [--steps N]
-                        [--out runs/dyna] [--seed 0]
+  python launch/dyna.py [--task maze|frozenlake|taxi|slippery] [--planning N,...|none]
+                        [--sweeping N,...|none] [--backup sample,expected] [--seeds 30]
+                        [--episodes N] [--steps N] [--out runs/dyna] [--seed 0]
 
 Runs the agents' own jitted functions (`dreamer.agents.dyna`: `learn` after each real step, then
 `policy`) through `dreamer.tabular.train_seeds`, every seed at once (vmap) with one environment
 per seed, instead of the full training loop: the book updates after every step, which is what
 `learn` does here. Dyna-Q runs for each n of --planning, prioritized sweeping for each n of
---sweeping (none: skip it; both default to the task's values below); every n has the same
-settings. Acting is epsilon-greedy with ties
+--sweeping (none: skip it; both default to the task's values below), Dyna-Q with n > 0 once
+for each planning backup of --backup (`dyna.backup`; sample unless the task says otherwise);
+every n has the same settings. Acting is epsilon-greedy with ties
 between greedy actions broken at random (the agents' policy). Writes OUT/TASK.png and
 OUT/TASK.md (the settings, then the table) and prints one JSON line.
 
@@ -44,6 +45,14 @@ same deterministic task, 200 steps per episode), alpha 0.5, gamma 0.99, epsilon 
 first --episodes (500) episodes: the return of each episode as the agent acted (epsilon-greedy),
 smoothed over 20 episodes.
 
+slippery: gymnasium FrozenLake-v1 as it comes (4x4, slippery: each move goes the intended way
+or to either side, 1/3 each; 100 steps per episode) with the presets' alpha 0.1, gamma 0.95,
+epsilon 0.1, for --steps (20,000) real steps per seed; Dyna-Q with both backups. After each
+episode the exact chance that the greedy policy of the Q table (ties at random) reaches the goal
+within 100 steps, computed on the lake's own transition table (`tabular.greedy_value`), not
+estimated from episodes; reported at fixed real steps (the value after the last episode that
+ended by then) and as its mean over all real steps.
+
 Episodes cut by a time limit end with `is_last` but not `is_terminal`, so the update into their
 last state still bootstraps from its value; only termination (goal, hole, drop-off) does not.
 """
@@ -76,6 +85,7 @@ class Task:
     sweeping: tuple        # default --sweeping
     episodes: int          # default --episodes
     steps: int = 0         # default --steps (0: no budget)
+    backups: tuple = ("sample",)  # default --backup
 
 
 LAKE = {"env.task": "gym_FrozenLake8x8-v1", "env.gym_kwargs": ["is_slippery=false"]}
@@ -85,7 +95,10 @@ TASKS = {
                        10**9, 50_000),
     "taxi": Task({"env.task": "gym_Taxi-v4", "dyna.lr": 0.5, "dyna.discount": 0.99},
                  (0, 5, 20, 50), (), 500),
+    "slippery": Task({"env.task": "gym_FrozenLake-v1"}, (0, 5, 20), (5, 20), 10**9, 20_000,
+                     ("sample", "expected")),
 }
+SLIPPERY_AT = (1000, 2000, 5000, 10000, 20000)  # real steps of the table's columns
 
 
 def count_or_none(low: int):
@@ -98,6 +111,7 @@ OPTIONS = (  # a list option left empty, or None, takes the task's default
     Option("task", "maze", choice(*TASKS), metavar="NAME"),
     Option("planning", (), count_or_none(0), many=True, metavar="N"),
     Option("sweeping", (), count_or_none(1), many=True, metavar="N"),
+    Option("backup", (), choice("sample", "expected"), many=True, metavar="NAME"),
     Option("seeds", 30, integer(1), metavar="N"),
     Option("episodes", None, integer(2), metavar="N"),
     Option("steps", None, integer(1), metavar="N"),
@@ -106,18 +120,21 @@ OPTIONS = (  # a list option left empty, or None, takes the task's default
 )
 
 
-def run(task: str, agents: list[tuple[str, int]], args: dict,
-        check: tabular.Check | None = None) -> list[tabular.Episodes]:
-    """Every seed of each (agent name, n planning steps) on `task`, all stepping together."""
+def run(task: str, agents: list[tuple[str, int, str]], args: dict,
+        check: tabular.Check | None = None, measure: tabular.Check | None = None
+        ) -> list[tabular.Episodes]:
+    """Every seed of each (agent name, n planning steps, backup) on `task`, all stepping
+    together."""
     made, envs = [], []
     try:
-        for name, n in agents:
-            cfg = load_config([name], {**TASKS[task].overrides, "dyna.planning_steps": n})
+        for name, n, backup in agents:
+            cfg = load_config([name], {**TASKS[task].overrides, "dyna.planning_steps": n,
+                                       "dyna.backup": backup})
             envs.append([make_env(cfg.env, i) for i in range(args["seeds"])])
             made.append(make_agent(cfg, envs[-1][0].obs_space, envs[-1][0].act_space))
         return tabular.train_seeds(made, envs, jax.random.key(args["seed"]),
                                    episodes=args["episodes"], steps=args["steps"] or np.inf,
-                                   check=check)
+                                   check=check, measure=measure)
     finally:
         for env in (env for seeds in envs for env in seeds):
             env.close()
@@ -293,7 +310,80 @@ def taxi(runs: dict[str, tabular.Episodes], args: dict, out: Path) -> tuple[dict
     return results, rows
 
 
-REPORTS = {"maze": maze, "frozenlake": frozenlake, "taxi": taxi}
+# ----------------------------------------------------------------------------- slippery
+
+
+def lake_table(overrides: dict) -> tuple[dict, int, int]:
+    """The lake's outcome table, start state and episode limit (from gymnasium itself)."""
+    import gymnasium
+
+    cfg = load_config(["dyna_q"], overrides).env
+    env = gymnasium.make(cfg.task.removeprefix("gym_"), **parse_kwargs("env.gym_kwargs",
+                                                                       cfg.gym_kwargs))
+    table = tabular.outcome_table(env.unwrapped.P)
+    start, _ = env.reset(seed=0)
+    limit = env.spec.max_episode_steps
+    env.close()
+    return table, int(start), limit
+
+
+def success_measure() -> tabular.Check:
+    """The exact chance that each Q table's greedy policy reaches the slippery lake's goal
+    within its episode limit (reward 1 is only at the goal)."""
+    table, start, limit = lake_table(TASKS["slippery"].overrides)
+    return lambda q: tabular.greedy_value(q, table, start, limit)
+
+
+def at_steps(e: tabular.Episodes, grid: np.ndarray, initial: float) -> np.ndarray:
+    """[seeds, len(grid)]: each seed's measure after the last episode that ended at or before
+    each real step of the grid (`initial`, the measure of the table of zeros, before the
+    first)."""
+    out = np.full((len(e.steps), len(grid)), initial)
+    for i, (steps, values) in enumerate(zip(e.steps, e.measured)):
+        ends = np.cumsum(steps)
+        done = np.searchsorted(ends, grid, side="right")                 # episodes by then
+        out[i] = np.where(done > 0, np.asarray([initial, *values])[done], initial)
+    return out
+
+
+def slippery(runs: dict[str, tabular.Episodes], args: dict, out: Path
+             ) -> tuple[dict, list[str]]:
+    """The greedy policy's chance of reaching the goal against real steps: the results, the
+    table and OUT/slippery.png (mean ± std over seeds)."""
+    initial = float(success_measure()(np.zeros((1, 16, 4)))[0])
+    budget = args["steps"]
+    columns = [x for x in SLIPPERY_AT if x <= budget]
+    dense = np.linspace(0, budget, 201)
+    results, curves = {}, {}
+    for label, e in runs.items():
+        curves[label] = at_steps(e, dense, initial)
+        fixed = at_steps(e, np.array(columns), initial)
+        results[label] = {"at": {str(x): [float(fixed[:, j].mean()), float(fixed[:, j].std())]
+                                 for j, x in enumerate(columns)},
+                          "mean_over_steps": [float(curves[label].mean(1).mean()),
+                                              float(curves[label].mean(1).std())]}
+    names = " | ".join(f"{x // 1000}K steps" for x in columns)
+    rows = [f"| agent | {names} | mean over 0-{budget // 1000}K |",
+            "|---|" + "---|" * (len(columns) + 1)]
+    rows += [f"| {label} | " + " | ".join(f"{m:.3f} ± {sd:.3f}" for m, sd in r["at"].values())
+             + " | {:.3f} ± {:.3f} |".format(*r["mean_over_steps"])
+             for label, r in results.items()]
+    plt = plotting()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, curve in curves.items():
+        mean, std = curve.mean(0), curve.std(0)
+        ax.plot(dense, mean, label=label)
+        ax.fill_between(dense, np.maximum(mean - std, 0), np.minimum(mean + std, 1), alpha=0.12)
+    ax.set(xlabel="real steps", ylabel="chance that greedy acting reaches the goal",
+           ylim=(0, 1), title=f"FrozenLake 4x4, slippery: mean ± std over {args['seeds']} seeds")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "slippery.png", dpi=120)
+    plt.close(fig)
+    return results, rows
+
+
+REPORTS = {"maze": maze, "frozenlake": frozenlake, "taxi": taxi, "slippery": slippery}
 
 
 def main(argv: list[str]) -> int:
@@ -303,6 +393,7 @@ def main(argv: list[str]) -> int:
         for key in ("planning", "sweeping"):
             given = args[key] or getattr(task, key)
             args[key] = tuple(n for n in given if n is not None)
+        args["backup"] = tuple(dict.fromkeys(args["backup"] or task.backups))
         for key in ("episodes", "steps"):
             args[key] = getattr(task, key) if args[key] is None else args[key]
     except UsageError as e:
@@ -311,12 +402,18 @@ def main(argv: list[str]) -> int:
     out = Path(args["out"])
     out.mkdir(parents=True, exist_ok=True)
     check = lake_check() if args["task"] == "frozenlake" else None
-    agents = [("dyna_q", n, f"Dyna-Q n={n}") for n in args["planning"]]
-    agents += [("prioritized_sweeping", n, f"prioritized sweeping n={n}")
+    measure = success_measure() if args["task"] == "slippery" else None
+    backups = args["backup"]
+    agents = []
+    for n in args["planning"]:
+        for backup in backups[:1] if n == 0 else backups:  # n = 0 makes no planning update
+            named = f" ({backup})" if n and backups != ("sample",) else ""
+            agents.append(("dyna_q", n, backup, f"Dyna-Q n={n}{named}"))
+    agents += [("prioritized_sweeping", n, "expected", f"prioritized sweeping n={n}")
                for n in args["sweeping"]]
     start = time.perf_counter()
-    episodes = run(args["task"], [(name, n) for name, n, _ in agents], args, check)
-    runs = {label: e for (_, _, label), e in zip(agents, episodes)}
+    episodes = run(args["task"], [agent[:3] for agent in agents], args, check, measure)
+    runs = {agent[3]: e for agent, e in zip(agents, episodes)}
     seconds = time.perf_counter() - start
     results, rows = REPORTS[args["task"]](runs, args, out)
     head = f"{settings(args['task'])}, {args['seeds']} seeds\n\n"

@@ -44,22 +44,138 @@ def test_q_learning_update_by_hand():
     assert delta == pytest.approx(0.0) and new[0, 1] == pytest.approx(0.5)  # no bootstrap
 
 
-def test_the_model_stores_the_last_transition():
+def test_the_model_counts_transitions_and_averages_rewards():
     model = dyna.empty_model(S, A)
     model = dyna.model_update(model, 2, 1, 1.0, 4, True)
     model = dyna.model_update(model, 2, 1, 0.0, 3, False)
+    model = dyna.model_update(model, 2, 1, 0.5, 3, False)
     model = dyna.model_update(model, 0, 0, 0.5, 1, False)
-    assert (model["reward"][2, 1], model["next"][2, 1], model["terminal"][2, 1]) == (0.0, 3, False)
-    assert (model["reward"][0, 0], model["next"][0, 0]) == (0.5, 1)
-    assert set(zip(*np.nonzero(np.asarray(model["seen"])))) == {(2, 1), (0, 0)}
+    model = dyna.model_update(model, 4, 2, 9.0, 0, False, weight=False)  # invalid: not counted
+    assert model["count"][2, 1] == 3 and model["reward"][2, 1] == pytest.approx(0.5)
+    cont, ended = np.zeros(S), np.zeros(S)
+    cont[3], ended[4] = 2, 1
+    np.testing.assert_array_equal(model["cont"][2, 1], cont)
+    np.testing.assert_array_equal(model["ended"][2, 1], ended)
+    assert (model["reward"][0, 0], model["cont"][0, 0, 1]) == (0.5, 1)
+    assert set(zip(*np.nonzero(np.asarray(dyna.seen(model))))) == {(2, 1), (0, 0)}
+    assert not np.asarray(model["cont"][4]).any() and model["reward"][4, 2] == 0
 
 
-def test_a_planning_update_equals_a_real_update_on_the_same_transition():
+def test_a_pair_that_always_gives_the_same_reward_has_exactly_that_mean():
+    model = dyna.empty_model(S, A)
+    for _ in range(7):
+        model = dyna.model_update(model, 1, 1, 0.1, 2, False)
+    assert model["reward"][1, 1] == np.float32(0.1)  # not 0.1 * 7 / 7 rounded twice
+    assert dyna.continue_probabilities(model)[1, 1, 2] == 1.0
+
+
+def test_the_expected_update_by_hand():
+    """Pair (0, 1) led to 3 twice (going on), to 4 once (going on) and to 2 once (terminated),
+    with rewards 1, 0, 0, 2: mean 0.75, target 0.75 + 0.9 * (2/4 * 2 + 1/4 * 5 + 0) = 2.775."""
+    model = dyna.empty_model(S, A)
+    for r, s_next, term in [(1.0, 3, False), (0.0, 3, False), (0.0, 4, False), (2.0, 2, True)]:
+        model = dyna.model_update(model, 0, 1, r, s_next, term)
+    q = jnp.zeros((S, A)).at[3].set(jnp.array([0.0, 2.0, 1.0])).at[4, 0].set(5.0)
+    q = q.at[2].set(jnp.array([7.0, 7.0, 7.0])).at[0, 1].set(0.5)  # no bootstrap from 2
+    new, delta = dyna.expected_update(q, model, 0, 1, lr=0.1, discount=0.9)
+    assert delta == pytest.approx(2.775 - 0.5)
+    assert new[0, 1] == pytest.approx(0.5 + 0.1 * 2.275)
+    assert jnp.array_equal(new.at[0, 1].set(0.5), q)
+    targets = dyna.expected_targets(q, model["reward"], dyna.continue_probabilities(model),
+                                    discount=0.9)
+    assert targets[0, 1] == pytest.approx(2.775) and targets[1, 1] == 0.0
+
+
+def test_the_sample_update_draws_outcomes_by_their_counts():
+    model = dyna.empty_model(S, A)
+    for s_next, term in [(3, False), (3, False), (4, False), (2, True)]:
+        model = dyna.model_update(model, 0, 1, 1.0, s_next, term)
+    q = jnp.zeros((S, A)).at[3, 0].set(10.0).at[4, 0].set(20.0).at[2, 0].set(1000.0)
+    update = jax.jit(jax.vmap(lambda k: dyna.sample_update(q, model, 0, 1, k, lr=1.0,
+                                                           discount=1.0)[0][0, 1]))
+    values = np.asarray(update(jax.random.split(jax.random.key(0), 8000)))
+    outcomes = collections.Counter(values.tolist())  # 1 + 10, 1 + 20, or 1 (terminated at 2)
+    assert set(outcomes) == {11.0, 21.0, 1.0}
+    np.testing.assert_allclose([outcomes[v] / 8000 for v in (11.0, 21.0, 1.0)],
+                               [0.5, 0.25, 0.25], atol=0.02)
+
+
+@pytest.mark.parametrize("backup", ["sample", "expected"])
+@pytest.mark.parametrize("terminal", [False, True])
+def test_a_planning_update_equals_a_real_update_on_the_only_transition(backup, terminal):
+    """A deterministic world: both backups are the update on the last transition, bit for bit."""
     q = jax.random.normal(jax.random.key(0), (S, A))
-    model = dyna.model_update(dyna.empty_model(S, A), 1, 2, 0.7, 4, False)
-    planned = dyna.plan_uniform(q, model, jax.random.key(1), steps=1, lr=0.1, discount=0.9)
-    real, _ = dyna.q_update(q, 1, 2, 0.7, 4, False, lr=0.1, discount=0.9)
+    model = dyna.empty_model(S, A)
+    for _ in range(3):
+        model = dyna.model_update(model, 1, 2, 0.7, 4, terminal)
+    planned = dyna.plan_uniform(q, model, jax.random.key(1), steps=1, lr=0.1, discount=0.9,
+                                backup=backup)
+    real, _ = dyna.q_update(q, 1, 2, 0.7, 4, terminal, lr=0.1, discount=0.9)
     np.testing.assert_array_equal(planned, real)
+
+
+def test_on_a_deterministic_world_both_backups_learn_the_same_bits():
+    """Random transitions of a deterministic world (one next state and reward per pair):
+    Dyna-Q's two backups draw the same pairs and give the same tables, exactly."""
+    rng = np.random.default_rng(0)
+    next_of, reward_of = rng.integers(0, 54, (54, 4)), rng.normal(size=(54, 4)).astype(np.float32)
+    k = 200
+    s, a = rng.integers(0, 54, k), rng.integers(0, 4, k)
+    trans = {"state": s, "action": a, "reward": reward_of[s, a], "next": next_of[s, a],
+             "terminal": next_of[s, a] == 0, "valid": rng.random(k) < 0.9}
+    trans = jax.tree.map(jnp.asarray, trans)
+    tables = []
+    for backup in ("sample", "expected"):
+        made = agent(**{"dyna.planning_steps": 10, "dyna.backup": backup})
+        state, _ = jax.jit(made.learn)(made.init(jax.random.key(0)), trans, jax.random.key(1))
+        tables.append(np.asarray(state.params["q"]))
+    np.testing.assert_array_equal(*tables)
+    assert tables[0].any()
+
+
+def plain_expected_dyna(trans, pairs, states, actions, lr, discount):
+    """Dyna-Q with expected planning updates in plain Python: after each valid transition a
+    Q-learning update, the counts, then an expected update on each of the given pairs."""
+    q = np.zeros((states, actions))
+    visits = collections.defaultdict(collections.Counter)  # (s, a) -> Counter of (s', term)
+    reward_sum = collections.defaultdict(float)
+    for t, (s, a, r, s2, term, valid) in enumerate(zip(*(np.asarray(trans[k]) for k in (
+            "state", "action", "reward", "next", "terminal", "valid")))):
+        if not valid:
+            continue
+        q[s, a] += lr * (r + (0.0 if term else discount * q[s2].max()) - q[s, a])
+        visits[s, a][s2, bool(term)] += 1
+        reward_sum[s, a] += r
+        for pair in pairs[t]:
+            ps, pa = divmod(int(pair), actions)
+            n = sum(visits[ps, pa].values())
+            target = reward_sum[ps, pa] / n + discount * sum(
+                c / n * q[x].max() for (x, ended), c in visits[ps, pa].items() if not ended)
+            q[ps, pa] += lr * (target - q[ps, pa])
+    return q
+
+
+def test_expected_planning_on_a_stochastic_world_against_a_plain_loop():
+    made = agent(**{"dyna.planning_steps": 3, "dyna.backup": "expected"})
+    rng = np.random.default_rng(1)
+    k, states = 120, 6  # few states: pairs are visited often and lead to several states
+    trans = {"state": rng.integers(0, states, k), "action": rng.integers(0, 2, k),
+             "reward": rng.normal(size=k).astype(np.float32),
+             "next": rng.integers(0, states, k), "terminal": rng.random(k) < 0.2,
+             "valid": rng.random(k) < 0.9}
+    key = jax.random.key(1)
+    new, _ = jax.jit(made.learn)(made.init(jax.random.key(0)), jax.tree.map(jnp.asarray, trans),
+                                 key)
+    # The pairs the agent drew: its own draws over the model as it stood after each step.
+    pairs, model = [], dyna.empty_model(54, 4)
+    for i in range(k):
+        t = {name: trans[name][i] for name in trans}
+        model = dyna.model_update(model, t["state"], t["action"], t["reward"], t["next"],
+                                  t["terminal"], weight=t["valid"])
+        pairs.append(np.asarray(dyna.draw_seen(dyna.seen(model), jax.random.fold_in(key, i), 3)))
+    expected = plain_expected_dyna(trans, pairs, 54, 4, 0.1, 0.95)
+    np.testing.assert_allclose(new.params["q"], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(new.model["count"], model["count"])
 
 
 def test_planning_draws_only_seen_pairs_and_all_of_them():
@@ -139,6 +255,77 @@ def test_predecessors_are_pushed_with_their_td_error():
     expected[0, 1] = 0.9          # |0 + 0.9 * 1 - 0|
     expected[1, 0] = 0.5 + 0.9 - 0.2
     np.testing.assert_allclose(priority, expected, rtol=1e-6)
+
+
+def test_predecessors_of_a_stochastic_world_are_pushed_with_their_expected_td_error():
+    """Pair (0, 1) led to 2 once and to 3 once: it precedes both, with the expected error
+    |0.5 * 0.9 * max Q(2) + 0.5 * 0.9 * max Q(3) - Q(0, 1)| = |0.45 + 1.35 - 0.3|."""
+    model = dyna.empty_model(S, A)
+    model = dyna.model_update(model, 0, 1, 0.0, 2, False)
+    model = dyna.model_update(model, 0, 1, 0.0, 3, False)
+    q = jnp.zeros((S, A)).at[2, 2].set(1.0).at[3, 0].set(3.0).at[0, 1].set(0.3)
+    for s in (2, 3):
+        priority = dyna.push_predecessors(jnp.zeros((S, A)), q, model, s, discount=0.9,
+                                          theta=0.0)
+        expected = np.zeros((S, A))
+        expected[0, 1] = 0.45 + 1.35 - 0.3
+        np.testing.assert_allclose(priority, expected, rtol=1e-6)
+    assert not np.asarray(dyna.push_predecessors(jnp.zeros((S, A)), q, model, 4, discount=0.9,
+                                                 theta=0.0)).any()
+
+
+def plain_prioritized_sweeping(trans, states, actions, n, lr, discount, theta):
+    """Prioritized sweeping with expected updates in plain Python (Sec. 8.4 with counts): after
+    each valid transition count it, queue the pair by |expected TD error| above theta, then up
+    to n pops of the largest priority (ties: the lowest flat index), each an expected update
+    followed by queueing the predecessors of the popped pair's state."""
+    q = np.zeros((states, actions))
+    visits = collections.defaultdict(collections.Counter)
+    reward_sum = collections.defaultdict(float)
+    queue = {}
+
+    def error(s, a):
+        count = sum(visits[s, a].values())
+        target = reward_sum[s, a] / count + discount * sum(
+            c / count * q[x].max() for (x, ended), c in visits[s, a].items() if not ended)
+        return target - q[s, a]
+
+    def enqueue(s, a, p):
+        if p > theta:
+            queue[s, a] = max(queue.get((s, a), 0.0), p)
+
+    for s, a, r, s2, term, valid in zip(*(np.asarray(trans[k]) for k in (
+            "state", "action", "reward", "next", "terminal", "valid"))):
+        if not valid:
+            continue
+        visits[s, a][s2, bool(term)] += 1
+        reward_sum[s, a] += r
+        enqueue(s, a, abs(error(s, a)))
+        for _ in range(n):
+            if not queue:
+                break
+            ps, pa = max(queue, key=lambda pair: (queue[pair], -(pair[0] * actions + pair[1])))
+            del queue[ps, pa]
+            q[ps, pa] += lr * error(ps, pa)
+            for (bs, ba), outcomes in list(visits.items()):
+                if any(x == ps for x, _ in outcomes):
+                    enqueue(bs, ba, abs(error(bs, ba)))
+    return q
+
+
+def test_prioritized_sweeping_on_a_stochastic_world_against_a_plain_loop():
+    made = agent("prioritized_sweeping", **{"dyna.planning_steps": 4, "dyna.theta": 1e-3})
+    rng = np.random.default_rng(2)
+    k, states = 80, 5
+    trans = {"state": rng.integers(0, states, k), "action": rng.integers(0, 2, k),
+             "reward": rng.integers(0, 3, k).astype(np.float32) / 2,
+             "next": rng.integers(0, states, k), "terminal": rng.random(k) < 0.2,
+             "valid": rng.random(k) < 0.9}
+    new, _ = jax.jit(made.learn)(made.init(jax.random.key(0)),
+                                 jax.tree.map(jnp.asarray, trans), jax.random.key(1))
+    expected = plain_prioritized_sweeping(trans, 54, 4, 4, 0.1, 0.95, 1e-3)
+    np.testing.assert_allclose(new.params["q"], expected, rtol=1e-4, atol=1e-6)
+    assert expected.any()
 
 
 def test_sweeping_carries_the_goal_back_along_a_chain():

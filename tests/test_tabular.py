@@ -51,6 +51,30 @@ def test_greedy_rollouts_by_hand():
     np.testing.assert_array_equal(reaches(q[:1], table, 0, limit=3), [True])
 
 
+def test_exact_greedy_values_on_a_stochastic_table_by_hand():
+    """0 -RIGHT-> 1 with chance 1/2 (else stays, listed as two outcomes of 1/4); 1 -RIGHT-> 2,
+    the goal (reward 1, terminal); STAY stays. Greedy RIGHT reaches the goal within L steps
+    with chance 1 - (1/2)^(L-1); a table of zeros acts at random (ties)."""
+    slip = {0: {STAY: [(1.0, 0, 0.0, False)],
+                RIGHT: [(0.5, 1, 0.0, False), (0.25, 0, 0.0, False), (0.25, 0, 0.0, False)]},
+            1: {STAY: [(1.0, 1, 0.0, False)], RIGHT: [(1.0, 2, 1.0, True)]},
+            2: {STAY: [(1.0, 2, 0.0, True)], RIGHT: [(1.0, 2, 0.0, True)]}}
+    table = tabular.outcome_table(slip)
+    np.testing.assert_allclose(table["prob"][0, RIGHT], [0.5, 0.5, 0.0])
+    assert table["end"][1, RIGHT, 2] == 1.0 and table["reward"][1, RIGHT, 2] == 1.0
+    right = np.zeros((3, 2))
+    right[:2, RIGHT] = 1.0
+    q = np.stack([right, np.zeros((3, 2))])
+    for limit in (1, 2, 3, 6):
+        values = tabular.greedy_value(q, table, 0, limit)
+        assert values[0] == pytest.approx(1 - 0.5 ** (limit - 1))
+    # At random: reach 1 at the first step (1/2 * 1/2), then RIGHT (1/2): 1/8 within 2 steps.
+    assert tabular.greedy_value(q, table, 0, 2)[1] == pytest.approx(0.125)
+    assert tabular.greedy_value(q, table, 1, 1)[1] == pytest.approx(0.5)
+    assert tabular.greedy_value(q, table, 0, 3, discount=0.9)[0] == pytest.approx(
+        0.9 * 0.5 + 0.9 ** 2 * 0.25)
+
+
 def test_smooth_is_numpys_moving_average():
     x = np.random.default_rng(0).normal(size=(3, 40))
     for window in (1, 7, 40):
@@ -157,8 +181,18 @@ def test_frozenlake_solve_times_by_hand():
     np.testing.assert_array_equal(times["after"], [2, np.nan])
 
 
+def test_slippery_measures_at_fixed_steps_by_hand():
+    episodes = tabular.Episodes(steps=[[5, 7, 3], [20]], returns=[[0, 1, 0], [0]],
+                                solved=[[], []], measured=[[0.1, 0.4, 0.3], [0.9]])
+    at = launch_dyna().at_steps(episodes, np.array([0, 4, 5, 12, 14, 15, 100]), 0.02)
+    # seed 0: episodes end at steps 5, 12 and 15; seed 1 at 20
+    np.testing.assert_allclose(at, [[0.02, 0.02, 0.1, 0.4, 0.4, 0.3, 0.3],
+                                    [0.02, 0.02, 0.02, 0.02, 0.02, 0.02, 0.9]])
+
+
 @pytest.mark.parametrize("task,extra", [("taxi", ["--episodes", "3"]),
-                                        ("frozenlake", ["--steps", "30"])])
+                                        ("frozenlake", ["--steps", "30"]),
+                                        ("slippery", ["--steps", "40", "--backup", "sample"])])
 def test_the_commands_write_a_figure_and_a_table(tmp_path, capsys, task, extra):
     dyna = launch_dyna()
     argv = ["--task", task, "--seeds", "2", "--planning", "2", "--sweeping", "none",

@@ -1,17 +1,26 @@
-"""Tabular Dyna-Q and prioritized sweeping (Sutton & Barto, 2nd ed., Sec. 8.2 and 8.4).
+"""Tabular Dyna-Q and prioritized sweeping (Sutton & Barto, 2nd ed., Sec. 8.2 and 8.4), with the
+model of a stochastic world (Sec. 8.4's counts).
 
-Both learn an action-value table Q [S, A] and a deterministic model that stores, for every
-(state, action) pair, the last transition observed from it: reward, next state and whether the
-episode terminated there. After each real transition:
+Both learn an action-value table Q [S, A] and a model of what each (state, action) pair led to:
+the number of visits, the mean reward, and for every next state how often the pair led there
+with and without termination. After each real transition:
 
-- Dyna-Q makes one Q-learning update on it, writes it into the model, then `dyna.planning_steps`
-  (n) Q-learning updates on pairs drawn uniformly from those seen, with the model's transition
-  (Tabular Dyna-Q, Sec. 8.2). n = 0 is one-step Q-learning.
-- Prioritized sweeping writes it into the model and queues the pair with priority |TD error| when
-  that exceeds `dyna.theta`; then up to n times, while the queue is not empty, it pops the pair of
-  largest priority, updates Q on the model's transition and queues every predecessor of the
-  updated state (pairs whose stored transition leads there) by its own |TD error| (Sec. 8.4).
-  As in the book, the real transition reaches Q only through the queue.
+- Dyna-Q makes one Q-learning update on it, counts it into the model, then `dyna.planning_steps`
+  (n) updates on pairs drawn uniformly from those seen (Tabular Dyna-Q, Sec. 8.2): with
+  `dyna.backup: sample`, a Q-learning update on a transition the model samples (a next state and
+  termination drawn by their counts, the pair's mean reward); with `expected`, an expected update
+  over the model's distribution of next states. n = 0 is one-step Q-learning.
+- Prioritized sweeping counts it into the model and queues the pair with priority |expected TD
+  error| when that exceeds `dyna.theta`; then up to n times, while the queue is not empty, it pops
+  the pair of largest priority, makes an expected update on it and queues every predecessor of
+  its state (pairs the model has seen lead there) by its own |expected TD error| (Sec. 8.4 and its
+  extension to stochastic worlds). As in the book, the real transition reaches Q only through
+  the queue.
+
+In a deterministic world every pair has one outcome, its probability is exactly 1 and its mean
+reward exactly the reward, so both backups equal the update on the last transition, bit for bit
+(the model of the book's Sec. 8.2). The counts take S * A * S floats twice: fine for the toy-text
+worlds (Taxi: 12 MB), not for large state spaces.
 
 The queue is the priority table [S, A] (0: not queued; a pair queued twice keeps the larger
 priority), so every step is a pure function of arrays and `train_step` jit-compiles.
@@ -40,20 +49,27 @@ from dreamer.parallel import gather_over
 Batch = dict[str, jax.Array]
 # One or more transitions, each field [K]: state, action, reward, next, terminal, valid.
 Transitions = dict[str, jax.Array]
+# The model: visits [S, A], mean reward [S, A], and per next state the arrivals that went on
+# (`cont`) and that terminated (`ended`), [S, A, S] each; float32 counts (exact below 2^24).
+Model = dict[str, jax.Array]
 
 
 class DynaState(flax.struct.PyTreeNode):
     params: dict[str, jax.Array]   # {'q': [S, A]}: what the policy acts with
-    model: dict[str, jax.Array]    # reward [S, A], next [S, A] int32, terminal and seen [S, A] bool
+    model: Model                   # see `Model`
     priority: jax.Array            # [S, A]: the prioritized-sweeping queue (0: not queued)
     step: jax.Array
 
 
-def empty_model(states: int, actions: int) -> dict[str, jax.Array]:
+def empty_model(states: int, actions: int) -> Model:
     """A model that has seen no pair yet."""
-    zeros = jnp.zeros((states, actions))
-    return {"reward": zeros, "next": jnp.zeros((states, actions), jnp.int32),
-            "terminal": zeros.astype(bool), "seen": zeros.astype(bool)}
+    pairs, arrivals = jnp.zeros((states, actions)), jnp.zeros((states, actions, states))
+    return {"count": pairs, "reward": pairs, "cont": arrivals, "ended": arrivals}
+
+
+def seen(model: Model) -> jax.Array:
+    """[S, A] bool: the pairs the model has a transition of."""
+    return model["count"] > 0
 
 
 def td_error(q: jax.Array, s, a, r, s_next, terminal, *, discount: float) -> jax.Array:
@@ -70,18 +86,65 @@ def q_update(q: jax.Array, s, a, r, s_next, terminal, *, lr: float, discount: fl
     return q.at[s, a].add(lr * delta), delta
 
 
-def model_update(model: dict[str, jax.Array], s, a, r, s_next, terminal) -> dict[str, jax.Array]:
-    """The model with pair (s, a) now leading to (r, s_next, terminal), its last transition."""
-    return {"reward": model["reward"].at[s, a].set(r), "next": model["next"].at[s, a].set(s_next),
-            "terminal": model["terminal"].at[s, a].set(terminal),
-            "seen": model["seen"].at[s, a].set(True)}
+def model_update(model: Model, s, a, r, s_next, terminal, weight=1.0) -> Model:
+    """The model with the transition (s, a) -> (r, s_next, terminal) counted `weight` times (0 or
+    1: an invalid transition is counted 0 times and changes nothing). The mean reward moves by
+    (r - mean) / visits, so a pair that always gives r has mean exactly r."""
+    weight = jnp.asarray(weight, jnp.float32)
+    count = model["count"][s, a] + weight
+    step = weight * (r - model["reward"][s, a]) / jnp.maximum(count, 1.0)
+    ended = weight * jnp.asarray(terminal, jnp.float32)
+    return {"count": model["count"].at[s, a].add(weight),
+            "reward": model["reward"].at[s, a].add(step),
+            "cont": model["cont"].at[s, a, s_next].add(weight - ended),
+            "ended": model["ended"].at[s, a, s_next].add(ended)}
 
 
-def model_update_on(q: jax.Array, model: dict[str, jax.Array], s, a, *, lr: float,
-                    discount: float):
-    """A Q-learning update on the model's stored transition of pair (s, a): (q, TD error)."""
-    return q_update(q, s, a, model["reward"][s, a], model["next"][s, a],
-                    model["terminal"][s, a], lr=lr, discount=discount)
+def continue_probabilities(model: Model) -> jax.Array:
+    """[S, A, S]: the chance that each pair leads to each next state and the episode goes on
+    there (visits / visits of the pair: exactly 1 for a pair's only outcome)."""
+    return model["cont"] / jnp.maximum(model["count"], 1.0)[..., None]
+
+
+def expected_targets(q: jax.Array, reward: jax.Array, cont: jax.Array, *, discount: float):
+    """[S, A]: every pair's expected target, its mean reward (`reward` [S, A]) + discount * the
+    sum over next states of the chance of going on there (`cont`, from
+    `continue_probabilities`) times max_a' Q[s', a']. A product and a sum, not a matmul, so
+    that no accelerator rounds the values to a lower precision and a sure outcome gives exactly
+    its one value."""
+    return reward + discount * (cont * q.max(-1)).sum(-1)
+
+
+def expected_td(q: jax.Array, model: Model, s, a, *, discount: float) -> jax.Array:
+    """The expected TD error of pair (s, a) under the model: its expected target - Q[s, a]."""
+    cont = model["cont"][s, a] / jnp.maximum(model["count"][s, a], 1.0)
+    return model["reward"][s, a] + discount * (cont * q.max(-1)).sum() - q[s, a]
+
+
+def expected_update(q: jax.Array, model: Model, s, a, *, lr: float, discount: float):
+    """An expected update of pair (s, a) over the model's next states: (q, TD error)."""
+    delta = expected_td(q, model, s, a, discount=discount)
+    return q.at[s, a].add(lr * delta), delta
+
+
+def sample_outcomes(model: Model, s, a, key: jax.Array):
+    """Transitions the model samples for pairs (s, a) (any equal shapes): each pair's mean
+    reward, and a next state and termination drawn by their counts; (reward, next, terminal)."""
+    states = model["count"].shape[0]
+    counts = jnp.concatenate([model["cont"][s, a], model["ended"][s, a]], -1)  # [..., 2 S]
+    # By the inverse of the running count: one uniform number per draw (a categorical draw
+    # would take one per outcome, 2 S of them).
+    running = jnp.cumsum(counts, -1)
+    u = jax.random.uniform(key, running.shape[:-1]) * running[..., -1]
+    outcome = jnp.minimum(jnp.sum(running <= u[..., None], -1), 2 * states - 1)
+    return model["reward"][s, a], outcome % states, outcome >= states
+
+
+def sample_update(q: jax.Array, model: Model, s, a, key: jax.Array, *, lr: float,
+                  discount: float):
+    """A Q-learning update of pair (s, a) on a transition the model samples
+    (`sample_outcomes`); (q, TD error)."""
+    return q_update(q, s, a, *sample_outcomes(model, s, a, key), lr=lr, discount=discount)
 
 
 def draw_seen(seen: jax.Array, key: jax.Array, count: int) -> jax.Array:
@@ -94,20 +157,33 @@ def draw_seen(seen: jax.Array, key: jax.Array, count: int) -> jax.Array:
     return jnp.searchsorted(running, ranks, side="right")
 
 
-def plan_uniform(q: jax.Array, model: dict[str, jax.Array], key: jax.Array, *, steps: int,
-                 lr: float, discount: float) -> jax.Array:
-    """Dyna-Q's planning: `steps` updates on pairs drawn uniformly among those the model has
-    seen (at least one)."""
+def plan_uniform(q: jax.Array, model: Model, key: jax.Array, *, steps: int, lr: float,
+                 discount: float, backup: str = "sample") -> jax.Array:
+    """Dyna-Q's planning: `steps` updates (`backup`: sample or expected) on pairs drawn
+    uniformly among those the model has seen (at least one)."""
     if steps == 0:
         return q
     actions = q.shape[1]
-    # The model does not change while planning, so every pair is drawn up front.
-    pairs = draw_seen(model["seen"], key, steps)
+    # The model does not change while planning, so the pairs, and what the loop reads of the
+    # model for them, are taken up front: the loop then holds no array of the model's size (its
+    # [S, A, S] counts would be copied into the loop). The samples' keys come from a stream of
+    # their own, so the pairs drawn are the same for both backups.
+    pairs = draw_seen(seen(model), key, steps)
+    s, a = pairs // actions, pairs % actions
+    if backup == "expected":
+        cont = model["cont"][s, a] / jnp.maximum(model["count"][s, a], 1.0)[:, None]  # [n, S]
+        reward = model["reward"][s, a]
 
-    def body(i, q):
-        pair = pairs[i]
-        return model_update_on(q, model, pair // actions, pair % actions, lr=lr,
-                               discount=discount)[0]
+        def body(i, q):
+            target = reward[i] + discount * (cont[i] * q.max(-1)).sum()
+            return q.at[s[i], a[i]].add(lr * (target - q[s[i], a[i]]))
+    else:
+        keys = jax.random.split(jax.random.fold_in(key, 1), steps)
+        reward, s_next, terminal = jax.vmap(sample_outcomes, (None, 0, 0, 0))(model, s, a, keys)
+
+        def body(i, q):
+            return q_update(q, s[i], a[i], reward[i], s_next[i], terminal[i], lr=lr,
+                            discount=discount)[0]
 
     return jax.lax.fori_loop(0, steps, body, q)
 
@@ -128,20 +204,33 @@ def pop(priority: jax.Array):
     return s, a, priority[s, a] > 0, priority.at[s, a].set(0.0)
 
 
-def push_predecessors(priority: jax.Array, q: jax.Array, model: dict[str, jax.Array], s, *,
-                      discount: float, theta: float) -> jax.Array:
-    """The queue with every pair whose stored transition leads to state s queued at its own
-    |TD error| when that exceeds theta."""
-    lead = model["seen"] & (model["next"] == s)                          # [S, A]
-    target = model["reward"] + discount * jnp.where(model["terminal"], 0.0, q[s].max())
+def push_predecessors(priority: jax.Array, q: jax.Array, model: Model, s, *, discount: float,
+                      theta: float) -> jax.Array:
+    """The queue with every pair the model has seen lead to state s (going on or terminating)
+    queued at its own |expected TD error| when that exceeds theta."""
+    return _push_predecessors(priority, q, model["reward"], continue_probabilities(model),
+                              model["ended"] > 0, s, discount=discount, theta=theta)
+
+
+def _push_predecessors(priority, q, reward, cont, ends, s, *, discount: float, theta: float):
+    """`push_predecessors` on the model's mean rewards [S, A], `continue_probabilities` and
+    where it saw terminations [S, A, S]."""
+    lead = (cont[:, :, s] > 0) | ends[:, :, s]                           # [S, A]
+    target = expected_targets(q, reward, cont, discount=discount)
     p = jnp.where(lead, jnp.abs(target - q), 0.0)
     return jnp.where(p > theta, jnp.maximum(priority, p), priority)
 
 
-def plan_prioritized(q: jax.Array, model: dict[str, jax.Array], priority: jax.Array, *,
-                     steps: int, lr: float, discount: float, theta: float):
+def plan_prioritized(q: jax.Array, model: Model, priority: jax.Array, *, steps: int, lr: float,
+                     discount: float, theta: float):
     """Prioritized sweeping's planning: up to `steps` pops while the queue is not empty, each an
-    update on the popped pair followed by queueing its state's predecessors; (q, queue)."""
+    expected update on the popped pair followed by queueing its state's predecessors;
+    (q, queue)."""
+    # The model does not change while planning: what the loop reads of it is computed once, as
+    # arrays of its own (the model's counts themselves would be copied into the loop).
+    cont, ends = continue_probabilities(model), model["ended"] > 0
+    reward = model["reward"]
+
     def more(carry):
         i, _, priority = carry
         return (i < steps) & (priority.max() > 0)  # a queued pair has priority > 0
@@ -149,8 +238,10 @@ def plan_prioritized(q: jax.Array, model: dict[str, jax.Array], priority: jax.Ar
     def body(carry):
         i, q, priority = carry
         s, a, _, rest = pop(priority)
-        q, _ = model_update_on(q, model, s, a, lr=lr, discount=discount)
-        return i + 1, q, push_predecessors(rest, q, model, s, discount=discount, theta=theta)
+        target = reward[s, a] + discount * (cont[s, a] * q.max(-1)).sum()
+        q = q.at[s, a].add(lr * (target - q[s, a]))
+        return i + 1, q, _push_predecessors(rest, q, reward, cont, ends, s, discount=discount,
+                                            theta=theta)
 
     # A while loop, not `steps` masked no-ops: the queue is often empty (before any reward).
     _, q, priority = jax.lax.while_loop(more, body, (jnp.zeros([], jnp.int32), q, priority))
@@ -210,43 +301,51 @@ class DynaQ:
 
     # ----------------------------------------------------------------------------- learning
     def learn_one(self, state: DynaState, t: Transitions, key: jax.Array):
-        """The update after one real transition (fields scalars): (state, TD error)."""
+        """The update after one real transition (fields scalars): (state, TD error). An invalid
+        transition is counted 0 times into the model and leaves Q and the queue as they were
+        (selected, not branched: the counts [S, A, S] are updated in place)."""
         p = self.cfg.dyna
-        q, model = state.params["q"], state.model
+        q, valid = state.params["q"], t["valid"]
         args = (t["state"], t["action"], t["reward"], t["next"], t["terminal"])
+        model = model_update(state.model, *args, weight=valid)
         if self.sweeping:
-            model = model_update(model, *args)
-            delta = td_error(q, *args, discount=p.discount)
+            delta = expected_td(q, model, t["state"], t["action"], discount=p.discount)
             priority = push(state.priority, t["state"], t["action"], jnp.abs(delta),
                             theta=p.theta)
             q, priority = plan_prioritized(q, model, priority, steps=p.planning_steps,
                                            theta=p.theta, **self.hyper)
         else:
             q, delta = q_update(q, *args, **self.hyper)
-            model = model_update(model, *args)
-            q = plan_uniform(q, model, key, steps=p.planning_steps, **self.hyper)
+            q = plan_uniform(q, model, key, steps=p.planning_steps, backup=p.backup,
+                             **self.hyper)
             priority = state.priority
-        return state.replace(params={"q": q}, model=model, priority=priority), delta
+        keep = lambda new, old: jnp.where(valid, new, old)  # noqa: E731
+        return state.replace(params={"q": keep(q, state.params["q"])}, model=model,
+                             priority=keep(priority, state.priority)), keep(delta, 0.0)
 
     def learn(self, state: DynaState, trans: Transitions, key: jax.Array):
         """The updates after K real transitions [K], in order; invalid ones are skipped.
-        Returns (state, metrics)."""
+        Returns (state, metrics). A non-finite Q table keeps the values and the queue of before
+        (the counts of what was observed stay: they are finite by construction)."""
         def body(state, inputs):
             i, t = inputs
-            new, delta = self.learn_one(state, t, jax.random.fold_in(key, i))
-            state = jax.tree.map(lambda n, o: jnp.where(t["valid"], n, o), new, state)
-            return state, jnp.where(t["valid"], jnp.abs(delta), 0.0)
+            state, delta = self.learn_one(state, t, jax.random.fold_in(key, i))
+            return state, jnp.abs(delta)
 
         k = trans["valid"].shape[0]
         new, deltas = jax.lax.scan(body, state, (jnp.arange(k), trans))
         count = trans["valid"].sum()
-        finite = jnp.all(jnp.isfinite(new.params["q"]))
-        new = new.replace(step=state.step + 1)
-        state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+        finite = jnp.all(jnp.isfinite(new.params["q"])) & jnp.all(
+            jnp.isfinite(new.model["reward"]))
+        keep = lambda n, o: jnp.where(finite, n, o)  # noqa: E731
+        state = new.replace(params=jax.tree.map(keep, new.params, state.params),
+                            model={**new.model,
+                                   "reward": keep(new.model["reward"], state.model["reward"])},
+                            priority=keep(new.priority, state.priority), step=state.step + 1)
         q = state.params["q"]
         metrics = {"loss/td": deltas.sum() / jnp.maximum(count, 1), "transitions": count,
                    "q/mean": q.mean(), "q/max": q.max(),
-                   "model/seen": state.model["seen"].mean(),
+                   "model/seen": seen(state.model).mean(),
                    "nonfinite": 1.0 - finite.astype(jnp.float32)}
         if self.sweeping:
             metrics["queue/size"] = (state.priority > 0).sum()
