@@ -83,26 +83,41 @@ def describe(error: BaseException, limit: int = 240) -> str:
     return f"{type(error).__name__}: {line}" if line else type(error).__name__
 
 
-def _closed_loop_report(unraisable: Any) -> bool:
-    """Whether an unraisable exception is the 'Event loop is closed' that TensorStore's reads
-    raise when they finish after orbax gave up on a damaged checkpoint."""
-    value = unraisable.exc_value
-    return isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
+def _is_closed_loop(error: BaseException | None) -> bool:
+    """Whether `error` is the 'Event loop is closed' that TensorStore's reads raise when they
+    finish after orbax gave up on a damaged checkpoint."""
+    return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
 
 
-def _quiet_closed_loop_reports() -> None:
-    """From now on, drop `_closed_loop_report`s (tens of tracebacks, arriving while the run goes
-    on or exits); every other unraisable exception goes to the hook there was."""
-    previous = sys.unraisablehook
-    if getattr(previous, "_drops_closed_loop_reports", False):
+class _DropAbandonedReads(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" for orbax's reads of a damaged
+    checkpoint: the first failure is reported, the others' tasks are collected later."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("exception was never retrieved" in message and "deserialize" in message)
+
+
+def _quiet_abandoned_reads() -> None:
+    """From now on, drop the reports of reads a failed restore left behind (tens of tracebacks,
+    arriving while the run goes on or exits, through three routes: the unraisable hook, the
+    except hook that TensorStore's callbacks print through, asyncio's logger). Every other
+    report goes where it went before. Idempotent."""
+    if getattr(sys.unraisablehook, "_drops_closed_loop_reports", False):
         return
+    unraisable_before, except_before = sys.unraisablehook, sys.excepthook
 
-    def hook(unraisable: Any) -> None:
-        if not _closed_loop_report(unraisable):
-            previous(unraisable)
+    def unraisable(report: Any) -> None:
+        if not _is_closed_loop(report.exc_value):
+            unraisable_before(report)
 
-    hook._drops_closed_loop_reports = True  # type: ignore[attr-defined]
-    sys.unraisablehook = hook
+    def excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        if not _is_closed_loop(value):
+            except_before(kind, value, tb)
+
+    unraisable._drops_closed_loop_reports = True  # type: ignore[attr-defined]
+    sys.unraisablehook, sys.excepthook = unraisable, excepthook
+    logging.getLogger("asyncio").addFilter(_DropAbandonedReads())
 
 
 def abstract(tree: Any, device: jax.Device | None = None) -> Any:
@@ -159,6 +174,8 @@ class Checkpointer:
         steps = self.steps()
         if not steps:
             return None
+        if not debugging():
+            _quiet_abandoned_reads()  # before the first read: reports may precede the error
         failures = []
         for step in reversed(steps):
             try:
@@ -167,8 +184,6 @@ class Checkpointer:
             except Exception as e:  # noqa: BLE001 (damaged or foreign: fall back to an older one)
                 if debugging():
                     traceback.print_exc()
-                else:
-                    _quiet_closed_loop_reports()
                 failures.append(f"step {step}: {describe(e)}")
                 continue
             if failures:

@@ -1,12 +1,16 @@
 """Checkpoints: bit-exact round trip of the train state and meta, keeping the newest K, and
 falling back past a damaged newest checkpoint."""
+import logging
 import shutil
+import sys
+import types
 
 import chex
 import jax
 import numpy as np
 import pytest
 
+from dreamer import checkpoint
 from dreamer.checkpoint import Checkpointer, CheckpointError, abstract
 
 
@@ -65,3 +69,28 @@ def test_a_half_written_checkpoint_is_not_listed(tmp_path, state):
     (tmp / "junk").write_bytes(np.zeros(10).tobytes())
     assert Checkpointer(tmp_path / "checkpoints").steps() == [1]
     ckpt.close()
+
+
+def test_reports_of_abandoned_reads_are_dropped_and_others_kept(monkeypatch, capsys):
+    """After a failed restore TensorStore's leftover reads report 'Event loop is closed'
+    through the unraisable hook, the except hook and asyncio's logger: all three are dropped,
+    every other report still gets through."""
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda report: seen.append(report.exc_value))
+    monkeypatch.setattr(sys, "excepthook", lambda kind, value, tb: seen.append(value))
+    asyncio_log = logging.getLogger("asyncio")
+    monkeypatch.setattr(asyncio_log, "filters", [])
+    checkpoint._quiet_abandoned_reads()
+    checkpoint._quiet_abandoned_reads()  # idempotent: one filter, hooks wrapped once
+    closed, other = RuntimeError("Event loop is closed"), RuntimeError("something else")
+    for error in (closed, other):
+        sys.unraisablehook(types.SimpleNamespace(exc_value=error))
+        sys.excepthook(RuntimeError, error, None)
+    assert seen == [other, other]
+    record = asyncio_log.makeRecord("asyncio", logging.ERROR, __file__, 1, "%s", (
+        "Task exception was never retrieved\nfuture: <Task finished coro=<async_deserialize()>",),
+        None)
+    kept = asyncio_log.makeRecord("asyncio", logging.ERROR, __file__, 1, "%s", (
+        "Task exception was never retrieved\nfuture: <Task finished coro=<mine()>",), None)
+    assert len(asyncio_log.filters) == 1
+    assert not asyncio_log.filter(record) and asyncio_log.filter(kept)
