@@ -3,8 +3,11 @@
 A planner knows nothing of the model behind it. It takes `rollout(params, state, actions)`,
 which maps candidate action sequences [N, H, A] (in [-1, 1]) to their returns [N], and
 returns the refined mean sequence [H, A]; the agent acts on its first action and starts the
-next step's search from the shifted plan (`shift`). Jitted, `lax` loops only; randomness
-that the rollout needs travels inside `state`.
+next step's search from the shifted plan (`shift`). Candidates are drawn from a normal
+distribution truncated to [-1, 1] (`sample`: redrawn inside the range, not clipped onto its
+ends), and sequences from elsewhere, such as a policy's samples, may join them in every
+iteration (`prior`). Jitted, `lax` loops only; randomness that the rollout needs travels inside
+`state`.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 Rollout = Callable[[Any, Any, jax.Array], jax.Array]
+LOW, HIGH = -1.0, 1.0  # the action range of every plan
 
 
 def _returns(rollout: Rollout, params: Any, state: Any, actions: jax.Array) -> jax.Array:
@@ -25,20 +29,48 @@ def _returns(rollout: Rollout, params: Any, state: Any, actions: jax.Array) -> j
     return returns
 
 
+def sample(key: jax.Array, mean: jax.Array, std: jax.Array, n: int) -> jax.Array:
+    """n sequences [n, H, A] from N(mean, std²) truncated to [-1, 1] entry by entry: inside the
+    range the density is the normal's, renormalised, so no mass piles on the ends (clipping
+    would put every draw beyond them exactly there). A mean outside the range counts as its
+    nearest end."""
+    mean = jnp.clip(mean, LOW, HIGH)
+    std = jnp.maximum(std, 1e-6)
+    z = jax.random.truncated_normal(key, (LOW - mean) / std, (HIGH - mean) / std,
+                                    (n, *mean.shape))
+    return jnp.clip(mean + std * z, LOW, HIGH)  # float rounding only
+
+
+def _candidates(key: jax.Array, mean: jax.Array, std: jax.Array, n: int,
+                prior: jax.Array | None) -> jax.Array:
+    """n samples around (mean, std), followed by the `prior` sequences [P, H, A] if any."""
+    actions = sample(key, mean, std, n)
+    if prior is None:
+        return actions
+    chex.assert_shape(prior, (None, *mean.shape))
+    return jnp.concatenate([actions, jnp.clip(prior, LOW, HIGH)], 0)
+
+
+def _check_elites(elites: int, candidates: int, prior: jax.Array | None) -> None:
+    total = candidates + (0 if prior is None else prior.shape[0])
+    if not 0 < elites <= total:
+        raise ValueError(f"the planner needs 0 < elites <= candidates (+ prior sequences), "
+                         f"got {elites} and {total}")
+
+
 def cem(rollout: Rollout, params: Any, state: Any, key: jax.Array, mean: jax.Array, *,
         candidates: int, elites: int, iterations: int, init_std: float,
-        smoothing: float = 0.0) -> jax.Array:
+        smoothing: float = 0.0, prior: jax.Array | None = None) -> jax.Array:
     """Cross-entropy method (Rubinstein 1999; PETS, Chua et al. 2018): sample `candidates`
-    sequences from N(mean, std) clipped to [-1, 1], refit mean and std to the `elites` best, and
-    blend: new = smoothing * old + (1 - smoothing) * refit. mean [H, A] -> plan [H, A]."""
-    if not 0 < elites <= candidates:
-        raise ValueError(f"CEM needs 0 < elites <= candidates, got {elites} and {candidates}")
+    sequences from N(mean, std) truncated to [-1, 1] (with the `prior` sequences beside them),
+    refit mean and std to the `elites` best, and blend: new = smoothing * old + (1 - smoothing)
+    * refit. mean [H, A] -> plan [H, A]."""
+    _check_elites(elites, candidates, prior)
     std = jnp.full_like(mean, init_std)
 
     def iteration(carry, k):
         mean, std = carry
-        noise = jax.random.normal(k, (candidates, *mean.shape))
-        actions = jnp.clip(mean + std * noise, -1.0, 1.0)
+        actions = _candidates(k, mean, std, candidates, prior)
         returns = _returns(rollout, params, state, actions)
         best = actions[jax.lax.top_k(returns, elites)[1]]
         new_mean, new_std = best.mean(0), best.std(0)
@@ -50,22 +82,52 @@ def cem(rollout: Rollout, params: Any, state: Any, key: jax.Array, mean: jax.Arr
     return mean
 
 
+def elite_weights(returns: jax.Array, temperature: float) -> jax.Array:
+    """MPPI's weights [E] of the elites' returns [E]: softmax(z / temperature) with
+    z = (R - max R) / (max R - min R), the returns normalised by their spread. The best elite
+    weighs exp(1 / temperature) times the worst whatever the scale of the returns; equal
+    returns weigh equally."""
+    spread = returns.max() - returns.min()
+    z = (returns - returns.max()) / jnp.maximum(spread, 1e-8 * (1.0 + jnp.abs(returns).max()))
+    return jax.nn.softmax(z / temperature)
+
+
+def mppi_refit(actions: jax.Array, returns: jax.Array, *, temperature: float, min_std: float,
+               max_std: float) -> tuple[jax.Array, jax.Array]:
+    """MPPI's new (mean, std) [H, A] from the elites' sequences [E, H, A] and returns [E]: the
+    `elite_weights`-weighted mean, and the weighted standard deviation around it, clipped to
+    [min_std, max_std]."""
+    w = elite_weights(returns, temperature)
+    mean = jnp.einsum("e,eha->ha", w, actions)
+    var = jnp.einsum("e,eha->ha", w, jnp.square(actions - mean))
+    return mean, jnp.clip(jnp.sqrt(var), min_std, max_std)
+
+
 def mppi(rollout: Rollout, params: Any, state: Any, key: jax.Array, mean: jax.Array, *,
-         candidates: int, iterations: int, init_std: float, temperature: float) -> jax.Array:
-    """Model-predictive path integral control (Williams et al. 2017): perturb the mean with
-    Gaussian noise of std `init_std`, and move it to the average of the perturbed sequences
-    weighted by softmax(returns / temperature). mean [H, A] -> plan [H, A]."""
+         candidates: int, elites: int, iterations: int, init_std: float, temperature: float,
+         min_std: float = 0.05, prior: jax.Array | None = None) -> jax.Array:
+    """Model-predictive path integral control (Williams et al. 2017) as TD-MPC (Hansen et al.
+    2022) runs it: sample `candidates` sequences around the mean (std `init_std` at first; the
+    `prior` sequences beside them), keep the `elites` best, and move the mean and std to their
+    `mppi_refit` (weights softmax of the spread-normalised returns over `temperature`; std in
+    [min_std, init_std]). mean [H, A] -> plan [H, A]."""
     if temperature <= 0:
         raise ValueError(f"MPPI needs a positive temperature, got {temperature}")
+    if not 0 < min_std <= init_std:
+        raise ValueError(f"MPPI needs 0 < min_std <= init_std, got {min_std} and {init_std}")
+    _check_elites(elites, candidates, prior)
+    std = jnp.full_like(mean, init_std)
 
-    def iteration(mean, k):
-        noise = jax.random.normal(k, (candidates, *mean.shape))
-        actions = jnp.clip(mean + init_std * noise, -1.0, 1.0)
+    def iteration(carry, k):
+        mean, std = carry
+        actions = _candidates(k, mean, std, candidates, prior)
         returns = _returns(rollout, params, state, actions)
-        weights = jax.nn.softmax((returns - returns.max()) / temperature)
-        return jnp.einsum("n,nha->ha", weights, actions), returns.max()
+        top, index = jax.lax.top_k(returns, elites)
+        carry = mppi_refit(actions[index], top, temperature=temperature, min_std=min_std,
+                           max_std=init_std)
+        return carry, returns.max()
 
-    mean, _ = jax.lax.scan(iteration, mean, jax.random.split(key, iterations))
+    (mean, _), _ = jax.lax.scan(iteration, (mean, std), jax.random.split(key, iterations))
     return mean
 
 

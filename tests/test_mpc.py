@@ -88,6 +88,20 @@ def test_the_actors_plan_is_its_mode_along_the_imagined_states(continuous_case, 
     np.testing.assert_allclose(plan, mode, atol=1e-5)
 
 
+def test_actor_samples_draw_from_the_actor(continuous_case, params):
+    """The first actions of many sampled sequences have the actor's mean and std at the start
+    state; later steps differ between rows (each follows its own sampled path)."""
+    agent, start = continuous_case.agent, start_state(continuous_case)
+    samples = jax.jit(functools.partial(mpc.actor_samples, agent.wm, agent.ac, horizon=3,
+                                        n=2048))(params, start, jax.random.key(7))
+    assert samples.shape == (2048, 3, agent.act_dim)
+    dist = behavior.policy_dist(agent.ac, params["actor"], rssm_lib.feat(
+        jax.tree.map(lambda x: x[None], start)))
+    np.testing.assert_allclose(samples[:, 0].mean(0), dist.loc[0], atol=0.05)
+    np.testing.assert_allclose(samples[:, 0].std(0), dist.std[0], rtol=0.1)
+    assert float(samples[:, 2].std(0).min()) > 0.0
+
+
 def test_initial_mean_is_the_better_of_the_shifted_plan_and_the_actors():
     target = jnp.array([[0.5], [0.5], [0.5]])
     rollout = lambda p, s, a: -jnp.sum(jnp.square(a - target), (1, 2))
@@ -121,12 +135,12 @@ def test_the_planner_improves_on_the_actors_plan(continuous_case, params, planne
     agent, start = continuous_case.agent, start_state(continuous_case)
     cfg = agent.cfg.update({"mpc.planner": planner, "mpc.candidates": 64, "mpc.elites": 8,
                             "mpc.iterations": 3, "mpc.horizon": 3, "mpc.init_std": 0.5,
-                            "mpc.temperature": 0.01})
+                            "mpc.prior": 4})
     kwargs = mpc.planner_kwargs(cfg.mpc)
     key = jax.random.key(6)
     plan = jax.jit(functools.partial(mpc.plan, agent.wm, agent.ac, gamma=GAMMA, **kwargs))(
         params, start, jnp.zeros((3, agent.act_dim)), True, key)
-    k_model, _ = jax.random.split(key)  # the latent noise `plan` scores with
+    k_model, _, _ = jax.random.split(key, 3)  # the latent noise `plan` scores with
     actor = mpc.actor_plan(agent.wm, agent.ac, params, start, k_model, horizon=3)
     scores = rollout_of(continuous_case)(params, {"start": start, "key": k_model},
                                          jnp.stack([plan, actor]))

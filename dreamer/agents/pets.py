@@ -129,6 +129,9 @@ class PETS:
         if p.particles % p.members:
             raise ConfigError(f"pets.particles ({p.particles}) must be a multiple of "
                               f"pets.members ({p.members}): each member carries as many")
+        if p.planner == "mppi" and not 0 < p.min_std <= p.init_std:
+            raise ConfigError(f"pets.min_std must be in (0, pets.init_std={p.init_std}], "
+                              f"got {p.min_std}")
         if cfg.batch_length < 2:
             raise ConfigError(f"pets trains on transitions: batch_length must be at least 2, "
                               f"got {cfg.batch_length}")
@@ -236,8 +239,9 @@ class PETS:
                                 iterations=p.iterations, init_std=p.init_std,
                                 smoothing=p.smoothing)
         return planners.mppi(self.rollout, params, state, k_plan, mean,
-                             candidates=p.candidates, iterations=p.iterations,
-                             init_std=p.init_std, temperature=p.temperature)
+                             candidates=p.candidates, elites=p.elites,
+                             iterations=p.iterations, init_std=p.init_std,
+                             min_std=p.min_std, temperature=p.temperature)
 
     def policy_initial(self, batch: int) -> jax.Array:
         """The warm-start plans [N, H, A] (zeros: the middle of the action range)."""

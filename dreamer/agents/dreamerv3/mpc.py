@@ -16,6 +16,8 @@ action and replans at every step. Every sequence scored at one step sees the sam
 Each search starts from the better-scoring of two sequences: the actor's plan (its mode at each
 step of the prior rolled forward under it) and the previous step's plan shifted by one step,
 ending in the actor's last action (`initial_mean`); at an episode's start, the actor's plan.
+With `mpc.prior` > 0, as many sequences that the actor samples along the prior join the
+candidates of every iteration (`actor_samples`; TD-MPC2 injects its policy's samples so).
 
 Discrete actions are planned as PETS plans them: plan entries are preferences in [-1, 1] and
 the action is the one-hot of the largest; the actor's plan is its probabilities scaled to
@@ -50,7 +52,10 @@ def check_config(mpc: Any) -> None:
         ("candidates", mpc.candidates >= 1, "at least 1"),
         ("elites", 0 < mpc.elites <= mpc.candidates, f"in [1, mpc.candidates={mpc.candidates}]"),
         ("iterations", mpc.iterations >= 1, "at least 1"),
+        ("prior", mpc.prior >= 0, "at least 0"),
         ("init_std", mpc.init_std > 0, "positive"),
+        ("min_std", mpc.planner != "mppi" or 0 < mpc.min_std <= mpc.init_std,
+         f"in (0, mpc.init_std={mpc.init_std}] for MPPI"),
         ("smoothing", 0 <= mpc.smoothing < 1, "in [0, 1)"),
         ("temperature", mpc.temperature > 0, "positive"),
     ]
@@ -63,8 +68,9 @@ def planner_kwargs(mpc: Any) -> dict[str, Any]:
     """The keyword arguments of `plan` from the `mpc` config section."""
     check_config(mpc)
     return {"planner": mpc.planner, "horizon": mpc.horizon, "candidates": mpc.candidates,
-            "elites": mpc.elites, "iterations": mpc.iterations, "init_std": mpc.init_std,
-            "smoothing": mpc.smoothing, "temperature": mpc.temperature}
+            "elites": mpc.elites, "iterations": mpc.iterations, "prior": mpc.prior,
+            "init_std": mpc.init_std, "min_std": mpc.min_std, "smoothing": mpc.smoothing,
+            "temperature": mpc.temperature}
 
 
 def _rows(tree: Any, n: int) -> Any:
@@ -102,6 +108,20 @@ def actor_plan(wm: WorldModelNets, ac: ActorCriticNets, params: dict[str, Any], 
     return 2.0 * jnp.exp(dist.logits) - 1.0 if ac.discrete else dist.mode()
 
 
+def actor_samples(wm: WorldModelNets, ac: ActorCriticNets, params: dict[str, Any],
+                  start: State, key: jax.Array, *, horizon: int, n: int) -> jax.Array:
+    """n sequences [n, H, A] in planner space that the actor samples along the prior rolled
+    forward under them from one model state, each row from its own key; discrete samples are
+    one-hots scaled to [-1, 1]. The planner scores them beside its candidates (`prior`)."""
+    def act(state, k, _):
+        return behavior.policy_dist(ac, params["actor"], rssm_lib.feat(state)).sample(k)
+
+    keys = split_keys(jax.random.split(key, n), horizon)  # [H, n] row keys
+    _, _, actions = rssm_lib.unroll_prior(wm.rssm, params["wm"]["rssm"], _rows(start, n), act,
+                                          keys)
+    return 2.0 * actions - 1.0 if ac.discrete else actions
+
+
 def initial_mean(rollout: planners.Rollout, params: Any, state: Any, previous: jax.Array,
                  actor: jax.Array, is_first: jax.Array) -> jax.Array:
     """Where the search starts [H, A]: the better-scoring of the actor's plan and the previous
@@ -117,22 +137,26 @@ def initial_mean(rollout: planners.Rollout, params: Any, state: Any, previous: j
 def plan(wm: WorldModelNets, ac: ActorCriticNets, params: dict[str, Any], start: State,
          previous: jax.Array, is_first: jax.Array, key: jax.Array, *, gamma: float,
          planner: str, horizon: int, candidates: int, elites: int, iterations: int,
-         init_std: float, smoothing: float, temperature: float) -> jax.Array:
+         prior: int, init_std: float, min_std: float, smoothing: float, temperature: float
+         ) -> jax.Array:
     """The refined plan [H, A] of one environment from its model state {'deter': [D], ...},
     the previous plan [H, A] and whether the episode starts here (scalar)."""
     if planner not in PLANNERS:
         raise ValueError(f"mpc.planner must be one of {PLANNERS}, got {planner!r}")
-    k_model, k_plan = jax.random.split(key)
+    k_model, k_plan, k_prior = jax.random.split(key, 3)
     rollout = functools.partial(returns, wm, ac, gamma=gamma, discrete=ac.discrete)
     state = {"start": start, "key": k_model}
     actor = actor_plan(wm, ac, params, start, k_model, horizon=horizon)
     mean = initial_mean(rollout, params, state, previous, actor, is_first)
+    samples = (actor_samples(wm, ac, params, start, k_prior, horizon=horizon, n=prior)
+               if prior else None)
     if planner == "cem":
         return planners.cem(rollout, params, state, k_plan, mean, candidates=candidates,
                             elites=elites, iterations=iterations, init_std=init_std,
-                            smoothing=smoothing)
+                            smoothing=smoothing, prior=samples)
     return planners.mppi(rollout, params, state, k_plan, mean, candidates=candidates,
-                         iterations=iterations, init_std=init_std, temperature=temperature)
+                         elites=elites, iterations=iterations, init_std=init_std,
+                         min_std=min_std, temperature=temperature, prior=samples)
 
 
 class LatentMPC:
