@@ -319,7 +319,7 @@ class DynaQ:
             q = plan_uniform(q, model, key, steps=p.planning_steps, backup=p.backup,
                              **self.hyper)
             priority = state.priority
-        keep = lambda new, old: jnp.where(valid, new, old)  # noqa: E731
+        keep = lambda new, old: jnp.where(valid, new, old)
         return state.replace(params={"q": keep(q, state.params["q"])}, model=model,
                              priority=keep(priority, state.priority)), keep(delta, 0.0)
 
@@ -337,7 +337,7 @@ class DynaQ:
         count = trans["valid"].sum()
         finite = jnp.all(jnp.isfinite(new.params["q"])) & jnp.all(
             jnp.isfinite(new.model["reward"]))
-        keep = lambda n, o: jnp.where(finite, n, o)  # noqa: E731
+        keep = lambda n, o: jnp.where(finite, n, o)
         state = new.replace(params=jax.tree.map(keep, new.params, state.params),
                             model={**new.model,
                                    "reward": keep(new.model["reward"], state.model["reward"])},
