@@ -1,4 +1,5 @@
-"""Output distributions and transforms of DreamerV3 (Hafner et al. 2023, Sec. 2 and App. B).
+"""Output distributions and transforms: DreamerV3's (Hafner et al. 2023, Sec. 2 and App. B), and
+the tanh-squashed Gaussian of SAC-style actors (`TanhNormal`).
 
 All functions are pure and shape-polymorphic over leading batch dimensions.
 """
@@ -233,3 +234,43 @@ class Policy:
         if self.discrete:
             return categorical_entropy(self.logits)
         return jnp.sum(0.5 * jnp.log(2 * jnp.pi * jnp.e) + jnp.log(self.std), -1)
+
+
+def tanh_log_det(u: jax.Array) -> jax.Array:
+    """log |d tanh(u) / du| = log(1 - tanh(u)²) = 2 (log 2 - u - softplus(-2u)), summed over the
+    last axis; exact where 1 - tanh(u)² rounds to 0 in float32."""
+    return jnp.sum(2.0 * (jnp.log(2.0) - u - jax.nn.softplus(-2.0 * u)), -1)
+
+
+class TanhNormal:
+    """A diagonal Gaussian squashed by tanh (SAC, Haarnoja et al. 2018; TD-MPC2's actor):
+    a = tanh(u), u ~ N(loc, std²), actions in (-1, 1). Its log-density is the Gaussian's minus
+    the log-determinant of the squashing (`tanh_log_det`), summed over the action axis."""
+
+    def __init__(self, loc: jax.Array, std: jax.Array):
+        chex.assert_equal_shape([loc, std])
+        self.loc, self.std = loc.astype(jnp.float32), std.astype(jnp.float32)
+
+    def _gaussian_log_prob(self, u: jax.Array) -> jax.Array:
+        z = (u - self.loc) / self.std
+        return jnp.sum(-0.5 * jnp.square(z) - jnp.log(self.std) - 0.5 * jnp.log(2 * jnp.pi), -1)
+
+    def sample_and_log_prob(self, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """A reparameterised sample [..., A] and its log-density [...] (from the pre-squash
+        value, so no atanh of a rounded action). `key` is one key or one per row."""
+        u = self.loc + self.std * noise(jax.random.normal, key, self.loc.shape)
+        return jnp.tanh(u), self._gaussian_log_prob(u) - tanh_log_det(u)
+
+    def sample(self, key: jax.Array) -> jax.Array:
+        return self.sample_and_log_prob(key)[0]
+
+    def log_prob(self, action: jax.Array, eps: float = 1e-6) -> jax.Array:
+        """[...] log-density of `action` [..., A], clipped to (-1 + eps, 1 - eps) before atanh."""
+        u = jnp.arctanh(jnp.clip(action, -1.0 + eps, 1.0 - eps))
+        return self._gaussian_log_prob(u) - tanh_log_det(u)
+
+    def mode(self) -> jax.Array:
+        """tanh of the Gaussian's mean: the action SAC and TD-MPC2 evaluate with (the density's
+        own mode differs where the squashing piles mass towards ±1)."""
+        return jnp.tanh(self.loc)
+

@@ -1,5 +1,5 @@
-"""Tests for DreamerV3's behaviour module: λ-returns against the recursion, percentile return
-normalisation, and the actor-critic and replayed-value losses on a tiny agent."""
+"""λ-returns against the recursion and percentile return normalisation (`dreamer.returns`), and
+DreamerV3's actor-critic and replayed-value losses on a tiny agent."""
 
 import chex
 import jax
@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from conftest import randomise_heads
 
+from dreamer import returns
 from dreamer.agents.dreamerv3 import behavior
 from dreamer.agents.dreamerv3 import rssm as rssm_lib
 from dreamer.distributions import TwoHot
 
-lambda_return = jax.jit(behavior.lambda_return)
+lambda_return = jax.jit(returns.lambda_return)
 
 
 def loop_lambda_return(reward, cont, boot, lam):
@@ -109,7 +110,7 @@ def test_retnorm_defaults_are_the_papers(tiny_cfg):
 def test_retnorm_percentiles_match_numpy():
     ret = np.random.default_rng(5).normal(0, 10, size=(32, 15)).astype(np.float32)
     zero = {"lo": jnp.zeros([]), "hi": jnp.zeros([])}
-    stats, scale = behavior.update_retnorm(zero, jnp.asarray(ret),
+    stats, scale = returns.update_retnorm(zero, jnp.asarray(ret),
                                            **{**PAPER_RETNORM, "decay": 0.0})
     lo, hi = np.quantile(ret, 0.05), np.quantile(ret, 0.95)
     chex.assert_trees_all_close(stats, {"lo": np.float32(lo), "hi": np.float32(hi)}, rtol=1e-5)
@@ -119,7 +120,7 @@ def test_retnorm_percentiles_match_numpy():
 def test_retnorm_ema_by_hand():
     # Percentiles of 0..100 are 5 and 95: lo = .99 * 2 + .01 * 5, hi = .99 * 5 + .01 * 95.
     ret = jnp.arange(101.0).reshape(1, 101)
-    stats, scale = behavior.update_retnorm({"lo": jnp.array(2.0), "hi": jnp.array(5.0)}, ret,
+    stats, scale = returns.update_retnorm({"lo": jnp.array(2.0), "hi": jnp.array(5.0)}, ret,
                                            **PAPER_RETNORM)
     chex.assert_trees_all_close(stats, {"lo": jnp.array(2.03), "hi": jnp.array(5.9)}, rtol=1e-6)
     chex.assert_trees_all_close(scale, jnp.array(3.87), rtol=1e-5)
@@ -128,10 +129,10 @@ def test_retnorm_ema_by_hand():
 def test_retnorm_scale_floored_at_limit():
     ret = 1e-3 * jnp.arange(101.0).reshape(1, 101)
     zero = {"lo": jnp.zeros([]), "hi": jnp.zeros([])}
-    stats, scale = behavior.update_retnorm(zero, ret, **PAPER_RETNORM)
+    stats, scale = returns.update_retnorm(zero, ret, **PAPER_RETNORM)
     assert float(stats["hi"] - stats["lo"]) < 0.01
     assert float(scale) == 1.0
-    _, scale = behavior.update_retnorm(zero, ret, **{**PAPER_RETNORM, "limit": 1e-4})
+    _, scale = returns.update_retnorm(zero, ret, **{**PAPER_RETNORM, "limit": 1e-4})
     chex.assert_trees_all_close(scale, stats["hi"] - stats["lo"], rtol=1e-6)
 
 

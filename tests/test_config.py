@@ -360,12 +360,11 @@ def test_choices_agree_with_the_code_that_reads_them():
     from dreamer.agents import AGENTS
     from dreamer.agents.dreamerv3.agent import compute_dtype
     from dreamer.envs.base import OBS_MODES
-    from dreamer.nets import get_act
+    from dreamer.nets import ACTS
 
     assert CHOICES["agent"] == tuple(AGENTS)
     assert CHOICES["env.obs"] == OBS_MODES
-    for name in (*CHOICES["model.act"], *CHOICES["pets.act"]):
-        assert callable(get_act(name))
+    assert CHOICES["model.act"] == CHOICES["pets.act"] == tuple(ACTS)
     for name in CHOICES["jax.compute_dtype"]:
         compute_dtype(name, "cpu")
     for name in (*CHOICES["pets.planner"], *CHOICES["mpc.planner"]):

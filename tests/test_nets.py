@@ -1,21 +1,22 @@
 """Network blocks against dense references: the phase-decomposed upsampling conv, block and
-grouped-input linear layers, the split posterior layer, norms and the policy's output layers."""
+grouped-input linear layers, the split posterior layer, norms, the policy's output layers, mish
+and SimNorm against their closed forms."""
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dreamer.convnets import UpConv, maxpool2, upsample2
 from dreamer.nets import (
     MLP,
     BlockLinear,
     ConcatLinear,
     GroupedInputLinear,
     Norm,
-    UpConv,
     fused_mlps,
-    maxpool2,
-    upsample2,
+    mish,
+    simnorm,
 )
 
 
@@ -169,3 +170,21 @@ def test_heads_that_differ_in_width_run_apart():
     params = [m.init(jax.random.key(i), x)["params"] for i, m in enumerate(heads)]
     chex.assert_trees_all_close(fused_mlps(list(zip(heads, params)), x),
                                 [m.apply({"params": p}, x) for m, p in zip(heads, params)])
+
+
+def test_mish_is_x_tanh_softplus():
+    x = np.linspace(-6.0, 6.0, 25)
+    expected = x * np.tanh(np.log1p(np.exp(x)))
+    np.testing.assert_allclose(mish(jnp.asarray(x, jnp.float32)), expected, rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_simnorm_is_a_softmax_per_group():
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 2, 12)) * 3.0
+    y = np.asarray(simnorm(x, group=4))
+    groups = np.asarray(x).reshape(3, 2, 3, 4)
+    expected = np.exp(groups) / np.exp(groups).sum(-1, keepdims=True)
+    np.testing.assert_allclose(y, expected.reshape(3, 2, 12), rtol=1e-5)
+    np.testing.assert_allclose(y.reshape(3, 2, 3, 4).sum(-1), 1.0, rtol=1e-5)
+    with pytest.raises(ValueError, match="divisible by the group size 5"):
+        simnorm(x, group=5)

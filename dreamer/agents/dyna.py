@@ -45,6 +45,7 @@ import numpy as np
 
 from dreamer.config import ConfigError
 from dreamer.parallel import gather_over
+from dreamer.updates import all_finite, check_sequence_length, nonfinite_metric
 
 Batch = dict[str, jax.Array]
 # One or more transitions, each field [K]: state, action, reward, next, terminal, valid.
@@ -335,8 +336,7 @@ class DynaQ:
         k = trans["valid"].shape[0]
         new, deltas = jax.lax.scan(body, state, (jnp.arange(k), trans))
         count = trans["valid"].sum()
-        finite = jnp.all(jnp.isfinite(new.params["q"])) & jnp.all(
-            jnp.isfinite(new.model["reward"]))
+        finite = all_finite(new.params["q"], new.model["reward"])
         keep = lambda n, o: jnp.where(finite, n, o)
         state = new.replace(params=jax.tree.map(keep, new.params, state.params),
                             model={**new.model,
@@ -346,7 +346,7 @@ class DynaQ:
         metrics = {"loss/td": deltas.sum() / jnp.maximum(count, 1), "transitions": count,
                    "q/mean": q.mean(), "q/max": q.max(),
                    "model/seen": seen(state.model).mean(),
-                   "nonfinite": 1.0 - finite.astype(jnp.float32)}
+                   "nonfinite": nonfinite_metric(finite)}
         if self.sweeping:
             metrics["queue/size"] = (state.priority > 0).sum()
         return state, metrics
@@ -354,10 +354,7 @@ class DynaQ:
     def train_step(self, state: DynaState, batch: Batch, key: jax.Array):
         """Learns from every real transition of [B, L, ...] sequences of all devices (see the
         module docstring); no replay updates."""
-        length = batch["is_first"].shape[1]
-        if length != self.sequence_length:
-            raise ValueError(f"batch sequences hold {length} steps, {self.cfg.agent} trains on "
-                             f"{self.sequence_length} (batch_length)")
+        check_sequence_length(batch, self.sequence_length, self.cfg.agent)
         trans = gather_over(transitions(batch), self.axis_name)
         state, metrics = self.learn(state, trans, key)
         return state, metrics, {}

@@ -17,9 +17,11 @@ from dreamer.agents.dreamerv3.behavior import ActorCriticNets
 from dreamer.agents.dreamerv3.optim import GROUPS, make_optimizer
 from dreamer.agents.dreamerv3.world_model import WorldModelNets
 from dreamer.config import ConfigError
+from dreamer.convnets import Decoder, Encoder
 from dreamer.distributions import split_keys, symexp_bins
-from dreamer.nets import MLP, Decoder, Encoder, count_params
+from dreamer.nets import MLP, count_params
 from dreamer.parallel import mean_over, row_keys
+from dreamer.updates import check_sequence_length, ema, keep_if_finite, nonfinite_metric
 
 Batch = dict[str, jax.Array]
 OBSERVE_UNROLL = 8  # observe-scan steps per loop iteration on accelerators (`build_nets`)
@@ -150,18 +152,15 @@ def apply_gradients(opt: optax.GradientTransformation, state: TrainState, grads:
     `nonfinite`)."""
     updates, opt_state = opt.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    slow = jax.tree.map(lambda s, p: (1 - slow_rate) * s + slow_rate * p,
-                        state.slow_critic, params["critic"])
+    slow = ema(state.slow_critic, params["critic"], slow_rate)
     metrics = dict(metrics)
     for group in GROUPS:
         metrics[f"grad_norm/{group}"] = optax.tree.norm(grads[group])
         metrics[f"param_norm/{group}"] = optax.tree.norm(params[group])
     new = TrainState(params=params, slow_critic=slow, opt_state=opt_state, retnorm=retnorm,
                      step=state.step + 1)
-    finite = jnp.isfinite(metrics["loss/total"]) & jnp.all(jnp.stack(
-        [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-    state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
-    metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
+    state, finite = keep_if_finite(new, state, metrics["loss/total"], grads)
+    metrics["nonfinite"] = nonfinite_metric(finite)
     return state, finite, metrics
 
 
@@ -263,9 +262,8 @@ class DreamerV3:
         batch's own context values."""
         b, length = batch["is_first"].shape
         chex.assert_shape(batch["action"], (b, length, self.act_dim))
-        if length != self.sequence_length:
-            raise ValueError(f"batch sequences hold {length} steps, the agent trains on "
-                             f"{self.sequence_length} (batch_length + replay context)")
+        check_sequence_length(batch, self.sequence_length, "dreamerv3",
+                              "batch_length + replay context")
         grads, (metrics, retnorm, context) = jax.grad(self.loss, has_aux=True)(
             state.params, state, batch, key)
         grads = mean_over(grads, self.axis_name)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import chex
 import jax
 import jax.numpy as jnp
 
@@ -18,6 +17,7 @@ from dreamer.agents.dreamerv3.world_model import WorldModelNets
 from dreamer.config import CHOICES
 from dreamer.distributions import Policy, TwoHot, sg
 from dreamer.nets import MLP, fused_mlps
+from dreamer.returns import lambda_return, update_retnorm
 
 ACTOR_GRADS = CHOICES["ac.actor_grad"]
 
@@ -31,49 +31,6 @@ class ActorCriticNets(NamedTuple):
     discrete: bool    # one-hot actions (else a bounded Gaussian)
     minstd: float     # the continuous policy's standard deviation range
     maxstd: float
-
-
-def lambda_return(reward: jax.Array, cont: jax.Array, boot: jax.Array,
-                  lam: jax.Array | float) -> jax.Array:
-    """TD(λ) returns (paper Eq. 7), arrays [N, T] -> returns [N, T-1].
-
-    R_t = r_{t+1} + c_{t+1} ((1 - λ_{t+1}) v_{t+1} + λ_{t+1} R_{t+1}), with R_{T-1} = v_{T-1},
-    where `reward` r_t is received on entering step t, `cont` c_t = γ (1 - terminal_t) and
-    `boot` v_t are the bootstrap values. `lam` may vary per step (0 cuts at episode ends).
-    """
-    chex.assert_equal_shape([reward, cont, boot])
-    lam = jnp.broadcast_to(jnp.asarray(lam, jnp.float32), reward.shape)
-    # Each step is an affine map of the next return, R_t = a_t + b_t R_{t+1}; their compositions
-    # come from a parallel prefix scan (log T levels, no loop that runs once per step).
-    r, c, v, lm = (x[:, 1:] for x in (reward, cont, boot, lam))
-    a = r + c * (1 - lm) * v
-    b = c * lm
-
-    def compose(later, now):  # now ∘ later: x -> a_now + b_now (a_later + b_later x)
-        return now[0] + now[1] * later[0], now[1] * later[1]
-
-    a, b = jax.lax.associative_scan(compose, (a, b), reverse=True, axis=1)
-    return a + b * boot[:, -1:]
-
-
-def gather(x: jax.Array, axis_name: str | None) -> jax.Array:
-    """All values of `x` across devices (flattened), or `x` itself on one device."""
-    x = x.reshape(-1)
-    return jax.lax.all_gather(x, axis_name, tiled=True) if axis_name else x
-
-
-def update_retnorm(stats: dict[str, jax.Array], ret: jax.Array, *, lo: float, hi: float,
-                   decay: float, limit: float, axis_name: str | None = None):
-    """Percentile return normalisation (paper Eq. 11): EMA (rate 1 - `decay`) of the `lo` and
-    `hi` quantiles of the returns on all devices.
-
-    Returns (new stats, scale) with scale = max(limit, hi - lo); dividing advantages by it keeps
-    the entropy bonus meaningful across reward scales while not amplifying tiny returns.
-    """
-    values = gather(ret, axis_name)
-    stats = {"lo": decay * stats["lo"] + (1 - decay) * jnp.quantile(values, lo),
-             "hi": decay * stats["hi"] + (1 - decay) * jnp.quantile(values, hi)}
-    return stats, jnp.maximum(limit, stats["hi"] - stats["lo"])
 
 
 def action_dim(nets: ActorCriticNets) -> int:

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dreamer.agents.dreamerv3 import rssm as rssm_lib
+from dreamer.convnets import Decoder, Encoder
 from dreamer.distributions import (
     TwoHot,
     bernoulli_log_prob,
@@ -18,7 +19,7 @@ from dreamer.distributions import (
     sg,
     symlog,
 )
-from dreamer.nets import MLP, Decoder, Encoder
+from dreamer.nets import MLP
 
 OBS_KEYS = ("image", "vector")
 
