@@ -1,16 +1,17 @@
 """When periodic work is due: small clocks that the training loops ask, each testable alone.
 
 `Every` counts a counter (env steps, updates), `EverySeconds` wall time, `Ratio` the updates
-owed for the agent steps collected (the train ratio); `Phases` times the parts of a loop. None of them does the work; the session
-and its monitor ask and act.
+owed for the agent steps collected (the train ratio, `updates_due`); `Phases` times the parts of
+a loop. None of them does the work; the session and its monitor ask and act.
 """
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from dreamer.config import Config, updates_due
+from dreamer.config import Config
 
 
 class Every:
@@ -47,16 +48,16 @@ class EverySeconds:
 
 
 class Ratio:
-    """Updates owed by the train ratio (`dreamer.config.updates_due`): none until the replay
-    holds one global batch of steps (or the prefill ends), one then, and `run.train_ratio`
-    replayed steps per agent step after that."""
+    """Updates owed by the train ratio (`updates_due`): none until the replay holds one global
+    batch of steps (or the prefill ends), one then, and `run.train_ratio` trained steps per agent
+    step after that (`trained_length` per replayed sequence: the agent's)."""
 
-    def __init__(self, cfg: Config, devices: int = 1):
-        self.cfg, self.devices = cfg, devices
+    def __init__(self, cfg: Config, devices: int = 1, trained_length: int | None = None):
+        self.cfg, self.devices, self.trained_length = cfg, devices, trained_length
 
     def owed(self, agent_steps: int, updates: int) -> int:
         """Updates due after `agent_steps` and not done yet (negative when ahead)."""
-        return updates_due(self.cfg, agent_steps, self.devices) - updates
+        return updates_due(self.cfg, agent_steps, self.devices, self.trained_length) - updates
 
 
 class Phases:
@@ -81,3 +82,31 @@ class Phases:
         out = {f"loop/{name}_fraction": s / elapsed for name, s in self.seconds.items()}
         self.seconds = {}
         return out
+
+
+def updates_per_frame(cfg: Config, devices: int = 1, trained_length: int | None = None) -> float:
+    """Updates per simulator frame: `run.train_ratio` counts trained steps per agent step, and
+    an agent step is `env.action_repeat` frames. `trained_length` is the agent's steps trained
+    per replayed sequence (`Agent.trained_length`; None: `batch_length`, DreamerV3's)."""
+    trained = cfg.batch_size * devices * (trained_length or cfg.batch_length)
+    return cfg.run.train_ratio / (trained * cfg.env.action_repeat)
+
+
+def train_start(cfg: Config, devices: int = 1) -> int:
+    """Agent steps after which training starts: once the replay holds one global batch of steps
+    (2024 code), or after the random prefill (`run.prefill` frames) when that is longer."""
+    return max(math.ceil(cfg.run.prefill / cfg.env.action_repeat),
+               cfg.batch_size * devices * cfg.batch_length)
+
+
+def updates_due(cfg: Config, agent_steps: int, devices: int = 1,
+                trained_length: int | None = None) -> int:
+    """Updates owed in total after `agent_steps`: one when training starts, then
+    `run.train_ratio` trained steps per agent step (`elements.when.Ratio` of the 2024 code,
+    which counts DreamerV3's `batch_length` steps per sequence; `trained_length` as in
+    `updates_per_frame`)."""
+    start = train_start(cfg, devices)
+    if agent_steps < start:
+        return 0
+    trained = cfg.batch_size * devices * (trained_length or cfg.batch_length)
+    return int((agent_steps - start) * cfg.run.train_ratio / trained) + 1

@@ -580,38 +580,32 @@ def _preset_path(name: str, configs_dir: Path) -> Path:
 
 def load_config(presets: Sequence[str] = (), overrides: Mapping[str, Any] | None = None,
                 configs_dir: str | Path | None = None) -> Config:
-    """Defaults, then each preset in order (later wins), then `overrides` (dotted keys)."""
+    """Defaults, then the agent's own preset, then each preset in order (later wins), then
+    `overrides` (dotted keys).
+
+    The agent is the one that the presets and overrides choose (`agent`, default dreamerv3); its
+    own preset is `configs/<agent>.yaml` and holds the settings that only it uses (DreamerV3's
+    replay context, online queue and report videos), so that every other agent starts from the
+    plain defaults. Named among the presets, it applies where it is named instead."""
     if isinstance(presets, str):
         presets = [presets]
     directory = configs_dir_of(configs_dir)
-    cfg = Config(configs_dir=directory)
-    for name in presets:
-        path = _preset_path(name, directory)
-        cfg = cfg.update(_read_yaml(path, "preset"), source=f"preset {name!r}")
-    if overrides:
-        cfg = cfg.update(overrides, source="overrides")
+
+    def build(names: Sequence[str]) -> Config:
+        cfg = Config(configs_dir=directory)
+        for name in names:
+            path = _preset_path(name, directory)
+            cfg = cfg.update(_read_yaml(path, "preset"), source=f"preset {name!r}")
+        if overrides:
+            cfg = cfg.update(overrides, source="overrides")
+        return cfg
+
+    cfg = build(presets)
+    agent = cfg.agent
+    if agent in presets or not (directory / f"{agent}.yaml").is_file():
+        return cfg
+    cfg = build([agent, *presets])
+    if cfg.agent != agent:
+        raise ConfigError(f"preset {agent!r} sets agent {cfg.agent!r}: an agent's own preset "
+                          f"must keep its agent")
     return cfg
-
-
-def updates_per_frame(cfg: Config, devices: int = 1) -> float:
-    """Updates per simulator frame: `run.train_ratio` counts replayed steps (batch_length per
-    sequence) per agent step, and an agent step is `env.action_repeat` frames."""
-    replayed = cfg.batch_size * devices * cfg.batch_length
-    return cfg.run.train_ratio / (replayed * cfg.env.action_repeat)
-
-
-def train_start(cfg: Config, devices: int = 1) -> int:
-    """Agent steps after which training starts: once the replay holds one global batch of steps
-    (2024 code), or after the random prefill (`run.prefill` frames) when that is longer."""
-    return max(math.ceil(cfg.run.prefill / cfg.env.action_repeat),
-               cfg.batch_size * devices * cfg.batch_length)
-
-
-def updates_due(cfg: Config, agent_steps: int, devices: int = 1) -> int:
-    """Updates owed in total after `agent_steps`: one when training starts, then
-    `run.train_ratio` replayed steps per agent step (`elements.when.Ratio` of the 2024 code)."""
-    start = train_start(cfg, devices)
-    if agent_steps < start:
-        return 0
-    return int((agent_steps - start) * cfg.run.train_ratio
-               / (cfg.batch_size * devices * cfg.batch_length)) + 1

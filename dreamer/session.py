@@ -79,7 +79,8 @@ class Session:
         # accelerators, so that env steps overlap updates; on the CPU both share the cores and
         # the policy acts with the current parameters.
         self.acting_lag = 0 if self.learner.on_host else int(cfg.actors.max_staleness)
-        self.ratio = Ratio(cfg, self.learner.batch_size // cfg.batch_size)  # local devices
+        self.ratio = Ratio(cfg, self.learner.batch_size // cfg.batch_size,  # local devices
+                           self.learner.agent.trained_length)
         self._context: tuple[Any, Any] | None = None  # replay updates not yet written back
         restored = run_state.restore(self.checkpoints, self.learner, self.replay, rngs,
                                      self.replay_dir, self.repeat)

@@ -23,7 +23,8 @@ sys.path.insert(0, str(ROOT))
 from dreamer.args import Option, UsageError, integer, number, parse
 from dreamer.checkpoint import Checkpointer
 from dreamer.cli import parse_args
-from dreamer.config import Config, ConfigError, updates_due
+from dreamer.clocks import updates_due
+from dreamer.config import Config, ConfigError
 from dreamer.replay import stored_stamps
 
 OPTIONS = (

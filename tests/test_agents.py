@@ -7,7 +7,8 @@ import pytest
 
 from dreamer import runner
 from dreamer.agents import AGENTS, make_agent
-from dreamer.config import ConfigError, load_config, updates_due
+from dreamer.clocks import updates_due
+from dreamer.config import ConfigError, load_config
 from dreamer.envs import make_env
 from dreamer.replay import stored_stamps
 
@@ -45,6 +46,7 @@ def test_the_agent_interface(agent):
     assert made.act_dim == env.act_space.shape[-1] if not env.act_space.discrete else True
     assert set(made.obs_keys) <= set(env.obs_space)
     assert made.sequence_length >= 2 and made.axis_name is None
+    assert 1 <= made.trained_length <= made.sequence_length
     for name in ("init", "train_step", "policy", "policy_initial", "policy_outputs_initial"):
         assert callable(getattr(made, name)), name
 
@@ -75,7 +77,8 @@ def test_each_agent_trains_on_two_devices_with_actor_processes_and_resumes(agent
     updates = max(line.get("train/updates", 0) for line in lines)
     # The learner owes updates for the steps received; it reads at most 2 chunks per actor
     # between checks, so it ends at most that many chunks' worth of updates short.
-    per_update = 2 * cfg.batch_size * cfg.batch_length  # replayed steps, on 2 devices
-    assert 0 <= updates_due(cfg, final, 2) - updates <= 2 * 2 * 16 * 32 // per_update + 1
+    trained = cfg.batch_length - 1 if agent == "pets" else cfg.batch_length  # per sequence
+    per_update = 2 * cfg.batch_size * trained  # trained steps, on 2 devices
+    assert 0 <= updates_due(cfg, final, 2, trained) - updates <= 2 * 2 * 16 * 32 // per_update + 1
     stamps = stored_stamps(tmp_path / "replay")
     np.testing.assert_array_equal(np.sort(stamps), np.arange(final))

@@ -4,6 +4,7 @@ import pytest
 import yaml
 
 from dreamer.cli import parse_args
+from dreamer.clocks import updates_per_frame
 from dreamer.config import (
     CHOICES,
     Config,
@@ -12,13 +13,12 @@ from dreamer.config import (
     default_configs_dir,
     load_config,
     parse_kwargs,
-    updates_per_frame,
 )
 
 SIZES = ["size1m", "size12m", "size25m", "size50m", "size100m", "size200m", "size400m"]
 TASKS = ["atari100k", "debug", "demo", "dmc_proprio", "dmc_vision", "gym"]
 MODIFIERS = ["cpu", "pets_small"]  # applied after a task or agent preset
-AGENTS = ["pets", "dyna_q", "prioritized_sweeping"]  # select another agent than DreamerV3, with its settings
+AGENTS = ["dreamerv3", "pets", "dyna_q", "prioritized_sweeping"]  # each agent's own settings
 
 
 def test_defaults_have_the_types_written_in_defaults_yaml():
@@ -88,7 +88,23 @@ def test_size_presets_match_dreamerv3():
     for name, values in expected.items():
         m = load_config([name]).model
         assert (m.deter, m.hidden, m.classes, m.depth, m.units) == values, name
-    assert load_config(["size200m"]) == Config()
+    assert load_config(["size200m"]) == load_config([])
+
+
+def test_the_agents_own_preset_applies_first_and_others_start_from_plain_defaults():
+    dreamer = load_config([])
+    assert (dreamer.replay.online, dreamer.replay.context, dreamer.logger.report_every) == (
+        True, True, 2000)
+    plain = Config()
+    assert (plain.replay.online, plain.replay.context, plain.logger.report_every) == (
+        False, False, 0)
+    pets = load_config([], {"agent": "pets"})  # its preset, unnamed: applied after the defaults
+    assert pets == load_config(["pets"]) and pets.batch_size == 128
+    assert not pets.replay.context and not pets.replay.online
+    # Before the named presets when unnamed; where named otherwise.
+    assert load_config(["dmc_proprio"], {"agent": "pets"}).run.train_ratio == 1024
+    assert load_config(["dmc_proprio", "pets"]).run.train_ratio == 256
+    assert load_config(["dmc_proprio"]).replay.context
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -248,7 +264,7 @@ def test_parse_args_grammar(tmp_path):
     assert extra["configs"] == ["debug", "size1m"]
     assert extra.overrides["run.steps"] == "1e6"
     assert parse_args(["--configs=debug,size1m"])[0] == load_config(["debug", "size1m"])
-    assert parse_args([])[0] == Config()
+    assert parse_args([])[0] == load_config([])
 
 
 @pytest.mark.parametrize(

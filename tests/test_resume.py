@@ -16,7 +16,8 @@ import pytest
 
 from dreamer import analysis, cli, runner
 from dreamer.checkpoint import Checkpointer
-from dreamer.config import Config, ConfigError, load_config, updates_due
+from dreamer.clocks import updates_due
+from dreamer.config import Config, ConfigError, load_config
 from dreamer.replay import stored_stamps
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -39,7 +39,8 @@ class Agent(Protocol):
 
     act_dim: int
     obs_keys: tuple[str, ...]     # observation keys the agent reads
-    sequence_length: int          # steps per replayed sequence
+    sequence_length: int          # steps per replayed sequence (what the replay samples)
+    trained_length: int           # of those, the steps the train ratio counts as trained
     axis_name: str | None
 
     def init(self, key: jax.Array) -> Any: ...

@@ -292,6 +292,7 @@ class DynaQ:
         self.act_dim = act_space.n
         self.obs_keys = ("vector",)
         self.sequence_length = cfg.batch_length
+        self.trained_length = cfg.batch_length  # one transition into each step
         self.hyper = {"lr": p.lr, "discount": p.discount}
 
     def init(self, key: jax.Array) -> DynaState:

@@ -141,6 +141,7 @@ class PETS:
         self.obs_dim = obs_space["vector"].shape[-1]
         self.obs_keys = ("vector",)
         self.sequence_length = cfg.batch_length
+        self.trained_length = cfg.batch_length - 1  # transitions per sequence
         self.net = ensemble.GaussianMLP(self.obs_dim + 1, p.units, p.layers, p.act, extra=1,
                                         min_logvar=p.min_logvar, max_logvar=p.max_logvar)
         self.opt = optax.adamw(p.lr, weight_decay=p.weight_decay)

@@ -202,6 +202,12 @@ class DreamerV3:
         """Steps per replayed sequence: `batch_length`, plus the context step."""
         return self.cfg.batch_length + int(self.context)
 
+    @property
+    def trained_length(self) -> int:
+        """Steps per sequence that the train ratio counts: `batch_length` (not the context
+        step, which only supplies the model state), as the 2024 code counts them."""
+        return self.cfg.batch_length
+
     def imagination_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of `behavior.actor_critic_loss` from the config."""
         return imagination_kwargs(self.cfg.ac, self.axis_name)
