@@ -234,8 +234,8 @@ def evaluate_logdir(logdir: Path, episodes: int, mode: str = "sample", seed: int
                     ) -> dict[str, Any]:
     """Evaluates the newest checkpoint of a training logdir (see `eval_main`). With mode 'mpc'
     the agent plans by latent MPC (planner settings: the run's `mpc` section with the `mpc`
-    overrides), and the result's `actor` holds the actor's evaluation in mode 'mode' on the
-    same episodes."""
+    overrides), acting on the plan's mean, and the result's `actor` holds the actor's
+    evaluation in mode 'mode' on the same episodes."""
     import jax
 
     from dreamer import analysis
@@ -246,14 +246,15 @@ def evaluate_logdir(logdir: Path, episodes: int, mode: str = "sample", seed: int
             jax.config.update("jax_platforms", settings.platform)
         xla_flags.apply(settings.xla_flags, settings.platform)
     run = analysis.load_run(logdir)
-    agent, result = run.agent, {}
+    agent, policy_mode, result = run.agent, mode, {}
     if mode == "mpc":
         from dreamer.agents.dreamerv3.mpc import LatentMPC
 
         cfg = run.cfg.update(mpc or {}, source="command line")
         agent = LatentMPC(run.agent, cfg.mpc)
         result["actor"] = evaluate_agent(run, run.agent, episodes, "mode", seed)
-    result.update(evaluate_agent(run, agent, episodes, mode, seed, video))
+        policy_mode = "eval"  # the plan's mean, as in every mode
+    result.update(evaluate_agent(run, agent, episodes, policy_mode, seed, video))
     if video is not None:
         if "eval/video" not in result:
             raise ConfigError(f"the task {run.cfg.env.task} has no image observations to film")

@@ -1,12 +1,15 @@
-"""Every agent through the same loop: the agent interface, `--agent` selection, two fake
-devices with two actor processes, then a resume that continues counters and replay."""
+"""Every agent through the same loop: the agent interface and its policy modes, `--agent`
+selection, two fake devices with two actor processes, then a resume that continues counters and
+replay."""
 import json
 
+import jax
 import numpy as np
 import pytest
 
 from dreamer import runner
-from dreamer.agents import AGENTS, make_agent
+from dreamer.agents import AGENTS, MODES, make_agent
+from dreamer.agents.dreamerv3.mpc import LatentMPC
 from dreamer.config import ConfigError, load_config, updates_due
 from dreamer.envs import make_env
 from dreamer.replay import stored_stamps
@@ -79,3 +82,20 @@ def test_each_agent_trains_on_two_devices_with_actor_processes_and_resumes(agent
     assert 0 <= updates_due(cfg, final, 2) - updates <= 2 * 2 * 16 * 32 // per_update + 1
     stamps = stored_stamps(tmp_path / "replay")
     np.testing.assert_array_equal(np.sort(stamps), np.arange(final))
+
+
+@pytest.mark.parametrize("agent", [*sorted(AGENTS), "latent_mpc"])
+def test_an_unknown_policy_mode_is_a_clear_error(agent):
+    cfg = tiny_cfg("dreamerv3" if agent == "latent_mpc" else agent, "", 100)
+    env = make_env(cfg.env, 0)
+    try:
+        made = make_agent(cfg, env.obs_space, env.act_space)
+        obs = {k: np.zeros((1, *s.shape), s.dtype) for k, s in env.obs_space.items()}
+    finally:
+        env.close()
+    if agent == "latent_mpc":
+        made = LatentMPC(made, cfg.mpc)
+    obs["is_first"] = np.ones(1, bool)
+    names = ", ".join(repr(m) for m in MODES)
+    with pytest.raises(ValueError, match=f"unknown policy mode 'greedy': choose one of {names}"):
+        made.policy(None, made.policy_initial(1), obs, jax.random.key(0), mode="greedy")

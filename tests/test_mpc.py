@@ -184,7 +184,7 @@ def test_dreamer_eval_mode_mpc_on_a_trained_run(tmp_path, capsys):
     cfg = run.cfg.update({k[2:].split("=")[0]: k.split("=")[1] for k in TINY_MPC})
     policy = AgentPolicy(mpc.LatentMPC(run.agent, cfg.mpc), 1, Rngs(0).key_stream("eval"))
     env = make_env(run.cfg.env, 0)
-    result = evaluate(policy, run.params, env, 2, mode="mpc")
+    result = evaluate(policy, run.params, env, 2, mode="eval")
     env.close()
     assert result["eval/length"] == 6 and result["eval/action_seconds"] > 0
     assert policy._step._cache_size() == 1

@@ -36,6 +36,7 @@ from dreamer.agents.dreamerv3 import behavior, world_model
 from dreamer.agents.dreamerv3 import rssm as rssm_lib
 from dreamer.agents.dreamerv3.behavior import ActorCriticNets
 from dreamer.agents.dreamerv3.world_model import WorldModelNets
+from dreamer.agents.modes import check_mode
 from dreamer.config import CHOICES, ConfigError
 from dreamer.distributions import split_keys
 
@@ -160,9 +161,9 @@ class LatentMPC:
     def policy(self, params: dict[str, Any], carry: Any, obs: dict[str, jax.Array],
                key: jax.Array, mode: str = "sample"):
         """One step for N environments (obs as `DreamerV3.policy` takes them): filter, then
-        plan from each posterior state. Returns (carry, action [N, A], outputs). `mode` is
-        accepted for the interface; the planner's search is the same in every mode."""
-        del mode
+        plan from each posterior state. Returns (carry, action [N, A], outputs). Every mode
+        ('eval', 'sample' and 'mode') acts on the first action of the refined plan's mean."""
+        check_mode(mode)
         inner, plans = carry
         k_obs, k_plan = jax.random.split(key)
         state = self.agent.observe(params, inner, obs, k_obs)
