@@ -144,7 +144,7 @@ class LatentMPC:
     def __init__(self, agent: Any, mpc: Any):
         if agent.cfg.agent != "dreamerv3":
             raise ConfigError(f"latent MPC plans in DreamerV3's learned model; this run's agent "
-                              f"is {agent.cfg.agent} (use --mode sample or mode)")
+                              f"is {agent.cfg.agent} (use --mode eval, sample or mode)")
         self.agent = agent
         self.kwargs = planner_kwargs(mpc)
         self.gamma = 1.0 - 1.0 / agent.cfg.ac.discount_horizon
