@@ -84,7 +84,8 @@ class AgentPolicy:
 
     def __call__(self, params: Any, obs: dict[str, np.ndarray], mode: str = "sample"
                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """(actions [N, A], per-step outputs {key: [N, ...]}) for observations [N, ...]."""
+        """(actions [N, A], per-step outputs {key: [N, ...]}) for observations [N, ...];
+        `mode` is the policy's mode, 'sample' (collection) unless asked otherwise."""
         if self._fresh:
             self.carry, self._fresh = placed_like(self.carry, params), False
         inputs = {k: v for k, v in obs.items() if k in (*self.agent.obs_keys, "is_first")}
@@ -105,13 +106,14 @@ def placed_like(tree: Any, params: Any) -> Any:
 
 
 def evaluate(policy: AgentPolicy, params: Any, env: Env, episodes: int, repeat: int = 1,
-             video: bool = False, mode: str = "sample") -> dict[str, Any]:
+             video: bool = False, mode: str = "eval") -> dict[str, Any]:
     """Mean and spread of the score, the mean length (env steps) of `episodes` episodes, and
     the mean seconds per action (`eval/action_seconds`, each policy call timed to its action on
     the host, the first call of the evaluation left out: it may compile).
 
-    `mode` is the policy's 'sample' (as in training) or greedy 'mode'. With `video` and image
-    observations, `eval/video` holds the first episode's frames, uint8 [T, H, W, C].
+    `mode` is the policy's mode (`dreamer.agents.MODES`): 'eval', the agent's evaluation
+    policy, unless asked otherwise. With `video` and image observations, `eval/video` holds the
+    first episode's frames, uint8 [T, H, W, C].
     """
     collector = Collector([env], policy.agent.act_dim)
     policy.reset()

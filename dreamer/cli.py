@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dreamer import xla_flags
+from dreamer.agents import MODES
 from dreamer.args import Args, Option, UsageError, choice, integer, parse
 from dreamer.checkpoint import CheckpointError
 from dreamer.config import Config, ConfigError, available_presets, configs_dir_of, load_config
@@ -168,14 +169,14 @@ EVAL_OPTIONS = (
     Option("logdir", required=True, metavar="DIR"),
     Option("episodes", 10, integer(1), metavar="N"),
     Option("video", "", _video_file, metavar="FILE"),
-    Option("mode", "sample", choice("sample", "mode", "mpc")),
+    Option("mode", "eval", choice(*MODES, "mpc")),
     Option("seed", 12345, integer(), metavar="N"),
 )
 
 
 def eval_main(argv: list[str] | None = None) -> int:
-    """usage: dreamer-eval --logdir DIR [--episodes N] [--video FILE] [--mode sample|mode|mpc]
-                        [--seed N] [--mpc.KEY=VALUE ...]
+    """usage: dreamer-eval --logdir DIR [--episodes N] [--video FILE]
+                        [--mode eval|sample|mode|mpc] [--seed N] [--mpc.KEY=VALUE ...]
 
     Runs the policy of the newest checkpoint in DIR and prints the score's mean and spread and
     the seconds per action.
@@ -183,9 +184,12 @@ def eval_main(argv: list[str] | None = None) -> int:
       --logdir DIR    a training logdir (holds config.yaml and checkpoints/)
       --episodes N    episodes to run (default 10)
       --video FILE    write the first episode to this .mp4 or .gif file
-      --mode MODE     sample actions as in training (sample, the default), take the actor's most
-                      likely one (mode), or plan in the learned model (mpc: DreamerV3's latent
-                      MPC, then the actor's mode on the same episodes for comparison)
+      --mode MODE     eval (the default): act as the agent's paper evaluates it (DreamerV3
+                      samples from its actor as the official code does, Dyna-Q is greedy,
+                      PETS takes the planner's mean); sample: act as in collecting training
+                      data (Dyna-Q is epsilon-greedy); mode: greedy (the actor's most likely
+                      action); mpc: plan in DreamerV3's learned model (latent MPC), then run
+                      the actor's mode on the same episodes for comparison
       --seed N        seed of the episodes (default 12345)
       --mpc.KEY=VALUE a planner setting of latent MPC (section mpc of configs/defaults.yaml),
                       e.g. --mpc.horizon=8 --mpc.planner=mppi
@@ -229,13 +233,14 @@ def mpc_overrides(overrides: dict[str, str], mode: str) -> dict[str, str]:
     return dict(overrides)
 
 
-def evaluate_logdir(logdir: Path, episodes: int, mode: str = "sample", seed: int = 0,
+def evaluate_logdir(logdir: Path, episodes: int, mode: str = "eval", seed: int = 0,
                     video: str | None = None, mpc: dict[str, str] | None = None
                     ) -> dict[str, Any]:
-    """Evaluates the newest checkpoint of a training logdir (see `eval_main`). With mode 'mpc'
-    the agent plans by latent MPC (planner settings: the run's `mpc` section with the `mpc`
-    overrides), and the result's `actor` holds the actor's evaluation in mode 'mode' on the
-    same episodes."""
+    """Evaluates the newest checkpoint of a training logdir (see `eval_main`) with the policy
+    in `mode` (one of `dreamer.agents.MODES`, or 'mpc'). With 'mpc' the agent plans by latent
+    MPC (planner settings: the run's `mpc` section with the `mpc` overrides), acting in mode
+    'eval' (the plan's mean), and the result's `actor` holds the actor's evaluation in mode
+    'mode' (greedy) on the same episodes."""
     import jax
 
     from dreamer import analysis
@@ -246,14 +251,15 @@ def evaluate_logdir(logdir: Path, episodes: int, mode: str = "sample", seed: int
             jax.config.update("jax_platforms", settings.platform)
         xla_flags.apply(settings.xla_flags, settings.platform)
     run = analysis.load_run(logdir)
-    agent, result = run.agent, {}
+    agent, policy_mode, result = run.agent, mode, {}
     if mode == "mpc":
         from dreamer.agents.dreamerv3.mpc import LatentMPC
 
         cfg = run.cfg.update(mpc or {}, source="command line")
         agent = LatentMPC(run.agent, cfg.mpc)
         result["actor"] = evaluate_agent(run, run.agent, episodes, "mode", seed)
-    result.update(evaluate_agent(run, agent, episodes, mode, seed, video))
+        policy_mode = "eval"  # the plan's mean, as in every mode
+    result.update(evaluate_agent(run, agent, episodes, policy_mode, seed, video))
     if video is not None:
         if "eval/video" not in result:
             raise ConfigError(f"the task {run.cfg.env.task} has no image observations to film")

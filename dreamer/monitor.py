@@ -75,10 +75,10 @@ class UpdateMetrics:
 
 
 class Monitor:
-    """Evaluates every `run.eval_every` env steps, reports every `logger.report_every` updates
-    and writes the metrics every `run.log_every` seconds, to its logger (one made for `logdir`
-    unless given). The counts at the last evaluation and report, the skipped updates and the
-    trained seconds are kept in the run's `counters`."""
+    """Evaluates every `run.eval_every` env steps (the policy's 'eval' mode), reports every
+    `logger.report_every` updates and writes the metrics every `run.log_every` seconds, to its
+    logger (one made for `logdir` unless given). The counts at the last evaluation and report,
+    the skipped updates and the trained seconds are kept in the run's `counters`."""
 
     def __init__(self, cfg: Config, logdir: Path, counters: Counters, learner: Learner,
                  replay: Replay, rngs: Rngs, eval_policy: AgentPolicy, eval_env: Env,
@@ -133,7 +133,7 @@ class Monitor:
         start = time.perf_counter()
         self.evals = evaluate(self.eval_policy, self.learner.params(), self.eval_env,
                               self.cfg.run.eval_episodes, self.repeat,
-                              video=self.cfg.logger.eval_video)
+                              video=self.cfg.logger.eval_video, mode="eval")
         self.timing["time/eval_s"] = time.perf_counter() - start
         return self.evals
 

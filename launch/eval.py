@@ -1,5 +1,5 @@
 """Evaluate a trained agent: `python launch/eval.py --logdir DIR [--episodes N] [--video FILE]
-[--mode sample|mode|mpc]` (see `dreamer.cli.eval_main`)."""
+[--mode eval|sample|mode|mpc]` (see `dreamer.cli.eval_main`)."""
 import sys
 from pathlib import Path
 

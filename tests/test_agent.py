@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from dreamer.agents.dreamerv3 import behavior, world_model
+from dreamer.agents.dreamerv3 import rssm as rssm_lib
 from dreamer.agents.dreamerv3.agent import DreamerV3, compute_dtype, param_counts, weighted_sum
 from dreamer.config import ConfigError, load_config
 from dreamer.distributions import split_keys
@@ -241,6 +242,26 @@ def test_policy_actions_and_reset(case):
     chex.assert_trees_all_close(out_b[0]["deter"][0], out0[0]["deter"][0], atol=1e-6)
     diff = np.abs(np.asarray(out_a[0]["deter"] - out_b[0]["deter"]))
     assert diff[1:].min(-1).max() > 0 and diff[1:].max() > 1e-3
+
+
+def test_eval_samples_as_sample_does_and_mode_is_greedy(case):
+    """'eval' is 'sample' (the official code evaluates with sampled actions): the same draw under
+    the same key, and not the actor's most likely action in the state observed; 'mode' is that
+    most likely action under every key."""
+    agent, params = case.agent, case.state.params
+    n = 4
+    obs = {k: v[:n, 0] for k, v in case.batch.items() if k in ("image", "vector")}
+    obs["is_first"] = np.ones(n, bool)
+    carry, sampled = agent.policy_initial(n), False
+    for seed in range(3):
+        key = jax.random.key(seed)
+        (state, _), drawn, _ = case.policy(params, carry, obs, key, mode="eval")
+        np.testing.assert_array_equal(case.policy(params, carry, obs, key)[1], drawn)
+        greedy = case.policy(params, carry, obs, key, mode="mode")[1]
+        dist = behavior.policy_dist(agent.ac, params["actor"], rssm_lib.feat(state))
+        np.testing.assert_allclose(greedy, dist.mode(), atol=1e-5)
+        sampled |= not np.allclose(drawn, dist.mode(), atol=1e-3)
+    assert sampled
 
 
 def test_every_loss_term_is_scaled_once(discrete_case):

@@ -1,12 +1,15 @@
-"""Every agent through the same loop: the agent interface, `--agent` selection, two fake
-devices with two actor processes, then a resume that continues counters and replay."""
+"""Every agent through the same loop: the agent interface, `--agent` selection, the policy mode
+of collection and evaluation, two fake devices with two actor processes, then a resume that
+continues counters and replay."""
 import json
 
+import jax
 import numpy as np
 import pytest
 
-from dreamer import runner
-from dreamer.agents import AGENTS, make_agent
+from dreamer import cli, runner
+from dreamer.agents import AGENTS, MODES, make_agent
+from dreamer.agents.dreamerv3.mpc import LatentMPC
 from dreamer.clocks import updates_due
 from dreamer.config import ConfigError, load_config
 from dreamer.envs import make_env
@@ -82,3 +85,55 @@ def test_each_agent_trains_on_two_devices_with_actor_processes_and_resumes(agent
     assert 0 <= updates_due(cfg, final, 2, trained) - updates <= 2 * 2 * 16 * 32 // per_update + 1
     stamps = stored_stamps(tmp_path / "replay")
     np.testing.assert_array_equal(np.sort(stamps), np.arange(final))
+
+
+def spy_on_policy(monkeypatch, name: str) -> list[tuple[int, str]]:
+    """Makes `--agent=name` build an agent whose `policy` records (environments, mode) of each
+    call (each trace, under jit); returns the list it appends to."""
+    calls: list[tuple[int, str]] = []
+    base = AGENTS[name]()
+
+    class Spy(base):
+        def policy(self, params, carry, obs, key, mode="sample"):
+            calls.append((obs["is_first"].shape[0], mode))
+            return super().policy(params, carry, obs, key, mode)
+
+    monkeypatch.setitem(AGENTS, name, lambda: Spy)
+    return calls
+
+
+@pytest.mark.parametrize("agent", sorted(AGENTS))
+def test_evaluation_acts_in_eval_mode_and_collection_in_sample_mode(agent, tmp_path,
+                                                                   monkeypatch):
+    """Two training environments collect ('sample'), the one evaluation environment and
+    dreamer-eval act in 'eval' unless --mode picks another. Too few steps for DreamerV3 and
+    PETS to update, and state vectors: the run compiles little besides the policy."""
+    calls = spy_on_policy(monkeypatch, agent)
+    runner.run(tiny_cfg(agent, tmp_path, 16, **{
+        "run.prefill": 0, "run.envs": 2, "env.obs": "vector", "env.time_limit": 4,
+        "parallel.devices": 1}))
+    assert set(calls) == {(2, "sample"), (1, "eval")}
+
+    calls.clear()
+    assert cli.eval_main(["--logdir", str(tmp_path), "--episodes", "1"]) == 0
+    assert set(calls) == {(1, "eval")}
+    calls.clear()
+    assert cli.eval_main(["--logdir", str(tmp_path), "--episodes", "1", "--mode", "mode"]) == 0
+    assert set(calls) == {(1, "mode")}
+
+
+@pytest.mark.parametrize("agent", [*sorted(AGENTS), "latent_mpc"])
+def test_an_unknown_policy_mode_is_a_clear_error(agent):
+    cfg = tiny_cfg("dreamerv3" if agent == "latent_mpc" else agent, "", 100)
+    env = make_env(cfg.env, 0)
+    try:
+        made = make_agent(cfg, env.obs_space, env.act_space)
+        obs = {k: np.zeros((1, *s.shape), s.dtype) for k, s in env.obs_space.items()}
+    finally:
+        env.close()
+    if agent == "latent_mpc":
+        made = LatentMPC(made, cfg.mpc)
+    obs["is_first"] = np.ones(1, bool)
+    names = ", ".join(repr(m) for m in MODES)
+    with pytest.raises(ValueError, match=f"unknown policy mode 'greedy': choose one of {names}"):
+        made.policy(None, made.policy_initial(1), obs, jax.random.key(0), mode="greedy")

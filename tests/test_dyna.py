@@ -390,6 +390,20 @@ def test_the_policy_is_epsilon_greedy_with_random_ties():
     np.testing.assert_array_equal(outputs["prev_action"], np.argmax(sampled, -1))
 
 
+def test_eval_is_greedy_while_sample_explores():
+    """With ε = 1 'sample' is uniform; 'eval' stays greedy, ties broken at random as in 'mode'."""
+    made = agent(**{"dyna.epsilon": 1.0})
+    q = jnp.zeros((54, 4)).at[9].set(jnp.array([1.0, 1.0, 0.0, 0.0]))
+    obs = {"vector": jnp.eye(54)[jnp.full(2000, 9)], "is_first": jnp.zeros(2000, bool)}
+    policy = jax.jit(made.policy, static_argnames="mode")
+    carry = made.policy_initial(2000)
+    share = {mode: np.asarray(policy({"q": q}, carry, obs, jax.random.key(0), mode=mode)[1])
+             .mean(0) for mode in ("sample", "eval", "mode")}
+    np.testing.assert_allclose(share["sample"], [0.25] * 4, atol=0.04)
+    for mode in ("eval", "mode"):
+        assert share[mode][2:].sum() == 0 and min(share[mode][:2]) > 0.45, mode
+
+
 @pytest.mark.parametrize("name", ["dyna_q", "prioritized_sweeping"])
 def test_two_devices_equal_one_holding_the_whole_batch(name):
     made = agent(name)

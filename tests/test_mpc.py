@@ -180,15 +180,23 @@ def test_bad_settings_and_other_agents_are_clear_errors(tiny_cfg):
 TINY_MPC = ["--mpc.candidates=8", "--mpc.elites=2", "--mpc.iterations=2", "--mpc.horizon=3"]
 
 
-def test_dreamer_eval_mode_mpc_on_a_trained_run(tmp_path, capsys):
+def test_dreamer_eval_mode_mpc_on_a_trained_run(tmp_path, capsys, monkeypatch):
     logdir = tmp_path / "run"
     runner.run(load_config(["debug"], {
         "logdir": str(logdir), "env.task": "builtin_reach", "env.time_limit": 6,
         "run.steps": 60, "run.prefill": 40, "run.eval_every": 0, "run.log_every": 0,
         "run.checkpoint_every": 0, "logger.console": False, "logger.report_every": 0,
         "parallel.devices": 1}))
+    modes, original = [], mpc.LatentMPC.policy
+
+    def spy(self, params, carry, obs, key, mode="sample"):
+        modes.append(mode)  # at each trace
+        return original(self, params, carry, obs, key, mode)
+
+    monkeypatch.setattr(mpc.LatentMPC, "policy", spy)
     assert cli.eval_main(["--logdir", str(logdir), "--episodes", "2", "--mode", "mpc",
                           *TINY_MPC]) == 0
+    assert modes == ["eval"]  # the planner acts in the evaluation mode: the plan's mean
     out = capsys.readouterr().out
     assert "over 2 episodes, mpc actions; checkpoint at 60 env steps; episode length 6)" in out
     assert "per action\nactor (mode actions) on the same episodes: score" in out
@@ -198,13 +206,13 @@ def test_dreamer_eval_mode_mpc_on_a_trained_run(tmp_path, capsys):
     cfg = run.cfg.update({k[2:].split("=")[0]: k.split("=")[1] for k in TINY_MPC})
     policy = AgentPolicy(mpc.LatentMPC(run.agent, cfg.mpc), 1, Rngs(0).key_stream("eval"))
     env = make_env(run.cfg.env, 0)
-    result = evaluate(policy, run.params, env, 2, mode="mpc")
+    result = evaluate(policy, run.params, env, 2)
     env.close()
     assert result["eval/length"] == 6 and result["eval/action_seconds"] > 0
     assert policy._step._cache_size() == 1
 
     for argv, message in [
-            (["--mode", "plan"], "--mode 'plan': expected one of sample, mode, mpc"),
+            (["--mode", "plan"], "--mode 'plan': expected one of eval, sample, mode, mpc"),
             (["--mode", "mpc", "--mpc.elites=0"], "mpc.elites must be in [1, mpc.candidates"),
             (["--mode", "mpc", "--mpc.planner=mcts"], "'mpc.planner': 'mcts'; choose one of"),
             (["--mpc.horizon=3"], "--mpc.horizon sets latent MPC's planner: add --mode mpc"),

@@ -13,7 +13,10 @@ from typing import Any, Protocol
 import jax
 import numpy as np
 
+from dreamer.agents.modes import MODES, check_mode
 from dreamer.config import ConfigError
+
+__all__ = ["AGENTS", "MODES", "Agent", "check_agent", "check_mode", "make_agent"]
 
 
 class Agent(Protocol):
@@ -30,8 +33,11 @@ class Agent(Protocol):
       `replay_updates` ({key: [B, n, ...]}, often empty) replace the stored policy outputs of
       each sequence's last n steps.
     - `policy(params, carry, obs, key, mode) -> (carry, action [N, A], outputs)`: one acting
-      step for N environments (`mode`: 'sample' or greedy 'mode'); actions are one-hot for
-      discrete spaces. `outputs` ({key: [N, ...]}) are stored in the replay beside the step.
+      step for N environments; actions are one-hot for discrete spaces. `outputs`
+      ({key: [N, ...]}) are stored in the replay beside the step. `mode` is one of `MODES`
+      (`dreamer.agents.modes`): 'sample' explores and collects the training data, 'eval' is
+      the policy the agent's paper evaluates with (evaluation during training and
+      `dreamer-eval`), 'mode' is greedy; any other mode is a ValueError.
     - `policy_initial(n)`: the carry before the first step; `policy_outputs_initial(n)`: the
       outputs stored with steps that the policy did not choose (random prefill).
     - Optional `report(params, batch, key) -> {name: array}`: videos or figures for the logger.

@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dreamer.agents.modes import check_mode
 from dreamer.config import ConfigError
 from dreamer.parallel import gather_over
 from dreamer.updates import all_finite, check_sequence_length, nonfinite_metric
@@ -372,10 +373,12 @@ class DynaQ:
 
     def policy(self, params: dict[str, jax.Array], carry: tuple[jax.Array, jax.Array],
                obs: Batch, key: jax.Array, mode: str = "sample"):
-        """ε-greedy on Q for N environments (obs vector [N, S], is_first [N]): 'sample' acts
-        uniformly at random with chance `dyna.epsilon`, 'mode' is greedy; ties between greedy
-        actions are broken uniformly at random. The outputs are the state and action of the
+        """Acting on Q for N environments (obs vector [N, S], is_first [N]): 'sample' is
+        ε-greedy (uniformly at random with chance `dyna.epsilon`); 'eval' and 'mode' are
+        greedy, the target policy whose values Q-learning learns (Sutton & Barto, Sec. 6.5).
+        Ties between greedy actions are broken uniformly at random. The outputs are the state and action of the
         previous step ([N] int32, -1 at an episode's first step)."""
+        check_mode(mode)
         s = jnp.argmax(obs["vector"], -1).astype(jnp.int32)
         q = params["q"][s]                                                   # [N, A]
         k_tie, k_explore, k_random = jax.random.split(key, 3)

@@ -24,6 +24,7 @@ import numpy as np
 import optax
 
 from dreamer import ensemble, planners
+from dreamer.agents.modes import check_mode
 from dreamer.config import ConfigError
 from dreamer.parallel import mean_over, row_keys, sum_over
 
@@ -253,9 +254,11 @@ class PETS:
 
     def policy(self, params: dict[str, Any], carry: jax.Array, obs: Batch, key: jax.Array,
                mode: str = "sample"):
-        """Plans for N environments: obs vector [N, D], is_first [N]. The planner's search is
-        the same in both modes ('sample' and greedy 'mode'): its randomness is the search's."""
-        del mode
+        """Plans for N environments: obs vector [N, D], is_first [N]. Every mode ('eval',
+        'sample' and 'mode') acts on the first action of the planner's refined mean, as the
+        PETS paper executes it in training and evaluation alike; the randomness is the
+        search's."""
+        check_mode(mode)
         carry = jnp.where(obs["is_first"][:, None, None], 0.0, carry)
         keys = jax.random.split(key, carry.shape[0])
         plans = jax.vmap(self.plan, (None, 0, 0, 0))(params, obs["vector"], carry, keys)

@@ -16,6 +16,7 @@ from dreamer.agents.dreamerv3 import rssm as rssm_lib
 from dreamer.agents.dreamerv3.behavior import ActorCriticNets
 from dreamer.agents.dreamerv3.optim import GROUPS, make_optimizer
 from dreamer.agents.dreamerv3.world_model import WorldModelNets
+from dreamer.agents.modes import check_mode
 from dreamer.config import ConfigError
 from dreamer.convnets import Decoder, Encoder
 from dreamer.distributions import split_keys, symexp_bins
@@ -324,11 +325,13 @@ class DreamerV3:
         obs: image [N, H, W, C] / vector [N, V], is_first [N]. Returns (carry, action [N, A],
         outputs): actions are one-hot for discrete spaces, unclipped continuous otherwise;
         `outputs` are what the replay stores with the step (the model state after observing
-        it, as replay context). `mode` is 'sample' (training and evaluation, as in the paper)
-        or 'mode' (greedy).
+        it, as replay context). 'sample' and 'eval' both sample from the actor: the official
+        code evaluates with sampled actions too, so evaluation scores compare with its
+        published curves; 'mode' takes the actor's most likely action (greedy).
         """
+        check_mode(mode)
         k_obs, k_act = jax.random.split(key)
         state = self.observe(params, carry, obs, k_obs)
         dist = behavior.policy_dist(self.ac, params["actor"], rssm_lib.feat(state))
-        action = dist.sample(k_act) if mode == "sample" else dist.mode()
+        action = dist.mode() if mode == "mode" else dist.sample(k_act)
         return (state, action), action, self.policy_outputs(state)

@@ -38,6 +38,7 @@ from dreamer.agents.dreamerv3 import behavior, world_model
 from dreamer.agents.dreamerv3 import rssm as rssm_lib
 from dreamer.agents.dreamerv3.behavior import ActorCriticNets
 from dreamer.agents.dreamerv3.world_model import WorldModelNets
+from dreamer.agents.modes import check_mode
 from dreamer.config import CHOICES, ConfigError
 from dreamer.distributions import split_keys
 
@@ -167,7 +168,7 @@ class LatentMPC:
     def __init__(self, agent: Any, mpc: Any):
         if agent.cfg.agent != "dreamerv3":
             raise ConfigError(f"latent MPC plans in DreamerV3's learned model; this run's agent "
-                              f"is {agent.cfg.agent} (use --mode sample or mode)")
+                              f"is {agent.cfg.agent} (use --mode eval, sample or mode)")
         self.agent = agent
         self.kwargs = planner_kwargs(mpc)
         self.gamma = 1.0 - 1.0 / agent.cfg.ac.discount_horizon
@@ -184,9 +185,9 @@ class LatentMPC:
     def policy(self, params: dict[str, Any], carry: Any, obs: dict[str, jax.Array],
                key: jax.Array, mode: str = "sample"):
         """One step for N environments (obs as `DreamerV3.policy` takes them): filter, then
-        plan from each posterior state. Returns (carry, action [N, A], outputs). `mode` is
-        accepted for the interface; the planner's search is the same in every mode."""
-        del mode
+        plan from each posterior state. Returns (carry, action [N, A], outputs). Every mode
+        ('eval', 'sample' and 'mode') acts on the first action of the refined plan's mean."""
+        check_mode(mode)
         inner, plans = carry
         k_obs, k_plan = jax.random.split(key)
         state = self.agent.observe(params, inner, obs, k_obs)
