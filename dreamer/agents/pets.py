@@ -2,12 +2,14 @@
 
 The model: K Gaussian MLPs (`dreamer.ensemble`) map the normalised (state vector, action) to
 the normalised (state change, reward) and a termination logit; each member trains on its own
-online bootstrap of every batch (Poisson(1) weights per transition, Oza & Russell 2001), so the
-members differ where data is scarce. Acting plans with CEM or MPPI (`dreamer.planners`) over
-`pets.horizon` steps, with trajectory sampling TS-inf: each of a sequence's particles keeps one
-member for the whole horizon and samples from its Gaussian at every step; a sequence's return
-is the mean over its particles. The agent acts on the plan's first action and warm-starts the
-next step's search from the rest.
+bootstrap of the replayed data: member k weights a transition by a Poisson(1) draw (the online
+bootstrap of Oza & Russell 2001) keyed by a key fixed for the run, k and the step id of the
+transition's first step, so a transition keeps its weight for a member every time it is replayed
+and the members see independent resamples of the data; they differ where data is scarce. Acting
+plans with CEM or MPPI (`dreamer.planners`) over `pets.horizon` steps, with trajectory sampling
+TS-inf: each of a sequence's particles keeps one member for the whole horizon and samples from
+its Gaussian at every step; a sequence's return is the mean over its particles. The agent acts
+on the plan's first action and warm-starts the next step's search from the rest.
 
 Replayed sequences of `batch_length` steps give B x (L - 1) transitions (s_t, a_t) ->
 (s_t+1 - s_t, r_t+1, terminal_t+1); pairs across an episode boundary are masked out. The
@@ -25,15 +27,18 @@ import optax
 
 from dreamer import ensemble, planners
 from dreamer.config import ConfigError
-from dreamer.parallel import mean_over, row_keys, sum_over
+from dreamer.parallel import mean_over, sum_over
 
 Batch = dict[str, jax.Array]
 
 
 class PETSState(flax.struct.PyTreeNode):
+    """The train state. `bootstrap` stays out of `params`, which acting copies."""
+
     params: dict[str, Any]   # {'model': ensemble params [K, ...], 'norm': running moments}
     opt_state: Any
     step: jax.Array
+    bootstrap: jax.Array     # uint32: the raw key of the members' bootstrap weights, for the run
 
 
 def _merge(count, mean, var, n, batch_mean, batch_var):
@@ -83,13 +88,19 @@ def update_norm(norm: dict[str, jax.Array], x: jax.Array, y: jax.Array, mask: ja
             "out_mean": out_mean, "out_var": out_var}
 
 
-def bootstrap_weights(key: jax.Array, rows: int, steps: int, members: int,
-                      axis_name: str | None = None) -> jax.Array:
-    """Poisson(1) weights [K, B, L-1], drawn per replayed sequence from its index in the
-    global batch, so that N devices draw what one device holding every row draws."""
-    keys = row_keys(key, rows, axis_name)
-    w = jax.vmap(lambda k: jax.random.poisson(k, 1.0, (members, steps)))(keys)
-    return jnp.swapaxes(w, 0, 1).astype(jnp.float32)
+def bootstrap_weights(key: jax.Array, ids: jax.Array, members: int) -> jax.Array:
+    """Poisson(1) weights [K, B, L-1] of the transitions whose first steps have ids [B, L-1]:
+    member k's weight of a transition is drawn from (key, k, id), so it is the same every time
+    the transition is replayed, independent between members, and on N devices what one
+    device holding every row draws."""
+    flat = ids.reshape(-1)
+
+    def member(k):
+        keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.fold_in(key, k), flat)
+        return jax.vmap(lambda one: jax.random.poisson(one, 1.0))(keys)
+
+    w = jax.vmap(member)(jnp.arange(members))
+    return w.reshape(members, *ids.shape).astype(jnp.float32)
 
 
 def model_loss(model: Any, net: ensemble.GaussianMLP, norm: dict[str, jax.Array], x: jax.Array,
@@ -145,12 +156,14 @@ class PETS:
     # ----------------------------------------------------------------------------- init
     def init(self, key: jax.Array) -> PETSState:
         inputs, outputs = self.obs_dim + self.act_dim, self.obs_dim + 1
-        model = ensemble.init(self.net, key, self.cfg.pets.members, inputs)
+        k_model, k_bootstrap = jax.random.split(key)
+        model = ensemble.init(self.net, k_model, self.cfg.pets.members, inputs)
         norm = {"count": jnp.zeros([]),
                 "in_mean": jnp.zeros(inputs), "in_var": jnp.ones(inputs),
                 "out_mean": jnp.zeros(outputs), "out_var": jnp.ones(outputs)}
         return PETSState(params={"model": model, "norm": norm}, opt_state=self.opt.init(model),
-                         step=jnp.zeros([], jnp.int32))
+                         step=jnp.zeros([], jnp.int32),
+                         bootstrap=jax.random.key_data(k_bootstrap))
 
     # ----------------------------------------------------------------------------- model
     def predict(self, params: dict[str, Any], states: jax.Array, actions: jax.Array,
@@ -169,16 +182,18 @@ class PETS:
 
     # ----------------------------------------------------------------------------- training
     def train_step(self, state: PETSState, batch: Batch, key: jax.Array):
-        """One update of the ensemble on [B, L, ...] sequences; no replay updates. A
+        """One update of the ensemble on [B, L, ...] sequences (with `step_id`); no replay
+        updates; `key` is unused (the bootstrap weights depend on the step ids only). A
         non-finite loss or gradient leaves the state as it was (`metrics['nonfinite']`)."""
-        b, length = batch["is_first"].shape
+        del key
+        length = batch["is_first"].shape[1]
         if length != self.sequence_length:
             raise ValueError(f"batch sequences hold {length} steps, pets trains on "
                              f"{self.sequence_length} (batch_length)")
         x, y, term, mask = transitions(batch)
+        ids = batch["step_id"][:, :-1]  # a transition is named by its first step
         norm = update_norm(state.params["norm"], x, y, mask, self.axis_name)
-        members = self.cfg.pets.members
-        weights = bootstrap_weights(key, b, length - 1, members, self.axis_name) * mask
+        weights = bootstrap_weights(state.bootstrap, ids, self.cfg.pets.members) * mask
         devices = sum_over(jnp.ones([]), self.axis_name)
         total = sum_over(weights.sum((1, 2)), self.axis_name)  # [K]: on the whole batch
         weights = weights * devices / jnp.maximum(total, 1.0)[:, None, None]
@@ -193,8 +208,8 @@ class PETS:
         metrics["norm/count"] = norm["count"]
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
         finite = finite & jnp.isfinite(metrics["loss/nll"])
-        new = PETSState(params={"model": model, "norm": norm}, opt_state=opt_state,
-                        step=state.step + 1)
+        new = state.replace(params={"model": model, "norm": norm}, opt_state=opt_state,
+                            step=state.step + 1)
         state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
         metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
         return state, metrics, {}
