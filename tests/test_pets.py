@@ -1,6 +1,6 @@
-"""PETS: transitions from replayed sequences, running normalisers, bootstraps fixed per
-transition and member, training that is device-count invariant, a model that learns known
-dynamics, TS-inf rollouts and the policy."""
+"""PETS: transitions from replayed sequences, normalisers that count each transition once,
+bootstraps fixed per transition and member, training that is device-count invariant, a model
+that learns known dynamics, TS-inf rollouts and the policy."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,6 +45,36 @@ def batch_of(key, b=8, length=4, dynamics=None, first=0):
             "step_id": ids}
 
 
+def stream(steps, seed=0, ends=(9, 22), first=100):
+    """One worker's steps as a replay holds them, [T, ...] each, with step ids from `first`;
+    episodes end at the steps `ends` (the next step starts a new episode)."""
+    rng = np.random.default_rng(seed)
+    is_last = np.isin(np.arange(steps), ends)
+    return {"vector": rng.normal(0, 2, (steps, D)).astype(np.float32),
+            "action": rng.uniform(-1, 1, (steps, A)).astype(np.float32),
+            "reward": rng.normal(0, 1, steps).astype(np.float32),
+            "is_first": np.concatenate([[True], is_last[:-1]]), "is_last": is_last,
+            "is_terminal": np.zeros(steps, bool),
+            "step_id": np.arange(first, first + steps, dtype=np.int32)}
+
+
+def sequences(steps, starts, length=4):
+    """The sequences of `length` steps of `steps` (see `stream`) that begin at `starts`."""
+    index = np.asarray(starts)[:, None] + np.arange(length)
+    return {k: v[index] for k, v in steps.items()}
+
+
+def distinct_moments(steps, starts, length=4):
+    """(count, input mean, var, output mean, var) of the distinct transitions within one
+    episode that the sequences at `starts` hold, in float64."""
+    t = np.unique(np.asarray(starts)[:, None] + np.arange(length - 1))
+    t = t[~steps["is_last"][t]]
+    x = np.concatenate([steps["vector"][t], steps["action"][t]], -1).astype(np.float64)
+    y = np.concatenate([steps["vector"][t + 1] - steps["vector"][t],
+                        steps["reward"][t + 1, None]], -1).astype(np.float64)
+    return len(t), x.mean(0), x.var(0), y.mean(0), y.var(0)
+
+
 def linear(s, a):
     """s' = s + 0.2 [a, a0]; r' = s . (1, -0.5, 0.25) + a0."""
     move = np.concatenate([a, a[:, :1]], -1)
@@ -64,36 +94,67 @@ def test_transitions_mask_pairs_across_an_episode_boundary():
     np.testing.assert_allclose(y[1, 2], [1.0, 1.0, 1.0, 3.0])  # Δs = 1, r_3 = 3
 
 
-def test_running_moments_equal_the_moments_of_every_transition_seen():
+def assert_moments(norm, want):
+    count, in_mean, in_var, out_mean, out_var = want
+    assert int(norm["count"]) == count and norm["count"].dtype == jnp.int32
+    for name, value in (("in_mean", in_mean), ("in_var", in_var), ("out_mean", out_mean),
+                        ("out_var", out_var)):
+        np.testing.assert_allclose(norm[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_normalisers_count_each_transition_once_however_often_it_is_replayed():
     agent = PETS(tiny(), OBS, ACT)
-    norm = agent.init(jax.random.PRNGKey(0)).params["norm"]
-    xs, ys = [], []
-    for i in range(3):
-        batch = batch_of(jax.random.PRNGKey(i), dynamics=linear)
-        batch["is_last"][i, 1] = True  # one masked pair per batch
-        x, y, _, mask = pets.transitions(batch)
-        norm = pets.update_norm(norm, x, y, mask)
-        keep = np.asarray(mask, bool)
-        xs.append(np.asarray(x)[keep])
-        ys.append(np.asarray(y)[keep])
-    x, y = np.concatenate(xs), np.concatenate(ys)
-    assert float(norm["count"]) == len(x)
-    np.testing.assert_allclose(norm["in_mean"], x.mean(0), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(norm["in_var"], x.var(0), rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(norm["out_mean"], y.mean(0), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(norm["out_var"], y.var(0), rtol=1e-4, atol=1e-6)
+    state = agent.init(jax.random.PRNGKey(0))
+    step = jax.jit(agent.train_step)
+    steps = stream(40)
+    rng = np.random.default_rng(1)
+    # Overlapping sequences, the same start twice in one batch, earlier starts again later.
+    batches = [[0, 0, 1, 5, 7, 8, 20, 21], [3, 8, 9, 10, 20, 22, 30, 36],
+               rng.integers(0, 37, 8), [36, 30, 22, 20, 10, 9, 8, 3]]
+    starts = []
+    for batch in batches:
+        starts += list(batch)
+        state, metrics, _ = step(state, sequences(steps, batch), jax.random.PRNGKey(0))
+        assert float(metrics["nonfinite"]) == 0.0
+        assert_moments(state.params["norm"], distinct_moments(steps, starts))
+    # A batch of transitions already counted, in another order, changes nothing.
+    before = state.params["norm"]
+    state, _, _ = step(state, sequences(steps, batches[0][::-1]), jax.random.PRNGKey(0))
+    jax.tree.map(np.testing.assert_array_equal, state.params["norm"], before)
+    # The table holds the ids of the counted transitions, each in its slot.
+    counted = np.flatnonzero(np.asarray(state.seen) >= 0)
+    t = np.unique(np.asarray(starts)[:, None] + np.arange(3))
+    ids = steps["step_id"][t[~steps["is_last"][t]]]
+    np.testing.assert_array_equal(counted, np.sort(ids % pets.slots(agent.cfg)))
+    np.testing.assert_array_equal(np.asarray(state.seen)[counted], np.sort(ids))
 
 
-def test_two_devices_compute_the_update_of_one_device_on_the_whole_batch():
+def test_a_slot_counts_the_transition_that_holds_it_now():
+    seen = jnp.full(8, -1, jnp.int32)
+    ids = jnp.array([3, 11, 3, 4, 5, 5], jnp.int32)
+    valid = jnp.array([True, True, True, True, False, False])
+    new = pets.uncounted(seen, ids, valid)
+    np.testing.assert_array_equal(new, [True, True, False, True, False, False])
+    seen = pets.mark_counted(seen, jnp.array([3, 4]), jnp.array([True, True]))
+    np.testing.assert_array_equal(seen, [-1, -1, -1, 3, 4, -1, -1, -1])
+    # 11 shares slot 3 with 3, which holds it: 3 is counted, 11 is not yet.
+    np.testing.assert_array_equal(pets.uncounted(seen, ids[:2], valid[:2]), [False, True])
+
+@pytest.mark.parametrize("devices", [2, 4])
+def test_devices_compute_the_update_of_one_device_on_the_whole_batch(devices):
     cfg = tiny()
     single, multi = PETS(cfg, OBS, ACT), PETS(cfg, OBS, ACT, axis_name=AXIS)
     state = single.init(jax.random.PRNGKey(0))
-    batch = batch_of(jax.random.PRNGKey(1), dynamics=linear)
-    batch["is_last"][3, 0] = True
+    steps = stream(30, ends=(4, 17))
+    # Rows on different devices share transitions, which count once over all of them.
+    starts = [0, 2, 4, 14, 2, 15, 0, 20]
+    batch = sequences(steps, starts)
     key = jax.random.PRNGKey(2)
     want, metrics, _ = jax.jit(single.train_step)(state, batch, key)
-    par = DataParallel(multi.train_step, jax.devices()[:2], "pmap", donate=False)
+    assert_moments(want.params["norm"], distinct_moments(steps, starts))
+    par = DataParallel(multi.train_step, jax.devices()[:devices], "pmap", donate=False)
     got, par_metrics, _ = par(par.replicate(state), par.shard(batch), key)
+    par.assert_replicas_equal(got)
     got = par.unreplicate(got)
     for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
@@ -135,6 +196,16 @@ def test_the_update_keeps_the_run_key_and_ignores_the_step_key():
     c, _, _ = step(state.replace(bootstrap=other.bootstrap), batch, jax.random.PRNGKey(2))
     assert not np.allclose(c.params["model"]["Dense_0"]["kernel"],
                            a.params["model"]["Dense_0"]["kernel"])
+
+
+def test_a_nonfinite_update_counts_nothing():
+    agent = PETS(tiny(), OBS, ACT)
+    state = agent.init(jax.random.PRNGKey(0))
+    batch = batch_of(jax.random.PRNGKey(1), dynamics=linear)
+    batch["vector"][2, 1] = np.nan
+    new, metrics, _ = jax.jit(agent.train_step)(state, batch, jax.random.PRNGKey(2))
+    assert float(metrics["nonfinite"]) == 1.0
+    jax.tree.map(np.testing.assert_array_equal, new, state)
 
 
 def test_the_ensemble_learns_known_dynamics():
