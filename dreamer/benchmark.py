@@ -71,7 +71,7 @@ def spaces_of(cfg: Config, spaces: str | None = None) -> tuple[dict[str, Space],
 def random_batch(obs_space: dict[str, Space], agent: DreamerV3, b: int,
                  seed: int = 0) -> dict[str, np.ndarray]:
     """A synthetic replay batch [B, L, ...] of `agent.sequence_length` steps with the replay's
-    dtypes, some episode starts and, with replay context, stored model states."""
+    dtypes, some episode starts, step ids and, with replay context, stored model states."""
     rng = np.random.default_rng(seed)
     t, act_dim = agent.sequence_length, agent.act_dim
     batch = {}
@@ -85,6 +85,7 @@ def random_batch(obs_space: dict[str, Space], agent: DreamerV3, b: int,
     batch["is_first"] = rng.random((b, t)) < 0.01
     batch["is_last"] = np.roll(batch["is_first"], -1, 1)
     batch["is_terminal"] = np.zeros((b, t), bool)
+    batch["step_id"] = np.arange(b * t, dtype=np.int32).reshape(b, t)
     for key, value in agent.policy_outputs_initial(b * t).items():
         batch[key] = value.reshape((b, t, *value.shape[1:]))
     return batch

@@ -87,7 +87,8 @@ class Replay:
             self._counts["evicted"] += self._steps.evict()
 
     def sample(self, batch: int, rng: np.random.Generator | None = None, ref: bool = False):
-        """Draws `batch` sequences: key -> [batch, length, ...] with the stored dtypes.
+        """Draws `batch` sequences: key -> [batch, length, ...] with the stored dtypes, plus
+        `step_id` int32 [batch, length], the global insert index of each step (see `gather`).
 
         Training draws (no `rng`) first take queued online sequences, oldest first. Of the
         rest, the last round(recency * batch) rows start uniformly among the `recency_window`

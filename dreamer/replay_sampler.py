@@ -3,7 +3,7 @@ sequences out of the chunks and the write-back of per-step values into them.
 
 A sequence is (stream, pos): the `length` steps at stream positions [pos, pos + length). It may
 run into the stream's next episode, whose first step has `is_first=True`: the world model resets
-its recurrent state there.
+its recurrent state there. A gathered batch also carries each step's stamp as `step_id`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import collections
 
 import numpy as np
 
-from dreamer.replay_store import Chunk, Spec, Stream
+from dreamer.replay_store import STEP_ID, Chunk, Spec, Stream
 
 Piece = tuple[Chunk, int, int, int]  # (chunk, begin, end, offset), as `Stream.pieces` yields
 Start = tuple[Stream, int]  # (stream, first position) of a sequence
@@ -115,16 +115,27 @@ class Sampler:
 
 def gather(starts: list[Start], length: int, spec: Spec
            ) -> tuple[dict[str, np.ndarray], list[list[Piece]]]:
-    """The sequences at `starts`: key -> [batch, length, ...] with the stored dtypes, and per
-    row the chunk slices it was copied from (for `write_back`)."""
-    out = {k: np.empty((len(starts), length, *shape), dtype) for k, (shape, dtype) in spec.items()}
+    """The sequences at `starts`: key -> [batch, length, ...] with the stored dtypes, plus
+    `step_id` int32 [batch, length], and per row the chunk slices it was copied from (for
+    `write_back`).
+
+    `step_id` is each step's stamp, its global insert index: unique among the steps a run
+    stores, increasing along a sequence (consecutive when one worker inserts), and fixed for
+    the run, since the chunk files keep the stamps across save, load and resume. Agents may key per-transition values by it (PETS's
+    bootstrap weights and its normaliser's record of transitions counted). int32, as JAX holds
+    it: unique for the first 2^31 inserts.
+    """
+    b = len(starts)
+    out = {k: np.empty((b, length, *shape), dtype) for k, (shape, dtype) in spec.items()}
+    step_id = np.empty((b, length), np.int32)
     pieces = []
-    for b, (stream, pos) in enumerate(starts):
+    for row, (stream, pos) in enumerate(starts):
         pieces.append(list(stream.pieces(pos, length)))
         for chunk, i, k, offset in pieces[-1]:
             for key, value in out.items():
-                value[b, offset:offset + k - i] = chunk.data[key][i:k]
-    return out, pieces
+                value[row, offset:offset + k - i] = chunk.data[key][i:k]
+            step_id[row, offset:offset + k - i] = chunk.stamp[i:k]
+    return {**out, STEP_ID: step_id}, pieces
 
 
 def write_back(pieces: list[list[Piece]], values: dict[str, np.ndarray], spec: Spec | None,

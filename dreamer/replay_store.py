@@ -4,7 +4,8 @@ A step is a dict of numpy arrays, e.g. `image` uint8 [H, W, C], `action` float32
 `reward` float32 [], `is_first` bool []; the first step checked fixes keys, shapes and dtypes
 (the spec). Each worker stream lives in chunks of `chunk` preallocated steps that name their
 predecessor, so a stream position maps to chunk slices that never join two streams or skip
-missing steps. Every step carries a stamp: its global insert index (int64), which orders recency.
+missing steps. Every step carries a stamp: its global insert index (int64), which orders recency
+and which sampled batches carry as `step_id`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 STAMP = "_stamp"  # reserved key: the stamps of a chunk file
+STEP_ID = "step_id"  # reserved key: the stamps of a sampled batch's steps
 NO_PREV = "0" * 32  # the predecessor uuid of a stream's first chunk
 
 Spec = dict[str, tuple[tuple[int, ...], np.dtype]]  # key -> (shape of one step, dtype)
@@ -116,9 +118,9 @@ class Steps:
             self.spec = {k: (np.shape(v), np.asarray(v).dtype) for k, v in step.items()}
         shapes = {k: np.shape(v) for k, v in step.items()}
         expected = {k: shape for k, (shape, _) in self.spec.items()}
-        if shapes != expected or STAMP in step:
+        if shapes != expected or STAMP in step or STEP_ID in step:
             raise ValueError(f"{what} shapes {shapes} differ from the stored {expected} "
-                             f"(key {STAMP!r} is reserved)")
+                             f"(keys {STAMP!r} and {STEP_ID!r} are reserved)")
 
     def add(self, step: dict[str, np.ndarray], worker: int) -> Stream:
         """Appends one step to the stream of `worker` and returns that stream (`evict` drops what

@@ -66,8 +66,11 @@ def split(data: Data, fraction: float) -> tuple[Data, Data]:
 
 def as_sequences(data: Data, act_dim: int) -> dict[str, np.ndarray]:
     """Each transition as a replayed sequence of two steps [N, 2, ...] (vector, one-hot action
-    chosen at each step, reward and flags on arriving), the layout of `Agent.train_step`."""
+    chosen at each step, reward and flags on arriving), the layout of `Agent.train_step`. The
+    step ids are those a replay fed these episodes in order would give: an episode of n
+    transitions holds n + 1 steps, so transition i starts at step i + episode[i]."""
     n = len(data["action"])
+    first = np.arange(n, dtype=np.int32) + data["episode"].astype(np.int32)
     action = np.zeros((n, 2, act_dim), np.float32)
     action[np.arange(n), 0, data["action"]] = 1.0
     zeros = np.zeros(n, bool)
@@ -76,7 +79,8 @@ def as_sequences(data: Data, act_dim: int) -> dict[str, np.ndarray]:
             "reward": np.stack([np.zeros(n, np.float32), data["reward"]], 1),
             "is_first": np.stack([~zeros, zeros], 1),
             "is_last": np.stack([zeros, data["last"]], 1),
-            "is_terminal": np.stack([zeros, data["terminal"]], 1)}
+            "is_terminal": np.stack([zeros, data["terminal"]], 1),
+            "step_id": np.stack([first, first + 1], 1)}
 
 
 def unroll(predict: Predict, states: jax.Array, actions: jax.Array):

@@ -69,6 +69,8 @@ def random_batch(obs_space: dict[str, base.Space], act_space: base.Space, batch:
 
     Every row starts an episode at t=0; row 0 also ends one in the middle (a truncation) and row 1
     ends one by termination, each followed by a new episode, so the sequences cross boundaries.
+    `step_id` numbers the steps as a replay would, one row after the other; batches of other
+    seeds hold other steps.
     """
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
@@ -95,6 +97,8 @@ def random_batch(obs_space: dict[str, base.Space], act_space: base.Space, batch:
         is_first[row, middle] = True
     is_terminal[min(batch, 2) - 1, middle - 1] = True
     out.update(is_first=is_first, is_last=is_last, is_terminal=is_terminal)
+    first = seed * batch * length
+    out["step_id"] = np.arange(first, first + batch * length, dtype=np.int32).reshape(batch, length)
     return out
 
 

@@ -1,5 +1,6 @@
-"""PETS: transitions from replayed sequences, running normalisers, bootstrap training that is
-device-count invariant, a model that learns known dynamics, TS-inf rollouts and the policy."""
+"""PETS: transitions from replayed sequences, normalisers that count each transition once,
+bootstraps fixed per transition and member, training that is device-count invariant, a model
+that learns known dynamics, TS-inf rollouts and the policy."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,9 +24,10 @@ def tiny(**overrides):
     return load_config(["debug", "pets"], {**TINY, **overrides})
 
 
-def batch_of(key, b=8, length=4, dynamics=None):
+def batch_of(key, b=8, length=4, dynamics=None, first=0):
     """Sequences in the replay's layout: obs s_t, action a_t chosen after it, reward r_t on
-    arriving at s_t; with `dynamics`, s_t+1, r_t+1 = dynamics(s_t, a_t)."""
+    arriving at s_t; with `dynamics`, s_t+1, r_t+1 = dynamics(s_t, a_t). The step ids number
+    the steps row after row from `first`."""
     k1, k2 = jax.random.split(key)
     actions = np.asarray(jax.random.uniform(k1, (b, length, A), minval=-1, maxval=1))
     obs = np.zeros((b, length, D), np.float32)
@@ -37,8 +39,40 @@ def batch_of(key, b=8, length=4, dynamics=None):
         else:
             obs[:, t], reward[:, t] = dynamics(obs[:, t - 1], actions[:, t - 1])
     flags = np.zeros((b, length), bool)
+    ids = np.arange(first, first + b * length, dtype=np.int32).reshape(b, length)
     return {"vector": obs, "action": actions.astype(np.float32), "reward": reward,
-            "is_first": flags.copy(), "is_last": flags.copy(), "is_terminal": flags.copy()}
+            "is_first": flags.copy(), "is_last": flags.copy(), "is_terminal": flags.copy(),
+            "step_id": ids}
+
+
+def stream(steps, seed=0, ends=(9, 22), first=100):
+    """One worker's steps as a replay holds them, [T, ...] each, with step ids from `first`;
+    episodes end at the steps `ends` (the next step starts a new episode)."""
+    rng = np.random.default_rng(seed)
+    is_last = np.isin(np.arange(steps), ends)
+    return {"vector": rng.normal(0, 2, (steps, D)).astype(np.float32),
+            "action": rng.uniform(-1, 1, (steps, A)).astype(np.float32),
+            "reward": rng.normal(0, 1, steps).astype(np.float32),
+            "is_first": np.concatenate([[True], is_last[:-1]]), "is_last": is_last,
+            "is_terminal": np.zeros(steps, bool),
+            "step_id": np.arange(first, first + steps, dtype=np.int32)}
+
+
+def sequences(steps, starts, length=4):
+    """The sequences of `length` steps of `steps` (see `stream`) that begin at `starts`."""
+    index = np.asarray(starts)[:, None] + np.arange(length)
+    return {k: v[index] for k, v in steps.items()}
+
+
+def distinct_moments(steps, starts, length=4):
+    """(count, input mean, var, output mean, var) of the distinct transitions within one
+    episode that the sequences at `starts` hold, in float64."""
+    t = np.unique(np.asarray(starts)[:, None] + np.arange(length - 1))
+    t = t[~steps["is_last"][t]]
+    x = np.concatenate([steps["vector"][t], steps["action"][t]], -1).astype(np.float64)
+    y = np.concatenate([steps["vector"][t + 1] - steps["vector"][t],
+                        steps["reward"][t + 1, None]], -1).astype(np.float64)
+    return len(t), x.mean(0), x.var(0), y.mean(0), y.var(0)
 
 
 def linear(s, a):
@@ -60,36 +94,67 @@ def test_transitions_mask_pairs_across_an_episode_boundary():
     np.testing.assert_allclose(y[1, 2], [1.0, 1.0, 1.0, 3.0])  # Δs = 1, r_3 = 3
 
 
-def test_running_moments_equal_the_moments_of_every_transition_seen():
+def assert_moments(norm, want):
+    count, in_mean, in_var, out_mean, out_var = want
+    assert int(norm["count"]) == count and norm["count"].dtype == jnp.int32
+    for name, value in (("in_mean", in_mean), ("in_var", in_var), ("out_mean", out_mean),
+                        ("out_var", out_var)):
+        np.testing.assert_allclose(norm[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_normalisers_count_each_transition_once_however_often_it_is_replayed():
     agent = PETS(tiny(), OBS, ACT)
-    norm = agent.init(jax.random.PRNGKey(0)).params["norm"]
-    xs, ys = [], []
-    for i in range(3):
-        batch = batch_of(jax.random.PRNGKey(i), dynamics=linear)
-        batch["is_last"][i, 1] = True  # one masked pair per batch
-        x, y, _, mask = pets.transitions(batch)
-        norm = pets.update_norm(norm, x, y, mask)
-        keep = np.asarray(mask, bool)
-        xs.append(np.asarray(x)[keep])
-        ys.append(np.asarray(y)[keep])
-    x, y = np.concatenate(xs), np.concatenate(ys)
-    assert float(norm["count"]) == len(x)
-    np.testing.assert_allclose(norm["in_mean"], x.mean(0), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(norm["in_var"], x.var(0), rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(norm["out_mean"], y.mean(0), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(norm["out_var"], y.var(0), rtol=1e-4, atol=1e-6)
+    state = agent.init(jax.random.PRNGKey(0))
+    step = jax.jit(agent.train_step)
+    steps = stream(40)
+    rng = np.random.default_rng(1)
+    # Overlapping sequences, the same start twice in one batch, earlier starts again later.
+    batches = [[0, 0, 1, 5, 7, 8, 20, 21], [3, 8, 9, 10, 20, 22, 30, 36],
+               rng.integers(0, 37, 8), [36, 30, 22, 20, 10, 9, 8, 3]]
+    starts = []
+    for batch in batches:
+        starts += list(batch)
+        state, metrics, _ = step(state, sequences(steps, batch), jax.random.PRNGKey(0))
+        assert float(metrics["nonfinite"]) == 0.0
+        assert_moments(state.params["norm"], distinct_moments(steps, starts))
+    # A batch of transitions already counted, in another order, changes nothing.
+    before = state.params["norm"]
+    state, _, _ = step(state, sequences(steps, batches[0][::-1]), jax.random.PRNGKey(0))
+    jax.tree.map(np.testing.assert_array_equal, state.params["norm"], before)
+    # The table holds the ids of the counted transitions, each in its slot.
+    counted = np.flatnonzero(np.asarray(state.seen) >= 0)
+    t = np.unique(np.asarray(starts)[:, None] + np.arange(3))
+    ids = steps["step_id"][t[~steps["is_last"][t]]]
+    np.testing.assert_array_equal(counted, np.sort(ids % pets.slots(agent.cfg)))
+    np.testing.assert_array_equal(np.asarray(state.seen)[counted], np.sort(ids))
 
 
-def test_two_devices_compute_the_update_of_one_device_on_the_whole_batch():
+def test_a_slot_counts_the_transition_that_holds_it_now():
+    seen = jnp.full(8, -1, jnp.int32)
+    ids = jnp.array([3, 11, 3, 4, 5, 5], jnp.int32)
+    valid = jnp.array([True, True, True, True, False, False])
+    new = pets.uncounted(seen, ids, valid)
+    np.testing.assert_array_equal(new, [True, True, False, True, False, False])
+    seen = pets.mark_counted(seen, jnp.array([3, 4]), jnp.array([True, True]))
+    np.testing.assert_array_equal(seen, [-1, -1, -1, 3, 4, -1, -1, -1])
+    # 11 shares slot 3 with 3, which holds it: 3 is counted, 11 is not yet.
+    np.testing.assert_array_equal(pets.uncounted(seen, ids[:2], valid[:2]), [False, True])
+
+@pytest.mark.parametrize("devices", [2, 4])
+def test_devices_compute_the_update_of_one_device_on_the_whole_batch(devices):
     cfg = tiny()
     single, multi = PETS(cfg, OBS, ACT), PETS(cfg, OBS, ACT, axis_name=AXIS)
     state = single.init(jax.random.PRNGKey(0))
-    batch = batch_of(jax.random.PRNGKey(1), dynamics=linear)
-    batch["is_last"][3, 0] = True
+    steps = stream(30, ends=(4, 17))
+    # Rows on different devices share transitions, which count once over all of them.
+    starts = [0, 2, 4, 14, 2, 15, 0, 20]
+    batch = sequences(steps, starts)
     key = jax.random.PRNGKey(2)
     want, metrics, _ = jax.jit(single.train_step)(state, batch, key)
-    par = DataParallel(multi.train_step, jax.devices()[:2], "pmap", donate=False)
+    assert_moments(want.params["norm"], distinct_moments(steps, starts))
+    par = DataParallel(multi.train_step, jax.devices()[:devices], "pmap", donate=False)
     got, par_metrics, _ = par(par.replicate(state), par.shard(batch), key)
+    par.assert_replicas_equal(got)
     got = par.unreplicate(got)
     for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
@@ -98,11 +163,49 @@ def test_two_devices_compute_the_update_of_one_device_on_the_whole_batch():
     assert float(metrics["nonfinite"]) == 0.0
 
 
-def test_bootstrap_weights_differ_between_members_and_average_one():
-    w = np.asarray(pets.bootstrap_weights(jax.random.PRNGKey(0), 512, 3, members=4))
-    assert w.shape == (4, 512, 3)
-    assert abs(w.mean() - 1.0) < 0.05 and abs(w.var() - 1.0) < 0.1  # Poisson(1)
-    assert not np.array_equal(w[0], w[1])
+def test_bootstrap_weights_are_fixed_per_transition_and_independent_between_members():
+    key = jax.random.PRNGKey(0)
+    ids = np.arange(4000, dtype=np.int32).reshape(1000, 4)
+    w = np.asarray(pets.bootstrap_weights(key, ids, members=4))
+    assert w.shape == (4, 1000, 4)
+    # The same transitions in another batch, in another order and layout: the same weights.
+    order = np.random.default_rng(0).permutation(4000)
+    again = np.asarray(pets.bootstrap_weights(key, ids.reshape(-1)[order].reshape(500, 8), 4))
+    np.testing.assert_array_equal(again.reshape(4, -1), w.reshape(4, -1)[:, order])
+    flat = w.reshape(4, -1)
+    np.testing.assert_allclose(flat.mean(1), 1.0, atol=0.06)  # Poisson(1) for each member
+    np.testing.assert_allclose(flat.var(1), 1.0, atol=0.12)
+    corr = np.corrcoef(flat)[np.triu_indices(4, 1)]
+    assert np.abs(corr).max() < 0.1, corr  # independent resamples (std of corr ~ 0.016)
+    other = np.asarray(pets.bootstrap_weights(jax.random.PRNGKey(1), ids, members=4))
+    assert abs(np.corrcoef(other.reshape(-1), w.reshape(-1))[0, 1]) < 0.1
+
+
+def test_the_update_keeps_the_run_key_and_ignores_the_step_key():
+    agent = PETS(tiny(), OBS, ACT)
+    state = agent.init(jax.random.PRNGKey(0))
+    other = agent.init(jax.random.PRNGKey(1))
+    assert not np.array_equal(state.bootstrap, other.bootstrap)
+    step = jax.jit(agent.train_step)
+    batch = batch_of(jax.random.PRNGKey(1), dynamics=linear)
+    a, _, _ = step(state, batch, jax.random.PRNGKey(2))
+    b, _, _ = step(state, batch, jax.random.PRNGKey(3))
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    np.testing.assert_array_equal(a.bootstrap, state.bootstrap)
+    # Another run key draws other bootstraps: the members train otherwise.
+    c, _, _ = step(state.replace(bootstrap=other.bootstrap), batch, jax.random.PRNGKey(2))
+    assert not np.allclose(c.params["model"]["Dense_0"]["kernel"],
+                           a.params["model"]["Dense_0"]["kernel"])
+
+
+def test_a_nonfinite_update_counts_nothing():
+    agent = PETS(tiny(), OBS, ACT)
+    state = agent.init(jax.random.PRNGKey(0))
+    batch = batch_of(jax.random.PRNGKey(1), dynamics=linear)
+    batch["vector"][2, 1] = np.nan
+    new, metrics, _ = jax.jit(agent.train_step)(state, batch, jax.random.PRNGKey(2))
+    assert float(metrics["nonfinite"]) == 1.0
+    jax.tree.map(np.testing.assert_array_equal, new, state)
 
 
 def test_the_ensemble_learns_known_dynamics():
@@ -111,16 +214,21 @@ def test_the_ensemble_learns_known_dynamics():
     state = agent.init(jax.random.PRNGKey(0))
     step = jax.jit(agent.train_step)
     for i in range(300):
-        state, metrics, _ = step(state, batch_of(jax.random.PRNGKey(i), 32, 4, linear),
+        state, metrics, _ = step(state, batch_of(jax.random.PRNGKey(i), 32, 4, linear,
+                                                 first=i * 32 * 4),
                                  jax.random.PRNGKey(10_000 + i))
     test = batch_of(jax.random.PRNGKey(99_999), 64, 2, linear)
     s, a = test["vector"][:, 0], test["action"][:, 0]
     rows = lambda v: jnp.broadcast_to(v, (2, *v.shape))
     next_s, reward, done = agent.predict(state.params, rows(s), rows(a))
     want_s, want_r = linear(s, a)
-    assert float(np.abs(next_s - want_s).max()) < 0.05
-    assert float(np.abs(reward - want_r).mean()) < 0.1 * float(np.abs(want_r).mean())
-    assert float(done.max()) < 0.05
+    # Bounds with room for the spread over initialisations and bootstraps (over 5 init seeds:
+    # mean state error <= 0.012, worst of the 384 outputs 0.02 to 0.12, reward error <= 10%
+    # of the reward, no-termination probability >= 0.93).
+    error = np.abs(next_s - want_s)
+    assert float(error.mean()) < 0.015 and float(error.max()) < 0.15
+    assert float(np.abs(reward - want_r).mean()) < 0.12 * float(np.abs(want_r).mean())
+    assert float(done.max()) < 0.1
     assert float(metrics["loss/nll"]) < -1.0  # confident where it is right
 
 
@@ -186,3 +294,9 @@ def test_bad_settings_are_clear_errors():
         PETS(tiny(**{"pets.planner": "random"}), OBS, ACT)
     with pytest.raises(ConfigError, match="'dreamerv3', 'pets'"):
         make_agent(tiny(agent="dreamer"), OBS, ACT)
+
+
+def test_a_single_member_weighs_every_transition_one():
+    ids = jnp.arange(12, dtype=jnp.int32).reshape(3, 4)
+    w = pets.bootstrap_weights(jax.random.key(0), ids, 1)
+    np.testing.assert_array_equal(w, np.ones((1, 3, 4), np.float32))

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from dreamer.replay import Replay
+from dreamer.replay import Replay, stored_stamps
 
 
 def make_step(worker: int, t: int, episode: int, first: bool) -> dict[str, np.ndarray]:
@@ -69,7 +69,7 @@ def test_shapes_and_dtypes():
     expected = {"image": ((2, 2, 1), np.uint8), "vector": ((3,), np.float32),
                 "action": ((3,), np.float32), "reward": ((), np.float32),
                 "is_first": ((), np.bool_), "is_last": ((), np.bool_),
-                "is_terminal": ((), np.bool_)}
+                "is_terminal": ((), np.bool_), "step_id": ((), np.int32)}
     assert batch.keys() == expected.keys()
     for key, (shape, dtype) in expected.items():
         assert batch[key].shape == (3, 5, *shape), key
@@ -181,7 +181,7 @@ def test_rejects_mismatched_steps():
     step = make_step(0, 1, 0, False)
     for bad in ({k: v for k, v in step.items() if k != "reward"},
                 {**step, "vector": np.zeros(4, np.float32)},
-                {**step, "_stamp": np.int64(0)}):
+                {**step, "_stamp": np.int64(0)}, {**step, "step_id": np.int32(0)}):
         with pytest.raises(ValueError, match="differ from the stored"):
             replay.add(bad)
     assert len(replay) == 1
@@ -194,7 +194,7 @@ def stored(directory) -> dict[tuple[int, int], dict[str, np.ndarray]]:
     batch = replay.sample(50 * len(replay))  # covers every step with overwhelming probability
     steps = {}
     for b, (w, t, _) in enumerate(batch["vector"][:, 0]):
-        steps[int(w), int(t)] = {k: v[b, 0] for k, v in batch.items()}
+        steps[int(w), int(t)] = {k: v[b, 0] for k, v in batch.items() if k != "step_id"}
     assert len(steps) == len(replay)
     return steps
 
@@ -224,6 +224,32 @@ def test_save_load_round_trip(tmp_path):
     fill(loaded, workers=3, steps=6, seed=5, start=100)
     for _ in range(20):
         check_windows(loaded.sample(16))
+
+
+def test_step_ids_are_the_insert_indices_of_the_steps_also_after_a_load(tmp_path):
+    replay = Replay(capacity=1000, length=5, directory=tmp_path, chunk=4, seed=2)
+    added = fill(replay, workers=3, steps=13, seed=2)
+    stamp = {index: i for i, index in enumerate(added)}  # fill's insert order
+
+    def check(batch):
+        want = [[stamp[int(w), int(t)] for w, t in row] for row in batch["vector"][..., :2]]
+        np.testing.assert_array_equal(batch["step_id"], want)
+        assert batch["step_id"].dtype == np.int32
+        assert (np.diff(batch["step_id"], axis=1) > 0).all()
+
+    for _ in range(5):
+        check(replay.sample(16))
+    replay.save()
+    loaded = Replay(capacity=1000, length=5, directory=tmp_path, chunk=4, seed=2)
+    loaded.load()
+    for _ in range(5):
+        check(loaded.sample(16))
+    np.testing.assert_array_equal(np.sort(stored_stamps(tmp_path)), np.arange(len(added)))
+    # One worker: the steps of a sequence have consecutive ids.
+    single = Replay(capacity=1000, length=5, chunk=4)
+    fill(single, workers=1, steps=20)
+    ids = single.sample(16)["step_id"]
+    np.testing.assert_array_equal(ids, ids[:, :1] + np.arange(5))
 
 
 def test_steps_added_after_load_are_the_most_recent(tmp_path):

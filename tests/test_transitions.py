@@ -94,8 +94,10 @@ def test_split_holds_out_whole_episodes():
 
 def test_pets_reads_the_sequences_back_as_the_transitions():
     data = data_of([3, 2])
-    x, y, term, mask = pets.transitions(
-        {k: jnp.asarray(v) for k, v in transitions.as_sequences(data, 2).items()})
+    seqs = transitions.as_sequences(data, 2)
+    # A replay holds episode 0 as steps 0-3 (reset and three arrivals), episode 1 as 4-6.
+    np.testing.assert_array_equal(seqs["step_id"], [[0, 1], [1, 2], [2, 3], [4, 5], [5, 6]])
+    x, y, term, mask = pets.transitions({k: jnp.asarray(v) for k, v in seqs.items()})
     onehot = np.eye(2)[data["action"]]
     np.testing.assert_array_equal(x[:, 0], np.concatenate([data["state"], onehot], -1))
     delta = data["next"] - data["state"]

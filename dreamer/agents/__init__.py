@@ -28,7 +28,8 @@ class Agent(Protocol):
       device; reductions over `axis_name` only when it is set, so N devices holding B/N
       sequences each compute the update of one device holding B. `batch` holds
       [B, sequence_length, ...] arrays of the replay (the `obs_keys`, `action`, `reward`,
-      `is_first`, `is_last`, `is_terminal` and the policy's stored `outputs`).
+      `is_first`, `is_last`, `is_terminal`, the policy's stored `outputs` and `step_id`, each
+      step's global insert index, which is unique and fixed for the run).
       `metrics['nonfinite']` is 1 when the update was skipped (the state is returned unchanged).
       `replay_updates` ({key: [B, n, ...]}, often empty) replace the stored policy outputs of
       each sequence's last n steps.

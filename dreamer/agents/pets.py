@@ -2,16 +2,19 @@
 
 The model: K Gaussian MLPs (`dreamer.ensemble`) map the normalised (state vector, action) to
 the normalised (state change, reward) and a termination logit; each member trains on its own
-online bootstrap of every batch (Poisson(1) weights per transition, Oza & Russell 2001), so the
-members differ where data is scarce. Acting plans with CEM or MPPI (`dreamer.planners`) over
-`pets.horizon` steps, with trajectory sampling TS-inf: each of a sequence's particles keeps one
-member for the whole horizon and samples from its Gaussian at every step; a sequence's return
-is the mean over its particles. The agent acts on the plan's first action and warm-starts the
-next step's search from the rest.
+bootstrap of the replayed data: member k weights a transition by a Poisson(1) draw (the online
+bootstrap of Oza & Russell 2001) keyed by a key fixed for the run, k and the step id of the
+transition's first step, so a transition keeps its weight for a member every time it is replayed
+and the members see independent resamples of the data; they differ where data is scarce. Acting
+plans with CEM or MPPI (`dreamer.planners`) over `pets.horizon` steps, with trajectory sampling
+TS-inf: each of a sequence's particles keeps one member for the whole horizon and samples from
+its Gaussian at every step; a sequence's return is the mean over its particles. The agent acts
+on the plan's first action and warm-starts the next step's search from the rest.
 
 Replayed sequences of `batch_length` steps give B x (L - 1) transitions (s_t, a_t) ->
 (s_t+1 - s_t, r_t+1, terminal_t+1); pairs across an episode boundary are masked out. The
-normalisers are the exact running moments of every transition seen.
+normalisers are the running moments of the distinct transitions seen, each counted once however
+often it is replayed: a table of step ids (`PETSState.seen`) records which were counted.
 """
 from __future__ import annotations
 
@@ -26,26 +29,44 @@ import optax
 from dreamer import ensemble, planners
 from dreamer.agents.modes import check_mode
 from dreamer.config import ConfigError
-from dreamer.parallel import mean_over, row_keys, sum_over
+from dreamer.parallel import gather_over, mean_over, sum_over
 
 Batch = dict[str, jax.Array]
 
 
 class PETSState(flax.struct.PyTreeNode):
+    """The train state. `bootstrap` and `seen` stay out of `params`, which acting copies."""
+
     params: dict[str, Any]   # {'model': ensemble params [K, ...], 'norm': running moments}
     opt_state: Any
     step: jax.Array
+    bootstrap: jax.Array     # uint32: the raw key of the members' bootstrap weights, for the run
+    seen: jax.Array          # int32 [S]: step id of the transition last counted in each slot
+
+
+def slots(cfg: Any) -> int:
+    """Size S of the normaliser's table of counted transitions: twice the replay capacity.
+
+    A transition whose first step has id i occupies slot i % S, so its slot returns to use S
+    inserts later. The replay holds `replay.capacity` steps in sealed chunks plus one open
+    chunk per worker and evicts the oldest chunks first, so the ids it holds span less than
+    capacity + 2 x workers x chunk: while workers x chunk < capacity / 2 (the presets stay far
+    below), a slot is reused only after its transition has left the replay. A worker that
+    keeps a chunk open for S inserts of the others breaks this: its transitions may count
+    twice."""
+    return 2 * int(cfg.replay.capacity)
 
 
 def _merge(count, mean, var, n, batch_mean, batch_var):
-    """Running moments (count, mean, var) merged with a batch's (Chan et al. 1979)."""
-    total = count + n
+    """Running moments (count, mean, var) merged with those of n new samples (Chan et al.
+    1979); the counts are exact integers, the arithmetic float32. n = 0 changes nothing."""
+    count, n = count.astype(jnp.float32), n.astype(jnp.float32)
+    total = jnp.maximum(count + n, 1.0)
     delta = batch_mean - mean
-    frac = n / jnp.maximum(total, 1.0)
+    frac = n / total
     new_mean = mean + delta * frac
-    new_var = (count * var + n * batch_var + jnp.square(delta) * count * frac) / jnp.maximum(
-        total, 1.0)
-    return total, new_mean, new_var
+    new_var = (count * var + n * batch_var + jnp.square(delta) * count * frac) / total
+    return jnp.where(n > 0, new_mean, mean), jnp.where(n > 0, new_var, var)
 
 
 def _std(var: jax.Array) -> jax.Array:
@@ -71,26 +92,71 @@ def moments(x: jax.Array, mask: jax.Array, axis_name: str | None = None):
     return n, mean, var / jnp.maximum(n, 1.0)
 
 
-def update_norm(norm: dict[str, jax.Array], x: jax.Array, y: jax.Array, mask: jax.Array,
+def uncounted(seen: jax.Array, ids: jax.Array, valid: jax.Array) -> jax.Array:
+    """Which transitions to count now: ids [M] of their first steps, valid [M] -> [M] bool.
+
+    A transition counts when it is valid, its slot `seen[id % S]` does not hold its id yet, and
+    it is the first of its copies in `ids` (overlapping sequences repeat transitions): sorted by
+    id, valid copies first, a copy counts when the id before it differs."""
+    order = jnp.lexsort((~valid, ids))
+    ranked = ids[order]
+    first = jnp.concatenate([jnp.ones(1, bool), ranked[1:] != ranked[:-1]])
+    first = jnp.zeros_like(first).at[order].set(first)
+    return valid & first & (seen[ids % seen.shape[0]] != ids)
+
+
+def mark_counted(seen: jax.Array, ids: jax.Array, counted: jax.Array) -> jax.Array:
+    """`seen` with the ids [M] of the transitions `counted` [M] written into their slots."""
+    return seen.at[jnp.where(counted, ids % seen.shape[0], seen.shape[0])].set(ids, mode="drop")
+
+
+def new_transitions(seen: jax.Array, ids: jax.Array, mask: jax.Array,
+                    axis_name: str | None = None):
+    """The transitions of a batch the normaliser has not counted, each once over all devices.
+
+    ids, mask [B, L-1]: first-step ids and the mask of pairs within one episode. Every device
+    gathers the ids of all devices and decides for all of them alike (the exact dedupe across
+    devices), so the replicas of `seen` stay equal. Returns (this device's new transitions
+    [B, L-1] bool, every device's ids [N*B*(L-1)] and new flags [N*B*(L-1)] for
+    `mark_counted`)."""
+    every = gather_over(ids, axis_name).reshape(-1)
+    new = uncounted(seen, every, gather_over(mask > 0, axis_name).reshape(-1))
+    start = 0 if axis_name is None else jax.lax.axis_index(axis_name) * ids.size
+    mine = jax.lax.dynamic_slice_in_dim(new, start, ids.size).reshape(ids.shape)
+    return mine, every, new
+
+
+def update_norm(norm: dict[str, jax.Array], x: jax.Array, y: jax.Array, new: jax.Array,
                 axis_name: str | None = None) -> dict[str, jax.Array]:
-    """The running input and output moments merged with those of a batch's transitions."""
-    n, x_mean, x_var = moments(x, mask, axis_name)
-    _, y_mean, y_var = moments(y, mask, axis_name)
-    count, in_mean, in_var = _merge(norm["count"], norm["in_mean"], norm["in_var"], n,
-                                    x_mean, x_var)
-    _, out_mean, out_var = _merge(norm["count"], norm["out_mean"], norm["out_var"], n,
-                                  y_mean, y_var)
-    return {"count": count, "in_mean": in_mean, "in_var": in_var,
+    """The running input and output moments merged with those of the `new` [B, L-1]
+    transitions of every device (see `new_transitions`); `count` (int32) counts them."""
+    n = sum_over(new.sum(dtype=jnp.int32), axis_name)
+    weight = new.astype(jnp.float32)
+    _, x_mean, x_var = moments(x, weight, axis_name)
+    _, y_mean, y_var = moments(y, weight, axis_name)
+    in_mean, in_var = _merge(norm["count"], norm["in_mean"], norm["in_var"], n, x_mean, x_var)
+    out_mean, out_var = _merge(norm["count"], norm["out_mean"], norm["out_var"], n,
+                               y_mean, y_var)
+    return {"count": norm["count"] + n, "in_mean": in_mean, "in_var": in_var,
             "out_mean": out_mean, "out_var": out_var}
 
 
-def bootstrap_weights(key: jax.Array, rows: int, steps: int, members: int,
-                      axis_name: str | None = None) -> jax.Array:
-    """Poisson(1) weights [K, B, L-1], drawn per replayed sequence from its index in the
-    global batch, so that N devices draw what one device holding every row draws."""
-    keys = row_keys(key, rows, axis_name)
-    w = jax.vmap(lambda k: jax.random.poisson(k, 1.0, (members, steps)))(keys)
-    return jnp.swapaxes(w, 0, 1).astype(jnp.float32)
+def bootstrap_weights(key: jax.Array, ids: jax.Array, members: int) -> jax.Array:
+    """Poisson(1) weights [K, B, L-1] of the transitions whose first steps have ids [B, L-1]:
+    member k's weight of a transition is drawn from (key, k, id), so it is the same every time
+    the transition is replayed, independent between members, and on N devices what one
+    device holding every row draws. A single member (K = 1) is no ensemble: it weighs every
+    transition 1, rather than leaving out for good the ~37% drawn 0."""
+    if members == 1:
+        return jnp.ones((1, *ids.shape), jnp.float32)
+    flat = ids.reshape(-1)
+
+    def member(k):
+        keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.fold_in(key, k), flat)
+        return jax.vmap(lambda one: jax.random.poisson(one, 1.0))(keys)
+
+    w = jax.vmap(member)(jnp.arange(members))
+    return w.reshape(members, *ids.shape).astype(jnp.float32)
 
 
 def model_loss(model: Any, net: ensemble.GaussianMLP, norm: dict[str, jax.Array], x: jax.Array,
@@ -150,12 +216,15 @@ class PETS:
     # ----------------------------------------------------------------------------- init
     def init(self, key: jax.Array) -> PETSState:
         inputs, outputs = self.obs_dim + self.act_dim, self.obs_dim + 1
-        model = ensemble.init(self.net, key, self.cfg.pets.members, inputs)
-        norm = {"count": jnp.zeros([]),
+        k_model, k_bootstrap = jax.random.split(key)
+        model = ensemble.init(self.net, k_model, self.cfg.pets.members, inputs)
+        norm = {"count": jnp.zeros([], jnp.int32),
                 "in_mean": jnp.zeros(inputs), "in_var": jnp.ones(inputs),
                 "out_mean": jnp.zeros(outputs), "out_var": jnp.ones(outputs)}
         return PETSState(params={"model": model, "norm": norm}, opt_state=self.opt.init(model),
-                         step=jnp.zeros([], jnp.int32))
+                         step=jnp.zeros([], jnp.int32),
+                         bootstrap=jax.random.key_data(k_bootstrap),
+                         seen=jnp.full(slots(self.cfg), -1, jnp.int32))
 
     # ----------------------------------------------------------------------------- model
     def predict(self, params: dict[str, Any], states: jax.Array, actions: jax.Array,
@@ -174,16 +243,19 @@ class PETS:
 
     # ----------------------------------------------------------------------------- training
     def train_step(self, state: PETSState, batch: Batch, key: jax.Array):
-        """One update of the ensemble on [B, L, ...] sequences; no replay updates. A
+        """One update of the ensemble on [B, L, ...] sequences (with `step_id`); no replay
+        updates; `key` is unused (the bootstrap weights depend on the step ids only). A
         non-finite loss or gradient leaves the state as it was (`metrics['nonfinite']`)."""
-        b, length = batch["is_first"].shape
+        del key
+        length = batch["is_first"].shape[1]
         if length != self.sequence_length:
             raise ValueError(f"batch sequences hold {length} steps, pets trains on "
                              f"{self.sequence_length} (batch_length)")
         x, y, term, mask = transitions(batch)
-        norm = update_norm(state.params["norm"], x, y, mask, self.axis_name)
-        members = self.cfg.pets.members
-        weights = bootstrap_weights(key, b, length - 1, members, self.axis_name) * mask
+        ids = batch["step_id"][:, :-1]  # a transition is named by its first step
+        new, every, counted = new_transitions(state.seen, ids, mask, self.axis_name)
+        norm = update_norm(state.params["norm"], x, y, new, self.axis_name)
+        weights = bootstrap_weights(state.bootstrap, ids, self.cfg.pets.members) * mask
         devices = sum_over(jnp.ones([]), self.axis_name)
         total = sum_over(weights.sum((1, 2)), self.axis_name)  # [K]: on the whole batch
         weights = weights * devices / jnp.maximum(total, 1.0)[:, None, None]
@@ -195,12 +267,15 @@ class PETS:
         model = optax.apply_updates(state.params["model"], updates)
         metrics["grad_norm/model"] = optax.tree.norm(grads)
         metrics = mean_over(metrics, self.axis_name)
-        metrics["norm/count"] = norm["count"]
+        metrics["norm/count"] = norm["count"].astype(jnp.float32)
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
         finite = finite & jnp.isfinite(metrics["loss/nll"])
-        new = PETSState(params={"model": model, "norm": norm}, opt_state=opt_state,
-                        step=state.step + 1)
-        state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+        updated = ({"model": model, "norm": norm}, opt_state, state.step + 1)
+        params, opt_state, step = jax.tree.map(lambda n, o: jnp.where(finite, n, o), updated,
+                                               (state.params, state.opt_state, state.step))
+        # Written in place rather than selected whole: the table is large, the batch small.
+        seen = mark_counted(state.seen, every, counted & finite)
+        state = state.replace(params=params, opt_state=opt_state, step=step, seen=seen)
         metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
         return state, metrics, {}
 
