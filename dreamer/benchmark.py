@@ -295,7 +295,7 @@ def actors(cfg: Config, counts: list[int], seconds: float = 20.0) -> dict[str, A
 
     Each count starts a fresh pool, waits until every actor has delivered its first steps
     (start-up excluded), then counts the steps delivered during `seconds`."""
-    from dreamer.actors import ActorPool
+    from dreamer.actor_pools import ActorPool
 
     repeat = cfg.env.action_repeat
     runs = {}

@@ -16,7 +16,7 @@ from typing import Any
 import jax
 
 from dreamer.acting import Collector
-from dreamer.actors import make_pool
+from dreamer.actor_pools import make_pool
 from dreamer.checkpoint import Checkpointer, incompatible_keys
 from dreamer.clocks import Phases
 from dreamer.config import Config, ConfigError

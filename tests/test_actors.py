@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from dreamer import actors, runner
+from dreamer import actor_pools, actors, runner
 from dreamer.config import load_config
 from dreamer.replay import Replay
 
@@ -68,7 +68,7 @@ def test_actor_replaces_an_environment_that_raises(tmp_path):
 
 def test_pool_restarts_a_killed_actor_and_stops_cleanly(tmp_path):
     cfg = debug_cfg(tmp_path, **{"actors.num": 2})
-    pool = actors.ActorPool(cfg, 2)
+    pool = actor_pools.ActorPool(cfg, 2)
     try:
         streams = set()
         deadline = time.time() + 120

@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from dreamer import actors
+from dreamer import actor_pools
 from dreamer.config import load_config
 
 ray = pytest.importorskip("ray")
@@ -20,8 +20,8 @@ def local_ray():
 def test_ray_actors_deliver_steps_and_are_restarted(tmp_path):
     cfg = load_config(["debug"], {"logdir": str(tmp_path), "actors.num": 1,
                                   "actors.ray_address": "local"})
-    pool = actors.make_pool(cfg)
-    assert isinstance(pool, actors.RayActorPool)
+    pool = actor_pools.make_pool(cfg)
+    assert isinstance(pool, actor_pools.RayActorPool)
     try:
         deadline = time.time() + 180
         streams, reports = set(), []
