@@ -40,13 +40,13 @@ from dreamer.run_state import Counters
 SYNC_TICKS = 64  # ticks between the processes' checks whether a checkpoint is due
 
 
-
 def acts_on_device(setting: str, agent: Any) -> bool:
     """Whether the training process acts on the first learner device: `actors.policy_device`
     'learner' or 'host', or under 'auto' the agent's own `acts_on_device`."""
     if setting == "auto":
-        return bool(getattr(agent, "acts_on_device", False))
+        return bool(agent.acts_on_device)
     return setting == "learner"
+
 
 class Session:
     """What both training loops share. Built from the newest checkpoint under
