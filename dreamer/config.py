@@ -50,6 +50,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "env.obs": ("image", "vector", "both"),
     "logger.mode": ("auto", "online", "offline", "disabled"),
     "parallel.backend": ("pmap", "shard_map"),
+    "actors.policy_device": ("auto", "host", "learner"),
     "model.act": ("silu", "gelu", "relu", "elu", "tanh", "mish"),
     "model.norm": ("rms", "layer", "none"),
     "ac.actor_grad": ("reinforce", "dynamics"),

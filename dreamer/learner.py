@@ -54,6 +54,7 @@ class Learner:
         self.batch_size = cfg.batch_size * len(local)
         self.updates = 0
         self._params: tuple[int, Any] | None = None
+        self._device_params: tuple[int, Any] | None = None
         self._report = None
 
     def place(self, batch: dict[str, np.ndarray]) -> Any:
@@ -96,6 +97,16 @@ class Learner:
             self._params = (self.updates, jax.device_put(params, self._cpu))
         return self._params[1]
 
+    def device_params(self) -> Any:
+        """The current parameters on the first learner device, for a policy that acts there
+        (`actors.policy_device`): no copy through the host; one per update."""
+        if self._device_params is None or self._device_params[0] != self.updates:
+            params = self.state.params
+            if self._parallel is not None:
+                params = jax.tree.map(lambda x: x.addressable_shards[0].data[0], params)
+            self._device_params = (self.updates, params)
+        return self._device_params[1]
+
     def host_state(self) -> Any:
         """The train state (one replica) on the CPU: what a checkpoint holds."""
         state = self.state
@@ -112,7 +123,7 @@ class Learner:
             self.state = self._parallel.replicate(state)
             self._parallel.assert_replicas_equal(self.state, "restored train state")
         self.updates = int(updates)
-        self._params = None
+        self._params = self._device_params = None
 
     def report(self, batch: dict[str, np.ndarray], key: jax.Array) -> dict[str, np.ndarray]:
         """The agent's `report` (e.g. open-loop and reconstruction videos) of a host batch,

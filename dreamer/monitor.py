@@ -82,10 +82,11 @@ class Monitor:
 
     def __init__(self, cfg: Config, logdir: Path, counters: Counters, learner: Learner,
                  replay: Replay, rngs: Rngs, eval_policy: AgentPolicy, eval_env: Env,
-                 logger: Logger | None = None):
+                 logger: Logger | None = None, acting_params: Callable[[], Any] | None = None):
         self.cfg, self.counters, self.learner, self.replay, self.rngs = (
             cfg, counters, learner, replay, rngs)
         self.eval_policy, self.eval_env = eval_policy, eval_env
+        self.acting_params = acting_params or learner.params  # where evaluation acts
         self.repeat = cfg.env.action_repeat
         self.pending = UpdateMetrics(cfg.run.max_nonfinite, counters)
         self.averages, self.evals, self.timing = Averages(), {}, {}
@@ -131,7 +132,7 @@ class Monitor:
 
     def evaluate(self) -> dict[str, Any]:
         start = time.perf_counter()
-        self.evals = evaluate(self.eval_policy, self.learner.params(), self.eval_env,
+        self.evals = evaluate(self.eval_policy, self.acting_params(), self.eval_env,
                               self.cfg.run.eval_episodes, self.repeat,
                               video=self.cfg.logger.eval_video, mode="eval")
         self.timing["time/eval_s"] = time.perf_counter() - start

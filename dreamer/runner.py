@@ -120,7 +120,7 @@ def _train(s: Session) -> dict[str, float]:
                     actions = collector.random_actions(s.rngs.numpy("prefill"))
                     outputs = random_outputs
                 else:
-                    actions, outputs = s.policy(s.learner.params(s.acting_lag),
+                    actions, outputs = s.policy(s.acting_params(),
                                                 collector.batch_obs())
             with phases("env"):
                 records, episodes = collector.step(actions, outputs)

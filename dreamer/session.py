@@ -40,6 +40,14 @@ from dreamer.run_state import Counters
 SYNC_TICKS = 64  # ticks between the processes' checks whether a checkpoint is due
 
 
+def acts_on_device(setting: str, agent: Any) -> bool:
+    """Whether the training process acts on the first learner device: `actors.policy_device`
+    'learner' or 'host', or under 'auto' the agent's own `acts_on_device`."""
+    if setting == "auto":
+        return bool(agent.acts_on_device)
+    return setting == "learner"
+
+
 class Session:
     """What both training loops share. Built from the newest checkpoint under
     `logdir/checkpoints` when there is one; `close` saves the replay's new chunks and then a
@@ -71,11 +79,16 @@ class Session:
         self.replay = Replay(cfg.replay.capacity, self.agent.sequence_length,
                              self.replay_dir, cfg.replay.chunk, cfg.replay.recency,
                              cfg.replay.recency_window, cfg.replay.online, rngs.numpy("replay"))
-        # Acting runs on the host CPU (`Learner.params`), in float32 there under `auto`.
-        acting = make_agent(cfg, space.obs_space, space.act_space, platform="cpu")
+        # Acting in this process runs on the host CPU (`Learner.params`, float32 there under
+        # `auto`), or on the first learner device for an agent that plans at every step
+        # (`acts_on_device`, or `actors.policy_device: learner`), with the current parameters
+        # where they are. Actor processes always act on their own CPU.
+        self.acts_on_device = acts_on_device(cfg.actors.policy_device, self.agent)
+        acting = make_agent(cfg, space.obs_space, space.act_space,
+                            platform=None if self.acts_on_device else "cpu")
         self.policy = AgentPolicy(acting, cfg.run.envs, rngs.key_stream("policy"), cfg.jax.jit)
         eval_policy = AgentPolicy(acting, 1, rngs.key_stream("eval"), cfg.jax.jit)
-        # Acting in this process may lag the learner by up to `actors.max_staleness` updates on
+        # On the host, acting may lag the learner by up to `actors.max_staleness` updates on
         # accelerators, so that env steps overlap updates; on the CPU both share the cores and
         # the policy acts with the current parameters.
         self.acting_lag = 0 if self.learner.on_host else int(cfg.actors.max_staleness)
@@ -89,7 +102,14 @@ class Session:
         self.due_save = EverySeconds(cfg.run.checkpoint_every or math.inf)  # 0: at exit only
         self._ticks = 0
         self.monitor = Monitor(cfg, self.logdir, self.counters, self.learner, self.replay, rngs,
-                               eval_policy, self.eval_env, logger)
+                               eval_policy, self.eval_env, logger, self.acting_params)
+
+    def acting_params(self) -> Any:
+        """The parameters this process acts with: on the first learner device, or on the host
+        at most `acting_lag` updates behind."""
+        if self.acts_on_device:
+            return self.learner.device_params()
+        return self.learner.params(self.acting_lag)
 
     # ------------------------------------------------------------------------- counters
     @property

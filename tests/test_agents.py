@@ -2,6 +2,7 @@
 of collection and evaluation, two fake devices with two actor processes, then a resume that
 continues counters and replay."""
 import json
+import types
 
 import jax
 import numpy as np
@@ -137,3 +138,41 @@ def test_an_unknown_policy_mode_is_a_clear_error(agent):
     names = ", ".join(repr(m) for m in MODES)
     with pytest.raises(ValueError, match=f"unknown policy mode 'greedy': choose one of {names}"):
         made.policy(None, made.policy_initial(1), obs, jax.random.key(0), mode="greedy")
+
+
+def test_an_agent_that_plans_acts_on_the_learner_device(tmp_path, monkeypatch):
+    """PETS acts on the first learner device under `actors.policy_device: auto` (forced here
+    with 'learner'; on this CPU-only machine that device is a CPU): training acts and
+    evaluation acts with the learner's own parameters there, never with a host copy; 'host'
+    takes the host path; an agent that does not plan acts on the host under 'auto'."""
+    from dreamer.learner import Learner
+    from dreamer.session import acts_on_device
+
+    assert acts_on_device("auto", types.SimpleNamespace(acts_on_device=True))
+    assert not acts_on_device("auto", types.SimpleNamespace(acts_on_device=False))
+    assert acts_on_device("learner", None) and not acts_on_device("host", None)
+    calls = {"params": 0, "device_params": 0}
+    placed = []
+    for name in calls:
+        original = getattr(Learner, name)
+
+        def spy(self, *args, _original=original, _name=name, **kwargs):
+            calls[_name] += 1
+            out = _original(self, *args, **kwargs)
+            if _name == "device_params":
+                placed.append({d for x in jax.tree.leaves(out) for d in x.devices()}
+                              == {self.devices[0]})
+            return out
+
+        monkeypatch.setattr(Learner, name, spy)
+    for setting in ("learner", "host"):
+        calls.update(params=0, device_params=0)
+        cfg = tiny_cfg("pets", tmp_path / setting, 150, **{
+            "parallel.devices": 2, "actors.policy_device": setting, "run.eval_every": 100})
+        result = runner.run(cfg)
+        assert np.isfinite(result["eval/score"])
+        acting = 150 - 100  # steps after the random prefill, each acting once, then evaluation
+        if setting == "learner":
+            assert calls["device_params"] > acting and calls["params"] == 0 and all(placed)
+        else:
+            assert calls["device_params"] == 0 and calls["params"] > acting

@@ -48,6 +48,7 @@ class Agent(Protocol):
     obs_keys: tuple[str, ...]     # observation keys the agent reads
     sequence_length: int          # steps per replayed sequence (what the replay samples)
     trained_length: int           # of those, the steps the train ratio counts as trained
+    acts_on_device: bool          # the policy belongs on the learner's accelerator (it plans)
     axis_name: str | None
 
     def init(self, key: jax.Array) -> Any: ...

@@ -294,6 +294,7 @@ class DynaQ:
         self.obs_keys = ("vector",)
         self.sequence_length = cfg.batch_length
         self.trained_length = cfg.batch_length  # one transition into each step
+        self.acts_on_device = False  # a table lookup
         self.hyper = {"lr": p.lr, "discount": p.discount}
 
     def init(self, key: jax.Array) -> DynaState:

@@ -209,6 +209,7 @@ class PETS:
         self.obs_keys = ("vector",)
         self.sequence_length = cfg.batch_length
         self.trained_length = cfg.batch_length - 1  # transitions per sequence
+        self.acts_on_device = True  # a search of candidates x particles x horizon per step
         self.net = ensemble.GaussianMLP(self.obs_dim + 1, p.units, p.layers, p.act, extra=1,
                                         min_logvar=p.min_logvar, max_logvar=p.max_logvar)
         self.opt = optax.adamw(p.lr, weight_decay=p.weight_decay)

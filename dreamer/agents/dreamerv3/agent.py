@@ -203,6 +203,8 @@ class DreamerV3:
         """Steps per replayed sequence: `batch_length`, plus the context step."""
         return self.cfg.batch_length + int(self.context)
 
+    acts_on_device = False  # one filter step and an actor head: cheap on the host
+
     @property
     def trained_length(self) -> int:
         """Steps per sequence that the train ratio counts: `batch_length` (not the context
