@@ -288,11 +288,14 @@ def test_the_model_learns_known_dynamics():
     rows = lambda v: jnp.broadcast_to(v, (2, *v.shape))
     next_s, reward, done = model.predict(state.params, rows(s), rows(a))
     want_s, want_r = linear(s, a)
-    # Bounds with room for the spread over initialisations and bootstraps (over 5 init seeds:
-    # mean state error <= 0.012, worst of the 384 outputs 0.02 to 0.12, reward error <= 10%
-    # of the reward, no-termination probability >= 0.93).
+    # Bounds with room for the spread over initialisations and bootstraps, over init seeds
+    # 0-19 (this is seed 0): mean state error <= 0.012, worst of the 384 outputs 0.018 to
+    # 0.12, reward error 4.9% to 9.9% of the reward (13% on one seed), termination
+    # probability <= 0.067, NLL of the last batch <= -1.33. The reward error is the noise of
+    # constant-rate Adam on small Poisson-weighted batches, not a bias: bootstraps drawn
+    # afresh every update spread alike (5.4% to 12% over 10 seeds).
     error = np.abs(next_s - want_s)
     assert float(error.mean()) < 0.015 and float(error.max()) < 0.15
     assert float(np.abs(reward - want_r).mean()) < 0.12 * float(np.abs(want_r).mean())
-    assert float(done.max()) < 0.1
-    assert float(metrics["loss/nll"]) < -1.0  # confident where it is right
+    assert float(done.max()) < 0.08
+    assert float(metrics["loss/nll"]) < -1.2  # confident where it is right
