@@ -3,8 +3,8 @@
 A transition is (s_t, a_t, r_t+1, s_t+1, terminal_t+1): the state vector, the discrete action
 taken in it, and the reward, state and termination that followed. `collect` records them with a
 uniformly random policy, episode after episode, as numpy arrays of N rows; `as_sequences` lays
-them out as the replay's sequences of two steps, so that a model agent's own `train_step` (PETS)
-learns from them. A one-step model is any `predict(states [N, D], actions [N, A] one-hot) ->
+them out as the replay's sequences of two steps, so that the dynamics model's `train_step`
+(`dreamer.dynamics`, PETS's model) learns from them. A one-step model is any `predict(states [N, D], actions [N, A] one-hot) ->
 (next states [N, D], rewards [N], termination probabilities [N])`: `unroll` chains it open loop
 along action sequences (k-step prediction), `windows` cuts the real k-step targets out of whole
 episodes, and `rollout` is the planners' rollout function for discrete actions (a continuous

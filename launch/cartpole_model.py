@@ -8,11 +8,12 @@ and planning with the model against a uniformly random policy.
 1. Collects --steps transitions of gym_CartPole-v1 with a uniformly random policy
    (`dreamer.transitions.collect`, several episodes); the last --holdout of the episodes are
    held out whole.
-2. Trains PETS's dynamics model with one member (`dreamer.agents.pets` with pets.members=1: a
-   Gaussian MLP from the normalised (state, one-hot action) to the normalised (Δstate, reward)
-   and a termination logit, with PETS's own normalisers, loss and train_step) for --epochs
-   shuffled passes over the training transitions in batches of --batch, each transition a
-   replayed sequence of two steps; the validation loss is PETS's loss on the held-out episodes.
+2. Trains PETS's dynamics model with one member (`dreamer.dynamics`, built by PETS with
+   pets.members=1: a Gaussian MLP from the normalised (state, one-hot action) to the normalised
+   (Δstate, reward) and a termination logit, with the model's normalisers, loss and train_step)
+   for --epochs shuffled passes over the training transitions in batches of --batch, each
+   transition a replayed sequence of two steps; the validation loss is the model's loss on the
+   held-out episodes.
 3. Synthetic transitions: the model sampled once from every real (state, action): next state and
    reward from its Gaussian, termination from its probability. OUT/transitions.png holds the
    histograms of real against synthetic next states, rewards and terminations. OUT/prediction.png
@@ -41,8 +42,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dreamer import planners, transitions
-from dreamer.agents import make_agent, pets
+from dreamer import dynamics, planners, transitions
+from dreamer.agents import make_agent
 from dreamer.args import Option, UsageError, integer, number, parse
 from dreamer.config import Config, ConfigError, load_config
 from dreamer.envs import make_env
@@ -82,38 +83,37 @@ def one_member(agent):
     """The member's mean prediction: (params, states [N, D], actions [N, A]) -> (next [N, D],
     rewards [N], termination probabilities [N])."""
     def predict(params, states, actions):
-        states, rewards, done = agent.predict(params, states[None], actions[None])
+        states, rewards, done = agent.model.predict(params, states[None], actions[None])
         return states[0], rewards[0], done[0]
     return predict
 
 
 def train(agent, data: dict, held: dict, epochs: int, batch: int, seed: int):
-    """PETS's train_step over shuffled batches for `epochs` passes -> (state, losses per epoch:
-    {'train/NAME', 'val/NAME': [epochs]} for nll, termination and mse)."""
+    """The model's train_step over shuffled batches for `epochs` passes -> (state, losses per
+    epoch: {'train/NAME', 'val/NAME': [epochs]} for nll, termination and mse)."""
     n = len(data["action"])
     if batch > n:
         raise ValueError(f"--batch {batch} is more than the {n} training transitions: lower it")
     seqs = transitions.as_sequences(data, agent.act_dim)
-    x, y, term, mask = pets.transitions(transitions.as_sequences(held, agent.act_dim))
-    step = jax.jit(agent.train_step)
+    x, y, term, mask = dynamics.transitions(transitions.as_sequences(held, agent.act_dim))
+    step = jax.jit(agent.model.train_step)
 
     @jax.jit
     def validate(params):
         weights = (mask / mask.sum())[None]
-        _, metrics = pets.model_loss(params["model"], agent.net, params["norm"], x, y, term,
-                                     weights, bound_reg=0.0)
+        _, metrics = dynamics.loss(params["model"], agent.model.net, params["norm"], x, y,
+                                   term, weights, bound_reg=0.0)
         return metrics
 
     state = agent.init(jax_key(seed, "init"))
-    rng, key = np.random.default_rng(seed_sequence(seed, "shuffle")), jax_key(seed, "update")
+    rng = np.random.default_rng(seed_sequence(seed, "shuffle"))
     names = ("nll", "termination", "mse")
     losses = {f"{side}/{name}": [] for side in ("train", "val") for name in names}
     for _ in range(epochs):
         order, seen = rng.permutation(n), []
         for i in range(n // batch):
             rows = order[i * batch:(i + 1) * batch]
-            key, k = jax.random.split(key)
-            state, metrics, _ = step(state, {k_: v[rows] for k_, v in seqs.items()}, k)
+            state, metrics = step(state, {k: v[rows] for k, v in seqs.items()})
             seen.append(metrics)
         val = validate(state.params)
         for name in names:
@@ -127,8 +127,8 @@ def synthetic(agent, params, data: dict, key: jax.Array) -> dict:
     terminal [N] (drawn with the predicted probability)."""
     k_model, k_term = jax.random.split(key)
     actions = jax.nn.one_hot(data["action"], agent.act_dim)
-    nxt, reward, done = agent.predict(params, jnp.asarray(data["state"])[None], actions[None],
-                                      k_model)
+    nxt, reward, done = agent.model.predict(params, jnp.asarray(data["state"])[None],
+                                            actions[None], k_model)
     terminal = jax.random.bernoulli(k_term, done[0])
     return {"next": np.asarray(nxt[0]), "reward": np.asarray(reward[0]),
             "terminal": np.asarray(terminal)}

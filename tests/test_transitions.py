@@ -1,13 +1,12 @@
 """Flat transitions and one-step models (dreamer.transitions): collection aligned step by step,
-episode splits, the replay layout PETS reads back, open-loop unrolls against a plain-Python loop,
+episode splits, the replay layout the dynamics model reads back, open-loop unrolls against a plain-Python loop,
 survival-weighted returns by hand, and a planner that finds the better action of a known model."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dreamer import planners, transitions
-from dreamer.agents import pets
+from dreamer import dynamics, planners, transitions
 from dreamer.config import load_config
 from dreamer.envs import make_env
 from dreamer.envs.base import Space, TimeLimit, discrete_space, transition
@@ -92,12 +91,12 @@ def test_split_holds_out_whole_episodes():
         transitions.split(data, 0.05)
 
 
-def test_pets_reads_the_sequences_back_as_the_transitions():
+def test_the_dynamics_model_reads_the_sequences_back_as_the_transitions():
     data = data_of([3, 2])
     seqs = transitions.as_sequences(data, 2)
     # A replay holds episode 0 as steps 0-3 (reset and three arrivals), episode 1 as 4-6.
     np.testing.assert_array_equal(seqs["step_id"], [[0, 1], [1, 2], [2, 3], [4, 5], [5, 6]])
-    x, y, term, mask = pets.transitions({k: jnp.asarray(v) for k, v in seqs.items()})
+    x, y, term, mask = dynamics.transitions({k: jnp.asarray(v) for k, v in seqs.items()})
     onehot = np.eye(2)[data["action"]]
     np.testing.assert_array_equal(x[:, 0], np.concatenate([data["state"], onehot], -1))
     delta = data["next"] - data["state"]
