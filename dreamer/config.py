@@ -6,10 +6,8 @@ default value (int, float, bool, str, or a list of one of those). A preset is an
 presets in order, then explicit overrides; `dreamer.cli.parse_args` does the same from a command
 line.
 
-Numbers follow YAML 1.2 rather than PyYAML's YAML 1.1: `3e-4` is a float (PyYAML reads a string),
-and exponent notation without a decimal point and with a non-negative exponent (`1e6`, `5e5`) is an
-int, so step counts can be written compactly. Only `true`/`false` are booleans (not yes/no/on/off),
-and dates stay strings.
+Every file is read as YAML 1.2 (`dreamer.yamlio`): `3e-4` is a float, `1e6` an int, and only
+`true`/`false` are booleans.
 """
 
 from __future__ import annotations
@@ -19,13 +17,10 @@ import math
 import numbers
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import yaml
-
-from dreamer import xla_flags
+from dreamer import xla_flags, yamlio
 
 __all__ = [
     "Config",
@@ -84,8 +79,8 @@ def parse_kwargs(key: str, items: Sequence[Any]) -> dict[str, Any]:
         if name in out:
             raise ConfigError(f"config key {key!r} sets {name!r} twice: keep one of the items")
         try:
-            out[name] = _parse_yaml(text.strip())
-        except yaml.YAMLError as e:
+            out[name] = yamlio.load(text.strip())
+        except yamlio.YAMLError as e:
             raise ConfigError(f"invalid value in item {item!r} of config key {key!r}: "
                               f"{e}") from None
     return out
@@ -110,84 +105,15 @@ FORMATS: dict[str, Callable[[str, Any], Any]] = {"env.gym_kwargs": parse_kwargs,
 
 
 # ---------------------------------------------------------------------------------------------
-# YAML loading
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 core-schema booleans and numbers, and no timestamps."""
-
-
-_BOOL, _INT, _FLOAT = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
-_DROPPED = {_BOOL, _INT, _FLOAT, "tag:yaml.org,2002:timestamp"}
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag not in _DROPPED]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver(
-    _BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-_Loader.add_implicit_resolver(_INT, re.compile(r"^[-+]?[0-9][0-9_]*$"), list("-+0123456789"))
-_Loader.add_implicit_resolver(
-    _FLOAT,
-    re.compile(
-        r"^(?:[-+]?(?:\.[0-9]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?"
-        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
-    ),
-    list("-+.0123456789"),
-)
-_INTEGRAL_EXP = re.compile(r"^[-+]?[0-9][0-9_]*[eE]\+?[0-9]+$")
-
-
-def _construct_bool(loader: yaml.SafeLoader, node: yaml.Node) -> bool:
-    return loader.construct_scalar(node).lower() == "true"
-
-
-def _construct_int(loader: yaml.SafeLoader, node: yaml.Node) -> int:
-    return int(loader.construct_scalar(node).replace("_", ""))
-
-
-def _construct_float(loader: yaml.SafeLoader, node: yaml.Node) -> int | float:
-    text = loader.construct_scalar(node).replace("_", "")
-    if _INTEGRAL_EXP.match(text):
-        return int(Decimal(text))  # 1e6 -> 1000000, exactly
-    lowered = text.lower()
-    if lowered.endswith(".inf"):
-        return -math.inf if lowered.startswith("-") else math.inf
-    if lowered == ".nan":
-        return math.nan
-    return float(text)
-
-
-_Loader.add_constructor(_BOOL, _construct_bool)
-_Loader.add_constructor(_INT, _construct_int)
-_Loader.add_constructor(_FLOAT, _construct_float)
-
-
-def _parse_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # safe: _Loader derives from SafeLoader
-
-
-class _Dumper(yaml.SafeDumper):
-    """SafeDumper that quotes every string `_Loader` would not read back as a string."""
-
-
-def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    try:
-        plain = isinstance(_parse_yaml(value), str)
-    except yaml.YAMLError:
-        plain = False
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=None if plain else "'")
-
-
-_Dumper.add_representer(str, _represent_str)
+# Reading YAML files
 
 
 def _read_yaml(path: Path, what: str) -> dict[str, Any]:
     try:
-        tree = _parse_yaml(path.read_text())
+        tree = yamlio.load(path.read_text())
     except OSError as e:
         raise ConfigError(f"cannot read {what} {str(path)!r}: {e}") from e
-    except yaml.YAMLError as e:
+    except yamlio.YAMLError as e:
         raise ConfigError(f"invalid YAML in {what} {str(path)!r}: {e}") from e
     if tree is None:
         return {}
@@ -278,8 +204,8 @@ def _coerce_scalar(value: Any, t: type | None) -> Any:
         raise TypeError
     if isinstance(value, str):  # a number or bool written as text, e.g. on the command line
         try:
-            value = _parse_yaml(value)
-        except yaml.YAMLError:
+            value = yamlio.load(value)
+        except yamlio.YAMLError:
             raise TypeError from None
     if t is None and _scalar_type(value) is not None:
         return value
@@ -301,8 +227,8 @@ def _split_list(text: str) -> list[Any]:
     text = text.strip()
     if text.startswith("["):
         try:
-            return _parse_yaml(text)
-        except yaml.YAMLError:
+            return yamlio.load(text)
+        except yamlio.YAMLError:
             raise TypeError from None
     return [item.strip() for item in text.split(",")] if text else []
 
@@ -527,7 +453,7 @@ class Config(Mapping[str, Any]):
 
     def save(self, path: str | Path) -> None:
         """Writes the config as YAML (readable by `Config.load`)."""
-        Path(path).write_text(yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False))
+        Path(path).write_text(yamlio.dump(self.to_dict()))
 
     @classmethod
     def load(cls, path: str | Path, *, configs_dir: str | Path | None = None) -> Config:
