@@ -82,8 +82,10 @@ def parse_args(argv: Sequence[str], configs_dir: str | Path | None = None, *,
     configs = Option("configs", tuple(presets), many=True, metavar="PRESET")
     args = parse(argv, [configs, *options], help_text or usage(configs_dir),
                  config=Config(configs_dir=configs_dir_of(configs_dir)))
-    cfg = load_config(args["configs"], configs_dir=configs_dir)
-    return cfg.update(args.overrides, source="command line"), args
+    # The overrides take part in choosing the agent (--agent=pets applies the pets preset).
+    cfg = load_config(args["configs"], args.overrides, configs_dir=configs_dir,
+                      source="command line")
+    return cfg, args
 
 
 def _config_of(prog: str, help_text: str, argv: list[str] | None

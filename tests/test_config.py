@@ -368,6 +368,16 @@ def test_help_lists_presets_and_exits_zero(capsys):
 
 
 
+def test_agent_on_the_command_line_applies_its_preset():
+    cfg, _ = parse_args(["--agent=pets"])
+    assert cfg == load_config([], {"agent": "pets"}) and cfg.batch_size == 128
+    assert not cfg.replay.context and cfg.logger.report_every == 0  # not DreamerV3's settings
+    cfg, _ = parse_args(["--configs", "dmc_proprio", "--agent", "pets", "--batch_size=8"])
+    assert cfg.run.train_ratio == 1024 and cfg.batch_size == 8 and cfg.env.obs == "vector"
+    with pytest.raises(ConfigError, match=r"\(in command line\)"):
+        parse_args(["--run.steps=fast"])
+
+
 def test_a_bare_boolean_switch_sets_it_true():
     cfg, info = parse_args(["--logger.wandb", "--jax.jit", "false", "--run.steps=10"])
     assert cfg.logger.wandb is True and cfg.jax.jit is False and cfg.run.steps == 10
