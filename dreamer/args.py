@@ -19,10 +19,10 @@ GRAMMAR = (
     "that starts with --. An option of several values takes them separated by spaces or commas "
     "(--configs a b, --seeds 0,1,2) up to the next argument that starts with --; given twice, "
     "its values add up, while any other option keeps the last. A switch alone means true (it "
-    "also takes true or false). Commands that build a config take every key of "
-    "configs/defaults.yaml as an option, dotted by section: --run.steps=1e4, --seed 1, "
-    "--logger.wandb. A lone -- ends the options: what follows is passed on. -h or --help prints "
-    "the help.")
+    "also takes true or false). Commands that build a config take every config key (those of "
+    "configs/defaults.yaml and of the agent presets' sections) as an option, dotted by "
+    "section: --run.steps=1e4, --seed 1, --logger.wandb. A lone -- ends the options: what "
+    "follows is passed on. -h or --help prints the help.")
 HELP = ("-h", "--help")
 
 

@@ -15,7 +15,14 @@ from dreamer import xla_flags
 from dreamer.agents import MODES
 from dreamer.args import Args, Option, UsageError, choice, integer, parse
 from dreamer.checkpoint import CheckpointError
-from dreamer.config import Config, ConfigError, available_presets, configs_dir_of, load_config
+from dreamer.config import (
+    Config,
+    ConfigError,
+    available_agents,
+    available_presets,
+    configs_dir_of,
+    load_config,
+)
 from dreamer.envs import EnvError
 
 DEFAULT_PRESET = "demo"  # a pixel task that learns within minutes on a laptop CPU
@@ -46,15 +53,17 @@ def usage(configs_dir: str | Path | None = None, command: str = "bash launch/tra
         "",
         textwrap.fill(purpose, 92),
         "",
-        "Starts from configs/defaults.yaml, applies the presets in order (later wins), then the",
-        "overrides. KEY is a dotted config key; VALUE is parsed as YAML and checked against the",
-        "key's type, e.g. --run.steps=1e6 --env.size=32,32 --model.mults=[2,2] --jax.jit=false",
+        "Starts from configs/defaults.yaml and the chosen agent's preset (--agent, default",
+        "dreamerv3), applies the presets in order (later wins), then the overrides. KEY is a",
+        "dotted config key; VALUE is parsed as YAML and checked against the key's type, e.g.",
+        "--run.steps=1e6 --env.size=32,32 --model.mults=[2,2] --jax.jit=false",
         "",
         "presets:",
         *(f"  {name:<{width}}  {_description(directory / f'{name}.yaml')}".rstrip()
           for name in presets),
         "",
-        "keys: see configs/defaults.yaml; sections: "
+        "keys: see configs/defaults.yaml and the agent presets (" + ", ".join(
+            available_agents(directory)) + "), which hold each agent's sections; sections: "
         + ", ".join(k for k, v in Config(configs_dir=directory).items() if isinstance(v, Config)),
     ]
     return "\n".join(lines) + "\n"
@@ -73,8 +82,10 @@ def parse_args(argv: Sequence[str], configs_dir: str | Path | None = None, *,
     configs = Option("configs", tuple(presets), many=True, metavar="PRESET")
     args = parse(argv, [configs, *options], help_text or usage(configs_dir),
                  config=Config(configs_dir=configs_dir_of(configs_dir)))
-    cfg = load_config(args["configs"], configs_dir=configs_dir)
-    return cfg.update(args.overrides, source="command line"), args
+    # The overrides take part in choosing the agent (--agent=pets applies the pets preset).
+    cfg = load_config(args["configs"], args.overrides, configs_dir=configs_dir,
+                      source="command line")
+    return cfg, args
 
 
 def _config_of(prog: str, help_text: str, argv: list[str] | None
@@ -191,7 +202,7 @@ def eval_main(argv: list[str] | None = None) -> int:
                       action); mpc: plan in DreamerV3's learned model (latent MPC), then run
                       the actor's mode on the same episodes for comparison
       --seed N        seed of the episodes (default 12345)
-      --mpc.KEY=VALUE a planner setting of latent MPC (section mpc of configs/defaults.yaml),
+      --mpc.KEY=VALUE a planner setting of latent MPC (section mpc of configs/dreamerv3.yaml),
                       e.g. --mpc.horizon=8 --mpc.planner=mppi
     """
     try:

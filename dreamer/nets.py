@@ -49,6 +49,9 @@ def get_act(name: str) -> Callable[[jax.Array], jax.Array]:
     return ACTS[name]
 
 
+NORMS = ("rms", "layer", "none")  # what `Norm.impl` (`model.norm`) may name
+
+
 class Norm(nn.Module):
     """RMSNorm (learned scale only, as in the 2024 code) or LayerNorm (learned scale and shift)
     over the last axis; computed in float32."""
@@ -60,7 +63,7 @@ class Norm(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.impl == "none":
             return x
-        if self.impl not in ("rms", "layer"):
+        if self.impl not in NORMS:
             raise ValueError(f"unknown norm '{self.impl}': use rms, layer or none")
         params = {"scale": self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)}
         if self.impl == "layer":

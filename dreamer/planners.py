@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 Rollout = Callable[[Any, Any, jax.Array], jax.Array]
 LOW, HIGH = -1.0, 1.0  # the action range of every plan
+PLANNERS = ("cem", "mppi")  # what an agent's planner key may name (`pets.planner`, `mpc.planner`)
 
 
 def _returns(rollout: Rollout, params: Any, state: Any, actions: jax.Array) -> jax.Array:

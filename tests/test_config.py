@@ -3,14 +3,16 @@ import pickle
 import pytest
 import yaml
 
+from dreamer import yamlio
 from dreamer.cli import parse_args
 from dreamer.clocks import updates_per_frame
 from dreamer.config import (
-    CHOICES,
     Config,
     ConfigError,
+    available_agents,
     available_presets,
     default_configs_dir,
+    key_choices,
     load_config,
     parse_kwargs,
 )
@@ -218,10 +220,11 @@ def test_unknown_preset_lists_choices():
 def test_preset_errors_name_the_preset(tmp_path):
     configs = tmp_path / "configs"
     configs.mkdir()
-    (configs / "defaults.yaml").write_text((default_configs_dir() / "defaults.yaml").read_text())
+    for name in ("defaults", "dreamerv3"):
+        (configs / f"{name}.yaml").write_text((default_configs_dir() / f"{name}.yaml").read_text())
     (configs / "broken.yaml").write_text("model:\n  detr: 3\n")
     (configs / "badtype.yaml").write_text("env:\n  sticky: no\n")
-    assert available_presets(configs) == ["badtype", "broken"]
+    assert available_presets(configs) == ["badtype", "broken", "dreamerv3"]
     with pytest.raises(ConfigError, match=r"model.detr.*preset 'broken'.*model.deter"):
         load_config(["broken"], configs_dir=configs)
     with pytest.raises(ConfigError, match=r"env.sticky.*bool.*preset 'badtype'"):
@@ -248,6 +251,22 @@ def test_save_load_round_trip(tmp_path):
     path.write_text("seed: four\n")
     with pytest.raises(ConfigError, match="'seed'"):
         Config.load(path)
+
+
+# The order of sections that runs wrote before the agents' sections moved to their presets.
+OLD_ORDER = ["seed", "logdir", "agent", "jax", "env", "run", "logger", "replay", "batch_size",
+             "batch_length", "parallel", "actors", "model", "ac", "opt", "pets", "mpc", "dyna"]
+
+
+def test_a_saved_config_holds_every_section_and_an_older_one_loads(tmp_path):
+    cfg = load_config(["pets"], {"pets.units": 64, "model.deter": 32})
+    path = tmp_path / "config.yaml"
+    cfg.save(path)
+    assert set(yaml.safe_load(path.read_text())) == set(OLD_ORDER)
+    assert Config.load(path) == cfg
+    tree = cfg.to_dict()
+    path.write_text(yamlio.dump({k: tree[k] for k in OLD_ORDER}))
+    assert Config.load(path) == cfg
 
 
 def test_parse_args_grammar(tmp_path):
@@ -295,6 +314,16 @@ def test_help_lists_presets_and_exits_zero(capsys):
     for name in available_presets():
         assert name in out
 
+
+
+def test_agent_on_the_command_line_applies_its_preset():
+    cfg, _ = parse_args(["--agent=pets"])
+    assert cfg == load_config([], {"agent": "pets"}) and cfg.batch_size == 128
+    assert not cfg.replay.context and cfg.logger.report_every == 0  # not DreamerV3's settings
+    cfg, _ = parse_args(["--configs", "dmc_proprio", "--agent", "pets", "--batch_size=8"])
+    assert cfg.run.train_ratio == 1024 and cfg.batch_size == 8 and cfg.env.obs == "vector"
+    with pytest.raises(ConfigError, match=r"\(in command line\)"):
+        parse_args(["--run.steps=fast"])
 
 
 def test_a_bare_boolean_switch_sets_it_true():
@@ -349,9 +378,12 @@ def test_choice_keys_reject_other_values_when_the_config_is_made():
         load_config([], {"model.norm": "batch"})
     with pytest.raises(ConfigError, match=r"'ac.actor_grad'.*choose one of"):
         Config().update({"ac.actor_grad": "backprop"})
-    with pytest.raises(ConfigError, match=r"'agent'.*'dreamerv3', 'pets'"):
+    with pytest.raises(ConfigError, match=r"'agent': 'muzero'; choose one of 'dreamerv3', "
+                                          r"'dyna_q', 'pets'.*configs/NAME.yaml"):
         Config({"agent": "muzero"})
-    for key, choices in CHOICES.items():
+    with pytest.raises(ConfigError, match=r"'dyna.backup': 'full'; choose one of 'sample'"):
+        parse_args(["--dyna.backup=full"])
+    for key, choices in key_choices().items():
         assert Config()[key] in choices, key  # every default is a valid choice
         for value in choices:
             assert Config({key: value})[key] == value
@@ -372,19 +404,36 @@ def test_gym_kwargs_are_name_value_items_read_as_yaml():
 
 
 def test_choices_agree_with_the_code_that_reads_them():
+    import jax
+    import jax.numpy as jnp
+
     from dreamer import planners
     from dreamer.agents import AGENTS
     from dreamer.agents.dreamerv3.agent import compute_dtype
+    from dreamer.agents.dreamerv3.behavior import ACTOR_GRADS
+    from dreamer.agents.dyna import BACKUPS
+    from dreamer.config import CHOICES
     from dreamer.envs.base import OBS_MODES
-    from dreamer.nets import ACTS
+    from dreamer.nets import ACTS, NORMS, Norm
+    from dreamer.parallel import BACKENDS
 
-    assert CHOICES["agent"] == tuple(AGENTS)
-    assert CHOICES["env.obs"] == OBS_MODES
-    assert CHOICES["model.act"] == CHOICES["pets.act"] == tuple(ACTS)
-    for name in CHOICES["jax.compute_dtype"]:
+    choices = key_choices()
+    assert set(choices) >= set(CHOICES) and choices["env.obs"] == OBS_MODES
+    assert choices["parallel.backend"] == BACKENDS
+    for name in choices["jax.compute_dtype"]:
         compute_dtype(name, "cpu")
-    for name in (*CHOICES["pets.planner"], *CHOICES["mpc.planner"]):
+    # The agents are their presets; every one registered, and only those.
+    assert sorted(choices["agent"]) == sorted(available_agents()) == sorted(AGENTS)
+    # The agents' own keys, whose choices their presets give.
+    assert choices["model.act"] == choices["pets.act"] == tuple(ACTS)
+    assert choices["model.norm"] == NORMS
+    for name in NORMS:
+        Norm(name).init_with_output(jax.random.key(0), jnp.ones((1, 4)))
+    assert choices["ac.actor_grad"] == ACTOR_GRADS
+    assert choices["pets.planner"] == choices["mpc.planner"] == planners.PLANNERS
+    for name in planners.PLANNERS:
         assert callable(getattr(planners, name))
+    assert choices["dyna.backup"] == BACKUPS
 
 
 def test_pets_small_sizes_only_the_pets_section():

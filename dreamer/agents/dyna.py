@@ -54,6 +54,7 @@ Transitions = dict[str, jax.Array]
 # The model: visits [S, A], mean reward [S, A], and per next state the arrivals that went on
 # (`cont`) and that terminated (`ended`), [S, A, S] each; float32 counts (exact below 2^24).
 Model = dict[str, jax.Array]
+BACKUPS = ("sample", "expected")  # Dyna-Q's planning updates, as `dyna.backup` names them
 
 
 class DynaState(flax.struct.PyTreeNode):
@@ -163,6 +164,8 @@ def plan_uniform(q: jax.Array, model: Model, key: jax.Array, *, steps: int, lr: 
                  discount: float, backup: str = "sample") -> jax.Array:
     """Dyna-Q's planning: `steps` updates (`backup`: sample or expected) on pairs drawn
     uniformly among those the model has seen (at least one)."""
+    if backup not in BACKUPS:
+        raise ValueError(f"dyna.backup must be one of {BACKUPS}, got {backup!r}")
     if steps == 0:
         return q
     actions = q.shape[1]

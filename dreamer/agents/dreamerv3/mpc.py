@@ -39,10 +39,10 @@ from dreamer.agents.dreamerv3 import rssm as rssm_lib
 from dreamer.agents.dreamerv3.behavior import ActorCriticNets
 from dreamer.agents.dreamerv3.world_model import WorldModelNets
 from dreamer.agents.modes import check_mode
-from dreamer.config import CHOICES, ConfigError
+from dreamer.config import ConfigError
 from dreamer.distributions import split_keys
 
-PLANNERS = CHOICES["mpc.planner"]
+PLANNERS = planners.PLANNERS
 State = dict[str, jax.Array]
 
 
