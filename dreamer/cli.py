@@ -14,7 +14,6 @@ from typing import Any
 from dreamer import xla_flags
 from dreamer.agents import MODES
 from dreamer.args import Args, Option, UsageError, choice, integer, parse
-from dreamer.checkpoint import CheckpointError
 from dreamer.config import (
     Config,
     ConfigError,
@@ -24,6 +23,7 @@ from dreamer.config import (
     load_config,
 )
 from dreamer.envs import EnvError
+from dreamer.run.checkpoint import CheckpointError
 
 DEFAULT_PRESET = "demo"  # a pixel task that learns within minutes on a laptop CPU
 TRAIN = "Trains an agent (on the demo preset unless --configs is given)."
@@ -118,7 +118,8 @@ def train_main(argv: list[str] | None = None) -> int:
         # On a machine without accelerators, N devices are N fake CPU devices (for trying the
         # data-parallel path); the setting does not touch GPU or TPU backends.
         jax.config.update("jax_num_cpu_devices", cfg.parallel.devices)
-    from dreamer import doctor, runner
+    from dreamer import doctor
+    from dreamer.run import runner
 
     try:
         doctor.preflight(cfg)
@@ -254,7 +255,7 @@ def evaluate_logdir(logdir: Path, episodes: int, mode: str = "eval", seed: int =
     'mode' (greedy) on the same episodes."""
     import jax
 
-    from dreamer import analysis
+    from dreamer.bench import analysis
 
     if (logdir / "config.yaml").is_file():
         settings = Config.load(logdir / "config.yaml").jax
@@ -282,9 +283,9 @@ def evaluate_agent(run: Any, agent: Any, episodes: int, mode: str, seed: int,
                    video: str | None = None) -> dict[str, Any]:
     """`acting.evaluate` of `agent` with a run's params on a fresh environment of seed `seed`
     (the same episodes for every agent)."""
-    from dreamer.acting import AgentPolicy, evaluate
+    from dreamer.core.rngs import Rngs
     from dreamer.envs import make_env
-    from dreamer.rngs import Rngs
+    from dreamer.run.acting import AgentPolicy, evaluate
 
     env = make_env(run.cfg.env, seed)
     try:

@@ -28,7 +28,7 @@ process, alternating official, ours, ... for --rounds rounds. It prints a table,
 train-step and kernels take --spaces walker: DMC walker's observation and action spaces without
 making the environment (for machines without dm-control); the default, task, makes one.
 
-kernels: counted in the optimized HLO of the compiled update (dreamer.kernels): each launched
+kernels: counted in the optimized HLO of the compiled update (dreamer.bench.kernels): each launched
 instruction once, a while loop's body times its trip count. --layout gpu builds the networks
 as on a GPU (batched block matmuls; bfloat16 unless --jax.compute_dtype says otherwise) while
 compiling for this machine's backend. With --official-src the official update is counted too
@@ -41,9 +41,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dreamer import benchmark
-from dreamer import compare as side_by_side
 from dreamer.args import Args, Option, choice, integer, number, parse, show_help
+from dreamer.bench import benchmark
+from dreamer.bench import compare as side_by_side
 from dreamer.cli import parse_args
 from dreamer.config import Config, ConfigError
 
@@ -128,7 +128,7 @@ def measure(command: str, cfg: Config, args: Args) -> dict:
     if command == "policy":
         return {"policy": benchmark.policy(cfg, args["envs"], args["calls"], args["warmup"])}
     if command == "profile":
-        from dreamer import profiling
+        from dreamer.bench import profiling
 
         with profiling.named_scopes():
             prepared = benchmark.compile_train_step(cfg)

@@ -6,9 +6,9 @@ and planning with the model against a uniformly random policy.
                                   [--seed 0] [--pets.KEY=VALUE ...]
 
 1. Collects --steps transitions of gym_CartPole-v1 with a uniformly random policy
-   (`dreamer.transitions.collect`, several episodes); the last --holdout of the episodes are
+   (`dreamer.bench.transitions.collect`, several episodes); the last --holdout of the episodes are
    held out whole.
-2. Trains PETS's dynamics model with one member (`dreamer.dynamics`, built by PETS with
+2. Trains PETS's dynamics model with one member (`dreamer.core.dynamics`, built by PETS with
    pets.members=1: a Gaussian MLP from the normalised (state, one-hot action) to the normalised
    (Δstate, reward) and a termination logit, with the model's normalisers, loss and train_step)
    for --epochs shuffled passes over the training transitions in batches of --batch, each
@@ -20,10 +20,10 @@ and planning with the model against a uniformly random policy.
    holds the losses per epoch and the RMSE of open-loop predictions (the model's mean fed back,
    along the real actions) k = 1..--k steps ahead from every step of the held-out episodes, each
    dimension divided by the std of the real next states, beside the error of predicting no change.
-4. Plans with the model: CEM (or MPPI: --pets.planner=mppi) of `dreamer.planners` over
+4. Plans with the model: CEM (or MPPI: --pets.planner=mppi) of `dreamer.core.planners` over
    pets.horizon steps; each step's action is the argmax of the plan's 2 entries, and a sequence's
    return sums the predicted rewards weighted by the predicted chance that no termination came
-   before them (`dreamer.transitions.rollout`). The planner and the random policy each play
+   before them (`dreamer.bench.transitions.rollout`). The planner and the random policy each play
    --episodes episodes on the same environment seeds.
 
 Config keys of the `pets` section (other than members and particles) change the model and the
@@ -42,12 +42,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dreamer import dynamics, planners, transitions
 from dreamer.agents import make_agent
 from dreamer.args import Option, UsageError, integer, number, parse
+from dreamer.bench import transitions
 from dreamer.config import Config, ConfigError, load_config
+from dreamer.core import dynamics, planners
+from dreamer.core.rngs import int_seed, jax_key, seed_sequence
 from dreamer.envs import make_env
-from dreamer.rngs import int_seed, jax_key, seed_sequence
 
 OPTIONS = (
     Option("steps", 10_000, integer(2), metavar="N"),

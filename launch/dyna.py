@@ -6,7 +6,7 @@ tasks, one command each; mean and spread over seeds.
                         [--episodes N] [--steps N] [--out runs/dyna] [--seed 0]
 
 Runs the agents' own jitted functions (`dreamer.agents.dyna`: `learn` after each real step, then
-`policy`) through `dreamer.tabular.train_seeds`, every seed at once (vmap) with one environment
+`policy`) through `dreamer.bench.tabular.train_seeds`, every seed at once (vmap) with one environment
 per seed, instead of the full training loop: the book updates after every step, which is what
 `learn` does here. Dyna-Q runs for each n of --planning, prioritized sweeping for each n of
 --sweeping (none: skip it; both default to the task's values below), Dyna-Q with n > 0 once
@@ -67,9 +67,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import jax
 import numpy as np
 
-from dreamer import tabular
 from dreamer.agents import make_agent
 from dreamer.args import Option, UsageError, choice, integer, parse
+from dreamer.bench import tabular
 from dreamer.config import load_config, parse_kwargs
 from dreamer.envs import make_env
 

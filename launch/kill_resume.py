@@ -21,11 +21,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from dreamer.args import Option, UsageError, integer, number, parse
-from dreamer.checkpoint import Checkpointer
 from dreamer.cli import parse_args
-from dreamer.clocks import updates_due
 from dreamer.config import Config, ConfigError
 from dreamer.replay import stored_stamps
+from dreamer.run.checkpoint import Checkpointer
+from dreamer.run.clocks import updates_due
 
 OPTIONS = (
     Option("kills", 3, integer(0), metavar="N"),

@@ -19,7 +19,7 @@ continues the same runs. A run that exits non-zero is reported with its log; the
 Then (only this with --report-only) it writes DIR/scores.md: per task and budget (--budgets,
 default 4 evenly spaced up to N on the --bin grid), mean ± std over seeds (n) of each seed's mean
 eval/score in (budget - bin, budget], beside the published DreamerV3 mean at that step (see
-dreamer/reference.py), then each run's training time (time/hours: wall-clock hours of the
+dreamer/bench/reference.py), then each run's training time (time/hours: wall-clock hours of the
 training loop, evaluations and checkpoints included, summed over resumes) and the env steps it
 reached; and DIR/curve_TASK.png: the mean over seeds on a grid of --bin env steps
 (default run.eval_every) with the min-max band, and the published curve with its band. The
@@ -45,8 +45,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dreamer import plotting, reference
 from dreamer.args import Option, UsageError, integer, parse
+from dreamer.bench import plotting, reference
 from dreamer.cli import DEFAULT_PRESET, parse_args
 from dreamer.config import ConfigError
 
@@ -302,7 +302,7 @@ def report(suite: Suite) -> tuple[str, dict, dict, list[str]]:
             f"budget] env steps; presets {' '.join(suite.presets)}.")
     if suite.benchmark:
         note += (f" {PUBLISHED}: the published {suite.benchmark} mean over seeds in the 10K-step "
-                 "bin that ends at or after the budget (dreamer/reference.py).")
+                 "bin that ends at or after the budget (dreamer/bench/reference.py).")
     hours = times(suite)
     text = (f"{note}\n\n{table}\n\nTraining time per run ({TIME}: wall-clock hours of the "
             f"training loop, evaluations and checkpoints included, summed over resumes) and the "

@@ -50,8 +50,8 @@ sys.path.insert(0, str(ROOT / "launch"))
 
 import learn
 
-from dreamer import plotting
 from dreamer.args import Option, UsageError, integer, parse
+from dreamer.bench import plotting
 from dreamer.config import ConfigError
 
 SIDES = ("ours", "official")

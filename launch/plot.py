@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dreamer import plotting
 from dreamer.args import Option, UsageError, integer, parse
+from dreamer.bench import plotting
 
 OPTIONS = (
     Option("key", "eval/score"),

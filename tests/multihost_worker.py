@@ -19,13 +19,13 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from dreamer import run_state
-from dreamer.checkpoint import Checkpointer
 from dreamer.config import load_config
+from dreamer.core.rngs import Rngs
 from dreamer.envs import base
-from dreamer.learner import Learner, setup_distributed
 from dreamer.replay import Replay
-from dreamer.rngs import Rngs
+from dreamer.run import state as run_state
+from dreamer.run.checkpoint import Checkpointer
+from dreamer.run.learner import Learner, setup_distributed
 
 LOCAL_DEVICES = 2
 OBS_SPACE = {"vector": base.Space(np.float32, (5,))}

@@ -12,9 +12,9 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from dreamer import actor_pools, actors, runner
 from dreamer.config import load_config
 from dreamer.replay import Replay
+from dreamer.run import actor_pools, actors, runner
 
 ROOT = Path(__file__).resolve().parents[1]
 

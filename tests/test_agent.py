@@ -12,7 +12,7 @@ from dreamer.agents.dreamerv3 import behavior, world_model
 from dreamer.agents.dreamerv3 import rssm as rssm_lib
 from dreamer.agents.dreamerv3.agent import DreamerV3, compute_dtype, param_counts, weighted_sum
 from dreamer.config import ConfigError, load_config
-from dreamer.distributions import split_keys
+from dreamer.core.distributions import split_keys
 from dreamer.envs import base
 
 WM_MODULES = ("enc", "rssm", "dec", "rew", "con")

@@ -8,13 +8,14 @@ import jax
 import numpy as np
 import pytest
 
-from dreamer import cli, runner
+from dreamer import cli
 from dreamer.agents import AGENTS, MODES, make_agent
 from dreamer.agents.dreamerv3.mpc import LatentMPC
-from dreamer.clocks import updates_due
 from dreamer.config import ConfigError, load_config
 from dreamer.envs import make_env
 from dreamer.replay import stored_stamps
+from dreamer.run import runner
+from dreamer.run.clocks import updates_due
 
 # The tiny configs of each agent: `debug` sizes DreamerV3; PETS gets a tiny ensemble and planner.
 PETS_TINY = {"env.task": "builtin_reach", "pets.members": 2, "pets.particles": 2,
@@ -145,8 +146,8 @@ def test_an_agent_that_plans_acts_on_the_learner_device(tmp_path, monkeypatch):
     with 'learner'; on this CPU-only machine that device is a CPU): training acts and
     evaluation acts with the learner's own parameters there, never with a host copy; 'host'
     takes the host path; an agent that does not plan acts on the host under 'auto'."""
-    from dreamer.learner import Learner
-    from dreamer.session import acts_on_device
+    from dreamer.run.learner import Learner
+    from dreamer.run.session import acts_on_device
 
     assert acts_on_device("auto", types.SimpleNamespace(acts_on_device=True))
     assert not acts_on_device("auto", types.SimpleNamespace(acts_on_device=False))

@@ -1,4 +1,4 @@
-"""λ-returns against the recursion and percentile return normalisation (`dreamer.returns`), and
+"""λ-returns against the recursion and percentile return normalisation (`dreamer.core.returns`), and
 DreamerV3's actor-critic and replayed-value losses on a tiny agent."""
 
 import chex
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from conftest import randomise_heads
 
-from dreamer import returns
 from dreamer.agents.dreamerv3 import behavior
 from dreamer.agents.dreamerv3 import rssm as rssm_lib
-from dreamer.distributions import TwoHot
+from dreamer.core import returns
+from dreamer.core.distributions import TwoHot
 
 lambda_return = jax.jit(returns.lambda_return)
 

@@ -4,7 +4,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-from dreamer import benchmark
+from dreamer.bench import benchmark
 from dreamer.config import load_config
 
 

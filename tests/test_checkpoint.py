@@ -10,8 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from dreamer import checkpoint
-from dreamer.checkpoint import Checkpointer, CheckpointError, abstract
+from dreamer.run import checkpoint
+from dreamer.run.checkpoint import Checkpointer, CheckpointError, abstract
 
 
 @pytest.fixture(scope="module")

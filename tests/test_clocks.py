@@ -1,8 +1,8 @@
 """The clocks that schedule periodic work, each alone."""
 import math
 
-from dreamer.clocks import Every, EverySeconds, Phases, Ratio, updates_due
 from dreamer.config import load_config
+from dreamer.run.clocks import Every, EverySeconds, Phases, Ratio, updates_due
 
 
 def test_every_fires_once_per_period_after_last():

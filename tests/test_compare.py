@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dreamer import compare as side_by_side
+from dreamer.bench import compare as side_by_side
 
 ROOT = Path(__file__).resolve().parent.parent
 spec = importlib.util.spec_from_file_location("bench", ROOT / "launch" / "bench.py")

@@ -5,7 +5,6 @@ import yaml
 
 from dreamer import yamlio
 from dreamer.cli import parse_args
-from dreamer.clocks import updates_per_frame
 from dreamer.config import (
     Config,
     ConfigError,
@@ -16,6 +15,7 @@ from dreamer.config import (
     load_config,
     parse_kwargs,
 )
+from dreamer.run.clocks import updates_per_frame
 
 SIZES = ["size1m", "size12m", "size25m", "size50m", "size100m", "size200m", "size400m"]
 TASKS = ["atari100k", "debug", "demo", "dmc_proprio", "dmc_vision", "gym"]
@@ -407,15 +407,15 @@ def test_choices_agree_with_the_code_that_reads_them():
     import jax
     import jax.numpy as jnp
 
-    from dreamer import planners
     from dreamer.agents import AGENTS
     from dreamer.agents.dreamerv3.agent import compute_dtype
     from dreamer.agents.dreamerv3.behavior import ACTOR_GRADS
     from dreamer.agents.dyna import BACKUPS
     from dreamer.config import CHOICES
+    from dreamer.core import planners
+    from dreamer.core.nets import ACTS, NORMS, Norm
+    from dreamer.core.parallel import BACKENDS
     from dreamer.envs.base import OBS_MODES
-    from dreamer.nets import ACTS, NORMS, Norm
-    from dreamer.parallel import BACKENDS
 
     choices = key_choices()
     assert set(choices) >= set(CHOICES) and choices["env.obs"] == OBS_MODES

@@ -1,4 +1,4 @@
-"""Tests for dreamer.distributions against hand-computed values and numpy/scipy references."""
+"""Tests for dreamer.core.distributions against hand-computed values and numpy/scipy references."""
 
 import math
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from dreamer import distributions as d
+from dreamer.core import distributions as d
 
 # Tested under jit, as the agent uses them (and one compile is cheaper than many eager ops).
 twohot = jax.jit(d.twohot)

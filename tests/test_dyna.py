@@ -10,9 +10,9 @@ import pytest
 
 from dreamer.agents import dyna, make_agent
 from dreamer.config import ConfigError, load_config
+from dreamer.core.parallel import AXIS, DataParallel
 from dreamer.envs import make_env
 from dreamer.envs.builtin import DynaMaze
-from dreamer.parallel import AXIS, DataParallel
 
 S, A = 5, 3
 

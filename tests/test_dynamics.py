@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dreamer import dynamics
-from dreamer.parallel import AXIS, DataParallel
+from dreamer.core import dynamics
+from dreamer.core.parallel import AXIS, DataParallel
 
 D, A = 3, 2
 SIZES = {"units": 32, "layers": 2, "act": "silu", "min_logvar": -10.0, "max_logvar": 0.5,

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dreamer import ensemble
+from dreamer.core import ensemble
 
 
 def test_gaussian_nll_is_the_negative_log_density_without_the_constant():

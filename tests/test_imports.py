@@ -1,5 +1,6 @@
 """The package's import graph: no module imports one that imports it back (counting imports
-inside functions, which hide cycles from Python), and every module imports on its own."""
+inside functions, which hide cycles from Python), no import points up a layer, and every module
+imports on its own."""
 import ast
 import subprocess
 import sys
@@ -48,6 +49,43 @@ def test_no_import_cycles():
     for name in graph:
         if name not in state:
             visit(name, [name])
+
+
+# The layers, bottom first: a module may import its own layer's modules and those of the layers
+# below it, never one above (each subpackage's docstring says the same).
+LAYERS = [
+    {"config", "presets", "schema", "yamlio", "xla_flags", "logging"},
+    {"core", "envs"},
+    {"agents", "replay"},
+    {"run"},
+    {"bench"},
+    {"cli", "args", "doctor", ""},  # "": the package's own __init__
+]
+
+
+def layer_of(name: str) -> int:
+    part = name.split(".")[1] if "." in name else ""
+    ranks = [i for i, members in enumerate(LAYERS) if part in members]
+    assert ranks, f"{name} is in no layer: add its top-level name to LAYERS"
+    return ranks[0]
+
+
+def test_no_import_points_up_a_layer():
+    mods = modules()
+    upward = [f"{name} (layer {layer_of(name)}) imports {dep} (layer {layer_of(dep)})"
+              for name, path in mods.items() for dep in sorted(imports_of(path, set(mods)))
+              if layer_of(dep) > layer_of(name)]
+    assert not upward, "imports that point up a layer:\n" + "\n".join(upward)
+
+
+def test_layers_sit_in_their_own_subpackages():
+    """core, replay, run and bench are subpackages, each with a docstring naming what it may
+    import; nothing sits at the top of the package but the bottom layer and the command line."""
+    for part in ("core", "replay", "run", "bench"):
+        init = PACKAGE / part / "__init__.py"
+        assert init.exists() and "Imports:" in (ast.get_docstring(ast.parse(init.read_text())) or "")
+    top = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
+    assert top <= LAYERS[0] | LAYERS[-1], f"modules outside a layer: {sorted(top - LAYERS[0] - LAYERS[-1])}"
 
 
 def test_every_module_imports_alone():

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from dreamer import kernels
+from dreamer.bench import kernels
 
 # A loop of 7 iterations whose body launches an add and a fusion (the fused exponential is
 # inside the fusion's launch) and whose condition launches a compare; a copy after it.

@@ -13,8 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from dreamer import runner
 from dreamer.config import load_config
+from dreamer.run import runner
 
 RANDOM_SCORE = 4.0
 THRESHOLD = 2 * RANDOM_SCORE

@@ -8,14 +8,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dreamer import analysis, cli, planners, runner
-from dreamer.acting import AgentPolicy, evaluate
+from dreamer import cli
 from dreamer.agents.dreamerv3 import behavior, mpc
 from dreamer.agents.dreamerv3 import rssm as rssm_lib
+from dreamer.bench import analysis
 from dreamer.config import ConfigError, load_config
-from dreamer.distributions import TwoHot
+from dreamer.core import planners
+from dreamer.core.distributions import TwoHot
+from dreamer.core.rngs import Rngs
 from dreamer.envs import make_env
-from dreamer.rngs import Rngs
+from dreamer.run import runner
+from dreamer.run.acting import AgentPolicy, evaluate
 
 GAMMA = 0.9
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from conftest import DEVICES, agent_batch
 
-from dreamer.learner import Learner
+from dreamer.run.learner import Learner
 
 WORKER = Path(worker.__file__)
 PROCESSES, UPDATES = 2, 2

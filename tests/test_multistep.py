@@ -4,7 +4,7 @@ import jax
 import numpy as np
 from conftest import agent_batch
 
-from dreamer import multistep
+from dreamer.run import multistep
 
 
 def test_scanned_updates_equal_one_call_per_update(continuous_case, vector_obs_space,

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dreamer.convnets import UpConv, maxpool2, upsample2
-from dreamer.nets import (
+from dreamer.core.convnets import UpConv, maxpool2, upsample2
+from dreamer.core.nets import (
     MLP,
     BlockLinear,
     ConcatLinear,

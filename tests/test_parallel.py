@@ -8,7 +8,7 @@ import pytest
 from conftest import DEVICES, agent_batch
 
 from dreamer.agents.dreamerv3 import DreamerV3
-from dreamer.parallel import AXIS, DataParallel, select_devices
+from dreamer.core.parallel import AXIS, DataParallel, select_devices
 
 PER_DEVICE = 2
 UPDATES = 3

@@ -1,4 +1,4 @@
-"""PETS on the shared dynamics model (`dreamer.dynamics`, tested in test_dynamics.py): its
+"""PETS on the shared dynamics model (`dreamer.core.dynamics`, tested in test_dynamics.py): its
 train state and update are the model's, TS-inf rollouts, the policy and its config checks."""
 import dataclasses
 
@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dreamer import dynamics
 from dreamer.agents import make_agent
 from dreamer.agents.pets import PETS
 from dreamer.config import ConfigError, load_config
+from dreamer.core import dynamics
 from dreamer.envs import base
 
 D, A = 3, 2

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dreamer import planners
+from dreamer.core import planners
 
 TARGET = jnp.array([[0.5, -0.3], [-0.7, 0.2], [0.1, 0.9]])  # [H=3, A=2], inside [-1, 1]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dreamer import plotting
+from dreamer.bench import plotting
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from dreamer import benchmark, profiling
 from dreamer.agents.dreamerv3 import world_model
+from dreamer.bench import benchmark, profiling
 from dreamer.config import load_config
 
 HLO = """

@@ -3,8 +3,8 @@ import time
 
 import pytest
 
-from dreamer import actor_pools
 from dreamer.config import load_config
+from dreamer.run import actor_pools
 
 ray = pytest.importorskip("ray")
 

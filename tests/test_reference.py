@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dreamer import reference
+from dreamer.bench import reference
 
 
 def test_published_curve_matches_the_csv():

@@ -366,7 +366,7 @@ def test_load_until_drops_steps_saved_after_the_checkpoint(tmp_path):
 
 
 def test_replay_memory_benchmark_counts_bytes_per_step():
-    from dreamer.benchmark import replay_memory
+    from dreamer.bench.benchmark import replay_memory
 
     out = replay_memory(capacity=1024, size=(16, 16), chunk=128)
     step_bytes = 16 * 16 * 3 + 6 * 4 + 4 + 3 + 8  # image, action, reward, flags, stamp
@@ -471,7 +471,7 @@ def test_online_queue_and_outputs_survive_save_and_load(tmp_path):
 def test_steps_map_stream_positions_to_chunk_slices():
     """A stream's positions span its chunks; eviction drops whole sealed chunks, oldest first,
     and reports the steps dropped."""
-    from dreamer.replay_store import Steps
+    from dreamer.replay.store import Steps
 
     steps = Steps(capacity=6, chunk=4)
     for t in range(10):

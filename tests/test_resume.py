@@ -14,11 +14,13 @@ import jax
 import numpy as np
 import pytest
 
-from dreamer import analysis, cli, runner
-from dreamer.checkpoint import Checkpointer
-from dreamer.clocks import updates_due
+from dreamer import cli
+from dreamer.bench import analysis
 from dreamer.config import Config, ConfigError, load_config
 from dreamer.replay import stored_stamps
+from dreamer.run import runner
+from dreamer.run.checkpoint import Checkpointer
+from dreamer.run.clocks import updates_due
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFILL, RATIO, STEPS_PER_UPDATE = 100, 16, 4 * 8  # debug: batch 4 x length 8 on one device

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from dreamer.rngs import Rngs, int_seed, jax_key, seed_sequence
+from dreamer.core.rngs import Rngs, int_seed, jax_key, seed_sequence
 
 NAMES = ("init", "update", "policy", "eval", "report", "replay", "prefill", "eval_env",
          "actor0.0/policy", "actor1.0/policy", "actor0.1/policy", "actor0.0/prefill")

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from dreamer.agents.dreamerv3.rssm import RSSM, imagine, initial, observe
-from dreamer.nets import BlockLinear, GroupedInputLinear
+from dreamer.core.nets import BlockLinear, GroupedInputLinear
 
 DETER, HIDDEN, STOCH, CLASSES, EMBED, ACTION = 16, 8, 4, 3, 6, 3
 N = 5

@@ -6,11 +6,11 @@ import threading
 import numpy as np
 import pytest
 
-from dreamer import acting, monitor, runner
-from dreamer.checkpoint import Checkpointer
 from dreamer.config import Config, load_config
-from dreamer.run_state import Counters
-from dreamer.session import Session
+from dreamer.run import acting, monitor, runner
+from dreamer.run.checkpoint import Checkpointer
+from dreamer.run.session import Session
+from dreamer.run.state import Counters
 
 
 def test_debug_run_writes_logdir(tmp_path):
@@ -136,7 +136,7 @@ def test_acting_params_lag_the_learner_by_at_most_max_lag(tiny_cfg, vector_obs_s
     more than `max_lag` updates old (0: after every update)."""
     import jax
 
-    from dreamer.learner import Learner
+    from dreamer.run.learner import Learner
 
     learner = Learner(tiny_cfg, vector_obs_space, continuous_act_space, jax.random.key(0))
     assert learner.on_host

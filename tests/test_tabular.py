@@ -1,4 +1,4 @@
-"""The many-seeds loop of the tabular agents (dreamer.tabular): records, stopping rules and the
+"""The many-seeds loop of the tabular agents (dreamer.bench.tabular): records, stopping rules and the
 truncation of episodes against Q-learning in a plain loop; greedy rollouts on hand-built tables;
 the moving average against numpy."""
 import importlib.util
@@ -9,8 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from dreamer import tabular
 from dreamer.agents import make_agent
+from dreamer.bench import tabular
 from dreamer.config import load_config
 from dreamer.envs import make_env
 from dreamer.envs.base import Space, discrete_space, transition

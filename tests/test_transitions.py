@@ -1,4 +1,4 @@
-"""Flat transitions and one-step models (dreamer.transitions): collection aligned step by step,
+"""Flat transitions and one-step models (dreamer.bench.transitions): collection aligned step by step,
 episode splits, the replay layout the dynamics model reads back, open-loop unrolls against a plain-Python loop,
 survival-weighted returns by hand, and a planner that finds the better action of a known model."""
 import jax
@@ -6,8 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dreamer import dynamics, planners, transitions
+from dreamer.bench import transitions
 from dreamer.config import load_config
+from dreamer.core import dynamics, planners
 from dreamer.envs import make_env
 from dreamer.envs.base import Space, TimeLimit, discrete_space, transition
 

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dreamer import updates
+from dreamer.core import updates
 
 
 def test_sequence_length_check_names_the_lengths_and_their_source():

@@ -45,8 +45,8 @@ import numpy as np
 
 from dreamer.agents.modes import check_mode
 from dreamer.config import ConfigError
-from dreamer.parallel import gather_over
-from dreamer.updates import all_finite, check_sequence_length, nonfinite_metric
+from dreamer.core.parallel import gather_over
+from dreamer.core.updates import all_finite, check_sequence_length, nonfinite_metric
 
 Batch = dict[str, jax.Array]
 # One or more transitions, each field [K]: state, action, reward, next, terminal, valid.

@@ -1,10 +1,10 @@
 """PETS (Chua et al. 2018): planning with a probabilistic ensemble of dynamics models.
 
-The model is `dreamer.dynamics.DynamicsModel`: K Gaussian MLPs from the normalised (state
+The model is `dreamer.core.dynamics.DynamicsModel`: K Gaussian MLPs from the normalised (state
 vector, action) to the normalised (state change, reward) and a termination logit, each member
 on its own fixed bootstrap of the replayed transitions, under normalisers that count each
 transition once; PETS's train step is the model's, and its train state the model's
-(`dynamics.ModelState`). Acting plans with CEM or MPPI (`dreamer.planners`) over
+(`dynamics.ModelState`). Acting plans with CEM or MPPI (`dreamer.core.planners`) over
 `pets.horizon` steps, with trajectory sampling TS-inf: each of a sequence's particles keeps one
 member for the whole horizon and samples from its Gaussian at every step; a sequence's return
 is the mean over its particles. The agent acts on the plan's first action and warm-starts the
@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dreamer import dynamics, planners
 from dreamer.agents.modes import check_mode
 from dreamer.config import ConfigError
-from dreamer.updates import check_sequence_length
+from dreamer.core import dynamics, planners
+from dreamer.core.updates import check_sequence_length
 
 Batch = dict[str, jax.Array]
 

@@ -18,11 +18,11 @@ from dreamer.agents.dreamerv3.optim import GROUPS, make_optimizer
 from dreamer.agents.dreamerv3.world_model import WorldModelNets
 from dreamer.agents.modes import check_mode
 from dreamer.config import ConfigError
-from dreamer.convnets import Decoder, Encoder
-from dreamer.distributions import split_keys, symexp_bins
-from dreamer.nets import MLP, count_params
-from dreamer.parallel import mean_over, row_keys
-from dreamer.updates import check_sequence_length, ema, keep_if_finite, nonfinite_metric
+from dreamer.core.convnets import Decoder, Encoder
+from dreamer.core.distributions import split_keys, symexp_bins
+from dreamer.core.nets import MLP, count_params
+from dreamer.core.parallel import mean_over, row_keys
+from dreamer.core.updates import check_sequence_length, ema, keep_if_finite, nonfinite_metric
 
 Batch = dict[str, jax.Array]
 OBSERVE_UNROLL = 8  # observe-scan steps per loop iteration on accelerators (`build_nets`)

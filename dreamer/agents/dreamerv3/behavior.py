@@ -14,9 +14,9 @@ import jax.numpy as jnp
 
 from dreamer.agents.dreamerv3 import rssm as rssm_lib
 from dreamer.agents.dreamerv3.world_model import WorldModelNets
-from dreamer.distributions import Policy, TwoHot, sg
-from dreamer.nets import MLP, fused_mlps
-from dreamer.returns import lambda_return, update_retnorm
+from dreamer.core.distributions import Policy, TwoHot, sg
+from dreamer.core.nets import MLP, fused_mlps
+from dreamer.core.returns import lambda_return, update_retnorm
 
 ACTOR_GRADS = ("reinforce", "dynamics")  # what `ac.actor_grad` may name
 

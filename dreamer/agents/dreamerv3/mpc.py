@@ -9,7 +9,7 @@ credit it with (Hafner et al. 2023, Sec. 3, the λ-return of Eq. 7 with λ = 1):
 where s_h is the state after the sequence's h-th action, r_h and c_h the reward and continue
 probability the heads predict there, γ = 1 - 1/`ac.discount_horizon`, and the critic's value at
 the horizon bootstraps the rest (as TD-MPC does, Hansen et al. 2022). A planner of
-`dreamer.planners` (CEM by default, or MPPI) refines the sequence; the agent acts on its first
+`dreamer.core.planners` (CEM by default, or MPPI) refines the sequence; the agent acts on its first
 action and replans at every step. Every sequence scored at one step sees the same latent noise
 (common random numbers), so candidates differ by their actions alone.
 
@@ -33,14 +33,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dreamer import planners
 from dreamer.agents.dreamerv3 import behavior, world_model
 from dreamer.agents.dreamerv3 import rssm as rssm_lib
 from dreamer.agents.dreamerv3.behavior import ActorCriticNets
 from dreamer.agents.dreamerv3.world_model import WorldModelNets
 from dreamer.agents.modes import check_mode
 from dreamer.config import ConfigError
-from dreamer.distributions import split_keys
+from dreamer.core import planners
+from dreamer.core.distributions import split_keys
 
 PLANNERS = planners.PLANNERS
 State = dict[str, jax.Array]

@@ -20,8 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dreamer.distributions import noise, onehot_straight_through, sg, split_keys, unimix_logits
-from dreamer.nets import (
+from dreamer.core.distributions import noise, onehot_straight_through, sg, split_keys, unimix_logits
+from dreamer.core.nets import (
     BlockLinear,
     ConcatLinear,
     Dense,

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dreamer.agents.dreamerv3 import rssm as rssm_lib
-from dreamer.convnets import Decoder, Encoder
-from dreamer.distributions import (
+from dreamer.core.convnets import Decoder, Encoder
+from dreamer.core.distributions import (
     TwoHot,
     bernoulli_log_prob,
     categorical_entropy,
@@ -19,7 +19,7 @@ from dreamer.distributions import (
     sg,
     symlog,
 )
-from dreamer.nets import MLP
+from dreamer.core.nets import MLP
 
 OBS_KEYS = ("image", "vector")
 

@@ -2,7 +2,7 @@
 ratio, and the run around them (logdir, resume check, the session's periodic work).
 
 A multi-host run (`parallel.distributed`) runs the loop that acts in the learner process, in
-lockstep on every process (see `dreamer.session`). Processes that stop early (Ctrl-C, SIGTERM,
+lockstep on every process (see `dreamer.run.session`). Processes that stop early (Ctrl-C, SIGTERM,
 an error) cannot agree on a last checkpoint, so such a run resumes from its last periodic one
 (`run.checkpoint_every`); one that reaches `run.steps` saves at the end as usual.
 """
@@ -15,17 +15,17 @@ from typing import Any
 
 import jax
 
-from dreamer.acting import Collector
-from dreamer.actor_pools import make_pool
-from dreamer.checkpoint import Checkpointer, incompatible_keys
-from dreamer.clocks import Phases
 from dreamer.config import Config, ConfigError
+from dreamer.core.parallel import Prefetcher
 from dreamer.envs import make_env
-from dreamer.learner import setup_distributed
 from dreamer.logging import Logger
-from dreamer.monitor import NonFiniteError
-from dreamer.parallel import Prefetcher
-from dreamer.session import Session
+from dreamer.run.acting import Collector
+from dreamer.run.actor_pools import make_pool
+from dreamer.run.checkpoint import Checkpointer, incompatible_keys
+from dreamer.run.clocks import Phases
+from dreamer.run.learner import setup_distributed
+from dreamer.run.monitor import NonFiniteError
+from dreamer.run.session import Session
 
 __all__ = ["NonFiniteError", "Session", "check_distributed", "check_resumable",
            "prepare_logdir", "resolve_logdir", "run"]
@@ -142,7 +142,7 @@ def _train(s: Session) -> dict[str, float]:
 
 
 def _train_with_actors(s: Session) -> dict[str, float]:
-    """Training with `actors.num` actor processes feeding the replay (see `dreamer.actors`).
+    """Training with `actors.num` actor processes feeding the replay (see `dreamer.run.actors`).
 
     The learner trains whenever it owes updates for the steps received (the train ratio) and
     otherwise waits for steps; the time it waits after prefill is `learner/wait_fraction`.

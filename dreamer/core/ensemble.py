@@ -4,7 +4,7 @@ A member maps inputs [N, I] to a diagonal Gaussian over O outputs (mean and log-
 optionally extra logits. The log-variance is kept between learned soft bounds (Chua et al.
 2018, appendix A.1): `max - softplus(max - v)`, then `min + softplus(. - min)`, so that the
 variance can neither collapse on the training data nor explode away from it; a small loss on
-`max - min` keeps the bounds tight. Used by `dreamer.dynamics` (PETS's dynamics model), and by
+`max - min` keeps the bounds tight. Used by `dreamer.core.dynamics` (PETS's dynamics model), and by
 any agent that needs a model with epistemic uncertainty (MBPO, disagreement-driven exploration).
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dreamer.nets import get_act, winit
+from dreamer.core.nets import get_act, winit
 
 
 class GaussianMLP(nn.Module):

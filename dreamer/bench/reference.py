@@ -74,7 +74,7 @@ def published(benchmark: str, task: str) -> Published:
 
 def value_at(benchmark: str, task: str, step: int) -> float | None:
     """The published mean at an env step: that of the first bin whose end is at or after `step`
-    (the bin (end - 10K, end] holding it, as `dreamer.plotting.binned` bins our runs). None past
+    (the bin (end - 10K, end] holding it, as `dreamer.bench.plotting.binned` bins our runs). None past
     the last published bin."""
     curve = published(benchmark, task)
     index = int(np.searchsorted(curve.steps, step, side="left"))

@@ -4,7 +4,7 @@ A transition is (s_t, a_t, r_t+1, s_t+1, terminal_t+1): the state vector, the di
 taken in it, and the reward, state and termination that followed. `collect` records them with a
 uniformly random policy, episode after episode, as numpy arrays of N rows; `as_sequences` lays
 them out as the replay's sequences of two steps, so that the dynamics model's `train_step`
-(`dreamer.dynamics`, PETS's model) learns from them. A one-step model is any `predict(states [N, D], actions [N, A] one-hot) ->
+(`dreamer.core.dynamics`, PETS's model) learns from them. A one-step model is any `predict(states [N, D], actions [N, A] one-hot) ->
 (next states [N, D], rewards [N], termination probabilities [N])`: `unroll` chains it open loop
 along action sequences (k-step prediction), `windows` cuts the real k-step targets out of whole
 episodes, and `rollout` is the planners' rollout function for discrete actions (a continuous
@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dreamer import planners
+from dreamer.core import planners
 
 Data = dict[str, np.ndarray]
 Predict = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]

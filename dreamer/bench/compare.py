@@ -88,12 +88,12 @@ def ours_command(bench_py: str | Path, configs: Sequence[str], updates: int, war
 def official_kernels(script: str | Path, src: str | Path, configs: Sequence[str],
                      run: Callable[[Sequence[str], dict[str, str]], str] | None = None
                      ) -> dict[str, Any]:
-    """Kernels and while-loop iterations of the official train update (`dreamer.kernels`):
+    """Kernels and while-loop iterations of the official train update (`dreamer.bench.kernels`):
     its bench compiles the update for the CPU in float32 (one update, none timed that matters)
     and writes the compiled function's optimized HLO, which is counted here."""
     import tempfile
 
-    from dreamer import kernels
+    from dreamer.bench import kernels
 
     run = run or run_command
     with tempfile.TemporaryDirectory() as tmp:

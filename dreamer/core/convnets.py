@@ -1,7 +1,7 @@
 """Convolutional networks (flax linen): the CNN encoder and the decoder of image observations,
 with the nearest-upsampling convolution computed at low resolution (`UpConv`).
 
-Layouts follow the DreamerV3 2024 code (see `dreamer.nets` for the layers they are built of).
+Layouts follow the DreamerV3 2024 code (see `dreamer.core.nets` for the layers they are built of).
 """
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dreamer.distributions import symlog
-from dreamer.nets import MLP, BlockLinear, Dense, Dtype, Linear, Norm, get_act, winit
+from dreamer.core.distributions import symlog
+from dreamer.core.nets import MLP, BlockLinear, Dense, Dtype, Linear, Norm, get_act, winit
 
 
 def maxpool2(x: jax.Array) -> jax.Array:

@@ -17,12 +17,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from dreamer.checkpoint import Checkpointer, CheckpointError, abstract
 from dreamer.config import Config
-from dreamer.learner import Learner
-from dreamer.parallel import gather_json
+from dreamer.core.parallel import gather_json
+from dreamer.core.rngs import Rngs
 from dreamer.replay import Replay
-from dreamer.rngs import Rngs
+from dreamer.run.checkpoint import Checkpointer, CheckpointError, abstract
+from dreamer.run.learner import Learner
 
 
 @dataclasses.dataclass

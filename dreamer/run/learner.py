@@ -15,12 +15,12 @@ import numpy as np
 
 from dreamer.agents import make_agent
 from dreamer.config import Config
-from dreamer.parallel import AXIS, DataParallel, initialize_distributed, select_devices
+from dreamer.core.parallel import AXIS, DataParallel, initialize_distributed, select_devices
 
 
 def setup_distributed(cfg: Config) -> None:
     """Joins the multi-host run when `parallel.distributed` is on (before any JAX call; see
-    `dreamer.parallel.initialize_distributed`)."""
+    `dreamer.core.parallel.initialize_distributed`)."""
     p = cfg.parallel
     if p.distributed:
         initialize_distributed(p.coordinator, p.num_processes, p.process_id)

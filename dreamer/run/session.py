@@ -1,6 +1,6 @@
 """The state of a training run on the host, shared by both training loops: the learner, the
-replay, the acting policies, the resumable counters (`dreamer.run_state`), and the periodic work
-that falls due (evaluation, reports and metric writes by its `dreamer.monitor.Monitor`;
+replay, the acting policies, the resumable counters (`dreamer.run.state`), and the periodic work
+that falls due (evaluation, reports and metric writes by its `dreamer.run.monitor.Monitor`;
 checkpoints). The loops change it only through methods.
 
 In a multi-host run each process holds a session: its own environments, replay (under
@@ -22,20 +22,20 @@ from typing import Any
 import jax
 import numpy as np
 
-from dreamer import run_state
-from dreamer.acting import AgentPolicy
 from dreamer.agents import make_agent
-from dreamer.checkpoint import Checkpointer
-from dreamer.clocks import EverySeconds, Ratio
 from dreamer.config import Config
+from dreamer.core.parallel import process_zero_value
+from dreamer.core.rngs import Rngs
 from dreamer.envs import make_env
-from dreamer.learner import Learner
 from dreamer.logging import Logger
-from dreamer.monitor import Monitor
-from dreamer.parallel import process_zero_value
 from dreamer.replay import Replay
-from dreamer.rngs import Rngs
-from dreamer.run_state import Counters
+from dreamer.run import state as run_state
+from dreamer.run.acting import AgentPolicy
+from dreamer.run.checkpoint import Checkpointer
+from dreamer.run.clocks import EverySeconds, Ratio
+from dreamer.run.learner import Learner
+from dreamer.run.monitor import Monitor
+from dreamer.run.state import Counters
 
 SYNC_TICKS = 64  # ticks between the processes' checks whether a checkpoint is due
 

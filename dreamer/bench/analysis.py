@@ -16,10 +16,10 @@ import numpy as np
 
 from dreamer.agents import Agent, make_agent
 from dreamer.agents.dreamerv3 import world_model
-from dreamer.checkpoint import Checkpointer, CheckpointError, abstract
 from dreamer.config import Config, ConfigError
 from dreamer.envs import make_env
 from dreamer.replay import Replay
+from dreamer.run.checkpoint import Checkpointer, CheckpointError, abstract
 
 
 @dataclasses.dataclass

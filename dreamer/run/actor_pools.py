@@ -1,4 +1,4 @@
-"""Pools that run the actors of `dreamer.actors`: local processes (`ActorPool`) or Ray actors
+"""Pools that run the actors of `dreamer.run.actors`: local processes (`ActorPool`) or Ray actors
 on a cluster (`RayActorPool`, `actors.ray_address`), behind one interface: `publish` versioned
 params, `poll` step chunks, `check` restarts dead actors, `close` stops them.
 """
@@ -10,8 +10,8 @@ import queue
 import time
 from typing import Any
 
-from dreamer.actors import QUEUE_CHUNKS, _Actor, actor_main
 from dreamer.config import Config, ConfigError
+from dreamer.run.actors import QUEUE_CHUNKS, _Actor, actor_main
 
 
 class _Poller:

@@ -12,15 +12,15 @@ import jax
 import numpy as np
 import psutil
 
-from dreamer.acting import AgentPolicy, evaluate
-from dreamer.clocks import Every, EverySeconds
 from dreamer.config import Config
+from dreamer.core.rngs import Rngs
 from dreamer.envs import Env
-from dreamer.learner import Learner
 from dreamer.logging import Logger, make_logger
 from dreamer.replay import Replay
-from dreamer.rngs import Rngs
-from dreamer.run_state import Counters
+from dreamer.run.acting import AgentPolicy, evaluate
+from dreamer.run.clocks import Every, EverySeconds
+from dreamer.run.learner import Learner
+from dreamer.run.state import Counters
 
 
 class Averages:

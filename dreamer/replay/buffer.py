@@ -2,9 +2,9 @@
 
 A step is a dict of numpy arrays, e.g. `image` uint8 [H, W, C], `action` float32 [A],
 `reward` float32 [], `is_first` bool []; the first added step fixes keys, shapes and dtypes.
-`Replay` joins the parts: steps in memory as worker streams of chunks (dreamer.replay_store),
-the draws of sequences and the write-back of per-step values (dreamer.replay_sampler), and the
-chunk files of a replay directory (dreamer.replay_files).
+`Replay` joins the parts: steps in memory as worker streams of chunks (dreamer.replay.store),
+the draws of sequences and the write-back of per-step values (dreamer.replay.sampler), and the
+chunk files of a replay directory (dreamer.replay.files).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dreamer.replay_files import load_chunks, save_chunks, stored_stamps
-from dreamer.replay_sampler import Piece, Sampler, gather, write_back
-from dreamer.replay_store import Steps
+from dreamer.replay.files import load_chunks, save_chunks, stored_stamps
+from dreamer.replay.sampler import Piece, Sampler, gather, write_back
+from dreamer.replay.store import Steps
 
 __all__ = ["Replay", "stored_stamps"]
 

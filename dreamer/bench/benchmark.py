@@ -1,7 +1,7 @@
 """Benchmarks behind `launch/bench.py`: parameter counts, train-step speed on one or N devices,
 environment throughput of actor processes, an agent's policy speed and replay memory
-(`dreamer.compare` times the train step side by side with the official DreamerV3 code,
-`dreamer.profiling` splits it by function).
+(`dreamer.bench.compare` times the train step side by side with the official DreamerV3 code,
+`dreamer.bench.profiling` splits it by function).
 
 Every command returns a JSON-serialisable dict; the launcher prints it as the last line.
 """
@@ -17,11 +17,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dreamer import kernels, multistep
 from dreamer.agents.dreamerv3 import DreamerV3
 from dreamer.agents.dreamerv3 import agent as dreamerv3_agent
+from dreamer.bench import kernels
 from dreamer.config import Config, load_config
 from dreamer.envs import Space
+from dreamer.run import multistep
 
 SIZES = ("size1m", "size12m", "size25m", "size50m", "size100m", "size200m", "size400m")
 # DMC walker spaces: 24-D proprioception, 64x64 RGB, 6-D continuous action.
@@ -146,7 +147,7 @@ def launch_floor(calls: int = 200) -> float:
 
 def kernel_counts(cfg: Config, layout: str | None = None,
                   spaces: str | None = None) -> dict[str, Any]:
-    """Kernels and while-loop iterations one update launches (`dreamer.kernels`), from the
+    """Kernels and while-loop iterations one update launches (`dreamer.bench.kernels`), from the
     optimized HLO of the compiled train step, with the loops that launch most."""
     prepared = compile_train_step(cfg, layout, spaces)
     return {**kernels.summary(prepared["kernels"]), "layout": layout or jax.default_backend(),
@@ -256,7 +257,7 @@ def train_step_parallel(cfg: Config, devices: int, updates: int = 5,
                         warmup: int = 2) -> dict[str, Any]:
     """Median seconds per data-parallel update on `devices` devices (`batch_size` sequences
     on each), with per-device and total replayed steps per second."""
-    from dreamer.parallel import AXIS, DataParallel, select_devices
+    from dreamer.core.parallel import AXIS, DataParallel, select_devices
 
     obs_space, act_space = spaces_of(cfg)
     chosen = select_devices(devices)
@@ -295,7 +296,7 @@ def actors(cfg: Config, counts: list[int], seconds: float = 20.0) -> dict[str, A
 
     Each count starts a fresh pool, waits until every actor has delivered its first steps
     (start-up excluded), then counts the steps delivered during `seconds`."""
-    from dreamer.actor_pools import ActorPool
+    from dreamer.run.actor_pools import ActorPool
 
     repeat = cfg.env.action_repeat
     runs = {}
@@ -331,8 +332,8 @@ def policy(cfg: Config, envs: int = 1, calls: int = 20, warmup: int = 2) -> dict
     learner): `envs` observations per call (zeros, not first steps) with freshly initialised
     params, timed over `calls` calls after `warmup` (the first compiles). For a planner
     (PETS) this is the search's speed at the configured settings."""
-    from dreamer.acting import AgentPolicy
     from dreamer.agents import make_agent
+    from dreamer.run.acting import AgentPolicy
 
     obs_space, act_space = spaces_of(cfg)
     agent = make_agent(cfg, obs_space, act_space)

@@ -1,7 +1,7 @@
 """An ensemble dynamics model of (state vector, action) -> (state change, reward, termination),
 learned from replayed sequences, with its normalisers, bootstraps and loss.
 
-K Gaussian MLPs (`dreamer.ensemble`) map the normalised (state vector, action) to the normalised
+K Gaussian MLPs (`dreamer.core.ensemble`) map the normalised (state vector, action) to the normalised
 (state change, reward) and a termination logit (Chua et al. 2018). Any agent that learns such a
 model from the replay uses it: PETS plans with it; an agent that trains a policy on the model's
 rollouts (MBPO) would train and query it alike.
@@ -26,9 +26,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dreamer import ensemble
-from dreamer.parallel import gather_over, mean_over, sum_over
-from dreamer.updates import keep_if_finite, nonfinite_metric
+from dreamer.core import ensemble
+from dreamer.core.parallel import gather_over, mean_over, sum_over
+from dreamer.core.updates import keep_if_finite, nonfinite_metric
 
 Batch = dict[str, jax.Array]
 

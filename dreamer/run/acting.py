@@ -68,7 +68,7 @@ class Collector:
 
 class AgentPolicy:
     """Jitted acting for N environments: keeps the policy's carry between calls and draws one
-    key per call from `keys` (a named stream of `dreamer.rngs.Rngs`)."""
+    key per call from `keys` (a named stream of `dreamer.core.rngs.Rngs`)."""
 
     def __init__(self, agent: Any, num_envs: int, keys: Callable[[], jax.Array],
                  jit: bool = True):

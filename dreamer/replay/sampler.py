@@ -12,7 +12,7 @@ import collections
 
 import numpy as np
 
-from dreamer.replay_store import STEP_ID, Chunk, Spec, Stream
+from dreamer.replay.store import STEP_ID, Chunk, Spec, Stream
 
 Piece = tuple[Chunk, int, int, int]  # (chunk, begin, end, offset), as `Stream.pieces` yields
 Start = tuple[Stream, int]  # (stream, first position) of a sequence

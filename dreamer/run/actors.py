@@ -70,10 +70,10 @@ class _Actor:
     def __init__(self, index, incarnation, cfg, params_queue, out_queue, stop, version, parent):
         import jax
 
-        from dreamer.acting import AgentPolicy, Collector
         from dreamer.agents import make_agent
+        from dreamer.core.rngs import Rngs
         from dreamer.envs import make_env
-        from dreamer.rngs import Rngs
+        from dreamer.run.acting import AgentPolicy, Collector
 
         jax.config.update("jax_platforms", "cpu")
         self.index, self.cfg = index, cfg

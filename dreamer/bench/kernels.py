@@ -256,7 +256,7 @@ def summary(c: Count, top: int = 6) -> dict[str, Any]:
             "top_loops": [loop.as_dict() for loop in loops]}
 
 
-if __name__ == "__main__":  # python -m dreamer.kernels FILE.hlo: the counts of a dumped module
+if __name__ == "__main__":  # python -m dreamer.bench.kernels FILE.hlo: the counts of a dumped module
     import sys
 
     with open(sys.argv[1]) as f:

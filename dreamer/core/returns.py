@@ -8,7 +8,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from dreamer.parallel import gather_over
+from dreamer.core.parallel import gather_over
 
 
 def lambda_return(reward: jax.Array, cont: jax.Array, boot: jax.Array,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dreamer.replay_store import STAMP, Chunk
+from dreamer.replay.store import STAMP, Chunk
 
 _NAME = re.compile(r"^(\d{20})-([0-9a-f]{32})-([0-9a-f]{32})-([1-9]\d*)\.npz$")
 _READ_ERRORS = (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, zlib.error)

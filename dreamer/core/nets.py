@@ -1,5 +1,5 @@
 """Network building blocks (flax linen): activations, linear layers, norms, MLPs, SimNorm.
-The convolutional encoder and decoder are in `dreamer.convnets`.
+The convolutional encoder and decoder are in `dreamer.core.convnets`.
 
 Layouts follow the DreamerV3 2024 code: every hidden layer is linear -> norm -> activation,
 weights use truncated-normal fan-in initialisation, norms run in float32 while matmuls and
