@@ -57,8 +57,10 @@ def test_the_agent_interface(agent):
 
 
 def test_an_unknown_agent_is_a_clear_error(tmp_path):
-    with pytest.raises(ConfigError, match="choose one of 'dreamerv3', 'pets', 'dyna_q'"):
+    with pytest.raises(ConfigError, match="'muzero'; choose one of") as raised:
         runner.run(tiny_cfg("dreamerv3", tmp_path, 100, agent="muzero"))
+    assert all(f"'{name}'" in str(raised.value) for name in AGENTS)
+    assert "configs/NAME.yaml" in str(raised.value)  # the fix: an agent is its preset
 
 
 @pytest.mark.parametrize("agent", sorted(AGENTS))
