@@ -122,6 +122,6 @@ def test_bad_settings_are_clear_errors():
         PETS(tiny(**{"pets.particles": 3}), OBS, ACT)
     with pytest.raises(ConfigError, match="'cem', 'mppi'"):
         PETS(tiny(**{"pets.planner": "random"}), OBS, ACT)
-    with pytest.raises(ConfigError, match="'dreamerv3', 'pets'"):
+    with pytest.raises(ConfigError, match="'dreamerv3', 'dyna_q', 'pets'"):
         make_agent(tiny(agent="dreamer"), OBS, ACT)
 
