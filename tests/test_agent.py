@@ -13,6 +13,7 @@ from dreamer.agents.dreamerv3 import rssm as rssm_lib
 from dreamer.agents.dreamerv3.agent import DreamerV3, compute_dtype, param_counts, weighted_sum
 from dreamer.config import ConfigError, load_config
 from dreamer.core.distributions import split_keys
+from dreamer.core.parallel import row_keys
 from dreamer.envs import base
 
 WM_MODULES = ("enc", "rssm", "dec", "rew", "con")
@@ -98,7 +99,7 @@ def full_grads(continuous_case, perturb_heads):
                     case.agent.act_space)
     key = jax.random.key(2)
     # The world model's share of the keys inside DreamerV3.loss: its half of every row's key.
-    k_wm = split_keys(agent.row_keys(key, case.batch["is_first"].shape[0]), 2)[0]
+    k_wm = split_keys(row_keys(key, case.batch["is_first"].shape[0], None), 2)[0]
     start, prev_action, steps = world_model.sequence_inputs(agent.wm, case.batch, True)
 
     def wm_loss(p):

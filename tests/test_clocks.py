@@ -2,7 +2,8 @@
 import math
 
 from dreamer.config import load_config
-from dreamer.run.clocks import Every, EverySeconds, Phases, Ratio, updates_due
+from dreamer.run import clocks
+from dreamer.run.clocks import Every, EverySeconds, LockstepSeconds, Phases, Ratio, updates_due
 
 
 def test_every_fires_once_per_period_after_last():
@@ -30,6 +31,23 @@ def test_every_seconds_follows_its_clock():
     now[0] = 32.0
     assert clock.elapsed() == 2.0
     assert EverySeconds(0.0)() and not EverySeconds(math.inf)()
+
+
+def test_lockstep_seconds_asks_process_zero_every_sync_calls(monkeypatch):
+    now = [0.0]
+    # One process: the local clock, at every call.
+    single = LockstepSeconds(5.0, sync_every=4, clock=lambda: now[0])
+    now[0] = 6.0
+    assert single() and not single()
+    # Several processes: only every 4th call asks, and process 0's answer is everyone's.
+    asked = []
+    monkeypatch.setattr(clocks.jax, "process_count", lambda: 2)
+    monkeypatch.setattr(clocks, "process_zero_value",
+                        lambda value: asked.append(value) or value)
+    shared = LockstepSeconds(5.0, sync_every=4, clock=lambda: now[0])
+    now[0] = 12.0
+    assert [shared() for _ in range(8)] == [False, False, False, True] + [False] * 4
+    assert asked == [True, False]
 
 
 def test_ratio_owes_the_updates_of_the_train_ratio():

@@ -1,6 +1,7 @@
 """When periodic work is due: small clocks that the training loops ask, each testable alone.
 
-`Every` counts a counter (env steps, updates), `EverySeconds` wall time, `Ratio` the updates
+`Every` counts a counter (env steps, updates), `EverySeconds` wall time (`LockstepSeconds` for
+processes that run in lockstep), `Ratio` the updates
 owed for the agent steps collected (the train ratio, `updates_due`); `Phases` times the parts of
 a loop. None of them does the work; the session and its monitor ask and act.
 """
@@ -11,7 +12,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import jax
+
 from dreamer.config import Config
+from dreamer.core.parallel import process_zero_value
 
 
 class Every:
@@ -45,6 +49,23 @@ class EverySeconds:
     def elapsed(self) -> float:
         """Seconds since it was last due."""
         return self.clock() - self.last
+
+
+class LockstepSeconds:
+    """`EverySeconds` for processes that run in lockstep (a multi-host run): process 0's clock
+    decides, asked every `sync_every` calls, so that all processes are due at the same call
+    without a collective at every one. In a single process it is `EverySeconds`."""
+
+    def __init__(self, every: float, sync_every: int = 64,
+                 clock: Callable[[], float] = time.monotonic):
+        self.local = EverySeconds(every, clock)
+        self.sync_every, self.calls = sync_every, 0
+
+    def __call__(self) -> bool:
+        if jax.process_count() == 1:
+            return self.local()
+        self.calls += 1
+        return self.calls % self.sync_every == 0 and bool(process_zero_value(self.local()))
 
 
 class Ratio:

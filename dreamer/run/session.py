@@ -24,7 +24,6 @@ import numpy as np
 
 from dreamer.agents import make_agent
 from dreamer.config import Config
-from dreamer.core.parallel import process_zero_value
 from dreamer.core.rngs import Rngs
 from dreamer.envs import make_env
 from dreamer.logging import Logger
@@ -32,12 +31,35 @@ from dreamer.replay import Replay
 from dreamer.run import state as run_state
 from dreamer.run.acting import AgentPolicy
 from dreamer.run.checkpoint import Checkpointer
-from dreamer.run.clocks import EverySeconds, Ratio
+from dreamer.run.clocks import LockstepSeconds, Ratio
 from dreamer.run.learner import Learner
 from dreamer.run.monitor import Monitor
 from dreamer.run.state import Counters
 
 SYNC_TICKS = 64  # ticks between the processes' checks whether a checkpoint is due
+
+
+class ContextWriteback:
+    """The replay updates of the last update (fresh latents of the replayed steps), held until
+    the next update has been dispatched and then written into the replay, so that the host does
+    not wait for the devices."""
+
+    def __init__(self, replay: Replay, learner: Learner):
+        self.replay, self.learner = replay, learner
+        self.pending: tuple[Any, Any] | None = None
+
+    def hold(self, ref: Any, rows: Any) -> None:
+        """Writes the held updates back and holds `rows` (for replay reference `ref`)."""
+        self.flush()
+        if rows:
+            self.pending = (ref, rows)
+
+    def flush(self) -> None:
+        """Writes the held updates into the replay (waits for the update that made them)."""
+        if self.pending is not None:
+            ref, rows = self.pending
+            self.pending = None
+            self.replay.update(ref, self.learner.local_rows(rows))
 
 
 def acts_on_device(setting: str, agent: Any) -> bool:
@@ -94,13 +116,13 @@ class Session:
         self.acting_lag = 0 if self.learner.on_host else int(cfg.actors.max_staleness)
         self.ratio = Ratio(cfg, self.learner.batch_size // cfg.batch_size,  # local devices
                            self.learner.agent.trained_length)
-        self._context: tuple[Any, Any] | None = None  # replay updates not yet written back
+        self.writeback = ContextWriteback(self.replay, self.learner)
         restored = run_state.restore(self.checkpoints, self.learner, self.replay, rngs,
                                      self.replay_dir, self.repeat)
         self.counters = restored if restored is not None else Counters(
             wandb_id=f"{self.logdir.name[:48]}-{uuid.uuid4().hex[:8]}")
-        self.due_save = EverySeconds(cfg.run.checkpoint_every or math.inf)  # 0: at exit only
-        self._ticks = 0
+        # 0: at exit only; all processes of a multi-host run save together.
+        self.due_save = LockstepSeconds(cfg.run.checkpoint_every or math.inf, SYNC_TICKS)
         self.monitor = Monitor(cfg, self.logdir, self.counters, self.learner, self.replay, rngs,
                                eval_policy, self.eval_env, logger, self.acting_params)
 
@@ -154,37 +176,18 @@ class Session:
         return self.replay.sample(self.learner.batch_size, ref=True)
 
     def update(self, batch: Any, ref: Any) -> None:
-        """One update; the replay updates it returns are written into the replay after the
-        next update has been dispatched, so the host does not wait for the devices."""
+        """One update; its replay updates are written back after the next one is dispatched."""
         metrics, rows = self.learner.update(batch, self.rngs.key("update"))
         self.monitor.pending.add(metrics)
-        self.write_context()
-        if rows:
-            self._context = (ref, rows)
-
-    def write_context(self) -> None:
-        """Writes the last update's replay updates into the replay (waits for that update)."""
-        if self._context is not None:
-            ref, rows = self._context
-            self._context = None
-            self.replay.update(ref, self.learner.local_rows(rows))
+        self.writeback.hold(ref, rows)
 
     # ------------------------------------------------------------------------- periodic work
     def tick(self, extra: Callable[[float], dict[str, float]] | None = None) -> None:
         """Evaluation, report, metric write (`Monitor.tick`, with the loop's `extra` metrics)
         and checkpoint, each when it is due."""
         self.monitor.tick(extra)
-        if self._save_due():
+        if self.due_save():
             self.save()
-
-    def _save_due(self) -> bool:
-        """Whether a periodic checkpoint is due. In a multi-host run process 0's clock decides,
-        asked every `SYNC_TICKS` ticks (the processes tick in lockstep), so that all save
-        together without a collective at every step."""
-        if jax.process_count() == 1:
-            return self.due_save()
-        self._ticks += 1
-        return self._ticks % SYNC_TICKS == 0 and bool(process_zero_value(self.due_save()))
 
     def finish(self, extra: dict[str, float] | None = None) -> dict[str, Any]:
         """The final evaluation and metric write (`Monitor.finish`); returns the evaluation."""
@@ -199,7 +202,7 @@ class Session:
             warnings.warn("train state holds non-finite values; checkpoint not written",
                           stacklevel=2)
             return
-        self.write_context()
+        self.writeback.flush()
         self.replay.save()
         self.monitor.count_time()
         self.checkpoints.save(self.env_steps, state, run_state.record(

@@ -105,6 +105,17 @@ def weighted_sum(terms: dict[str, jax.Array], scales: dict[str, float]) -> jax.A
     return sum(scales[k] * v.mean() for k, v in terms.items())
 
 
+def total_loss(terms: dict[str, jax.Array], scales: dict[str, float], wm_terms: tuple[str, ...],
+               metrics: dict[str, jax.Array]) -> jax.Array:
+    """The weighted objective; adds each term's mean, the world model's weighted part and the
+    total to `metrics` as loss/*."""
+    total = weighted_sum(terms, scales)
+    metrics.update({f"loss/{k}": v.mean() for k, v in terms.items()})
+    metrics["loss/wm"] = weighted_sum({k: terms[k] for k in wm_terms}, scales)
+    metrics["loss/total"] = total
+    return total
+
+
 def imagination_kwargs(ac: Any, axis_name: str | None = None) -> dict[str, Any]:
     """The keyword arguments of `behavior.actor_critic_loss` from the `ac` config section."""
     return {"horizon": ac.horizon, "discount_horizon": ac.discount_horizon, "lam": ac.lam,
@@ -134,6 +145,14 @@ def init_params(wm: WorldModelNets, ac: ActorCriticNets, obs_space: dict, act_di
         "actor": ac.actor.init(keys["actor"], feat)["params"],
         "critic": ac.critic.init(keys["critic"], feat)["params"],
     }
+
+
+def initial_state(opt: optax.GradientTransformation, params: dict[str, Any]) -> TrainState:
+    """The train state before the first update: the slow critic a copy of the critic, return
+    statistics zero."""
+    return TrainState(params=params, slow_critic=jax.tree.map(jnp.copy, params["critic"]),
+                      opt_state=opt.init(params), retnorm={"lo": jnp.zeros([]), "hi": jnp.zeros([])},
+                      step=jnp.zeros([], jnp.int32))
 
 
 def param_counts(params: dict[str, Any]) -> dict[str, int]:
@@ -186,11 +205,8 @@ class DreamerV3:
         self.obs_keys = tuple(obs_space)
 
     def init(self, key: jax.Array) -> TrainState:
-        params = init_params(self.wm, self.ac, self.obs_space, self.act_dim, key)
-        return TrainState(params=params, slow_critic=jax.tree.map(jnp.copy, params["critic"]),
-                          opt_state=self.opt.init(params),
-                          retnorm={"lo": jnp.zeros([]), "hi": jnp.zeros([])},
-                          step=jnp.zeros([], jnp.int32))
+        return initial_state(self.opt, init_params(self.wm, self.ac, self.obs_space,
+                                                   self.act_dim, key))
 
     # ----------------------------------------------------------------------------- training
     @property
@@ -227,7 +243,8 @@ class DreamerV3:
         cfg = self.cfg
         start, prev_action, batch = world_model.sequence_inputs(self.wm, batch, self.context)
         b, t = batch["is_first"].shape
-        k_wm, k_ac = split_keys(self.row_keys(key, b), 2)
+        # One key per sequence from its index in the global batch: N devices draw what one does.
+        k_wm, k_ac = split_keys(row_keys(key, b, self.axis_name), 2)
         terms, metrics, out = world_model.loss(self.wm, params["wm"], batch, start, prev_action,
                                                k_wm, free_nats=cfg.model.free_nats)
         wm_terms = tuple(terms)
@@ -244,21 +261,11 @@ class DreamerV3:
                 self.ac, params["critic"], state.slow_critic, out.feat, batch,
                 ret0.reshape(b, t), discount_horizon=cfg.ac.discount_horizon, lam=cfg.ac.lam,
                 slowreg=cfg.ac.slowreg, grad=cfg.ac.repval_grad)
-        total = weighted_sum(terms, self.scales)
-        metrics.update({f"loss/{k}": v.mean() for k, v in terms.items()})
-        metrics["loss/wm"] = weighted_sum({k: terms[k] for k in wm_terms}, self.scales)
-        metrics["loss/total"] = total
+        total = total_loss(terms, self.scales, wm_terms, metrics)
         return total, (metrics, retnorm, self._context_of(out.states))
 
     def _context_of(self, states: dict[str, jax.Array]) -> dict[str, jax.Array]:
         return world_model.replay_context(states, self.cfg.model.stoch) if self.context else {}
-
-    def row_keys(self, key: jax.Array, rows: int) -> jax.Array:
-        """One key per replayed sequence, derived from its index in the global batch.
-
-        Every random draw of the update comes from these, so N devices that each hold B/N
-        sequences draw exactly what one device holding all B draws."""
-        return row_keys(key, rows, self.axis_name)
 
     def train_step(self, state: TrainState, batch: Batch, key: jax.Array):
         """One update: (state, batch [B, L, ...], key) -> (state, metrics, replay updates).
@@ -304,16 +311,8 @@ class DreamerV3:
         return world_model.initial_context(batch, m.deter, m.stoch) if self.context else {}
 
     def observe(self, params: dict[str, Any], carry: Any, obs: Batch, key: jax.Array):
-        """The filtering half of `policy`: the posterior model state {'deter': [N, D],
-        'stoch': [N, S*K]} after observing `obs` (image [N, H, W, C] / vector [N, V],
-        is_first [N]) from the carry (model state, previous action)."""
-        state, prev_action = carry
-        embed = world_model.encode(self.wm, params["wm"], world_model.obs_of(obs))
-        rssm_params = {"params": params["wm"]["rssm"]}
-        proj = self.wm.rssm.apply(rssm_params, embed, method="embed_proj")
-        state, _ = self.wm.rssm.apply(rssm_params, state, prev_action, proj, obs["is_first"],
-                                      key, method="filter_step")
-        return state
+        """The filtering half of `policy` (`world_model.observe_step`)."""
+        return world_model.observe_step(self.wm, params["wm"], carry, obs, key)
 
     def policy_outputs(self, state: dict[str, jax.Array]) -> dict[str, jax.Array]:
         """What the replay stores with a step acted on from model state [N, ...]: the state

@@ -52,6 +52,20 @@ def encode(nets: WorldModelNets, params: Any, obs: dict[str, jax.Array]) -> jax.
     return embed.reshape((*lead, embed.shape[-1]))
 
 
+def observe_step(nets: WorldModelNets, params: Any, carry: Any, obs: dict[str, jax.Array],
+                 key: jax.Array) -> dict[str, jax.Array]:
+    """One filtering step for N environments: the posterior model state {'deter': [N, D],
+    'stoch': [N, S*K]} after observing `obs` (image [N, H, W, C] / vector [N, V], is_first [N])
+    from the carry (model state, previous action)."""
+    state, prev_action = carry
+    embed = encode(nets, params, obs_of(obs))
+    rssm_params = {"params": params["rssm"]}
+    proj = nets.rssm.apply(rssm_params, embed, method="embed_proj")
+    state, _ = nets.rssm.apply(rssm_params, state, prev_action, proj, obs["is_first"], key,
+                               method="filter_step")
+    return state
+
+
 def kl_losses(post: jax.Array, prior: jax.Array, free_nats: float):
     """Balanced KL with free bits (paper Eq. 5): logits [..., S, K] -> (dyn [...], rep [...]).
 
