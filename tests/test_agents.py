@@ -21,10 +21,16 @@ from dreamer.run.clocks import updates_due
 PETS_TINY = {"env.task": "builtin_reach", "pets.members": 2, "pets.particles": 2,
              "pets.units": 16, "pets.layers": 1, "pets.candidates": 16, "pets.elites": 4,
              "pets.iterations": 2, "pets.horizon": 4, "batch_size": 8, "batch_length": 3}
+MUZERO_TINY = {"muzero.unroll": 2, "muzero.td_steps": 2, "batch_length": 5, "batch_size": 8,
+               "muzero.latent": 8, "muzero.units": 16, "muzero.layers": 1,
+               "muzero.simulations": 2, "muzero.considered": 3, "muzero.bins": 21}
 # The tabular agents are tiny as they are; their presets already choose the Dyna maze.
 TINY = {"dreamerv3": (["debug"], {}), "pets": (["debug", "pets"], PETS_TINY),
         "dyna_q": (["debug", "dyna_q"], {}),
-        "prioritized_sweeping": (["debug", "prioritized_sweeping"], {})}
+        "prioritized_sweeping": (["debug", "prioritized_sweeping"], {}),
+        "muzero": (["debug", "muzero"], MUZERO_TINY)}
+TRAINED = {"pets": lambda cfg: cfg.batch_length - 1,  # steps each sequence trains, if not all
+           "muzero": lambda cfg: cfg.muzero.unroll + 1}
 
 
 def tiny_cfg(name, logdir, steps, **overrides):
@@ -57,8 +63,8 @@ def test_the_agent_interface(agent):
 
 
 def test_an_unknown_agent_is_a_clear_error(tmp_path):
-    with pytest.raises(ConfigError, match="'muzero'; choose one of") as raised:
-        runner.run(tiny_cfg("dreamerv3", tmp_path, 100, agent="muzero"))
+    with pytest.raises(ConfigError, match="'alphazero'; choose one of") as raised:
+        runner.run(tiny_cfg("dreamerv3", tmp_path, 100, agent="alphazero"))
     assert all(f"'{name}'" in str(raised.value) for name in AGENTS)
     assert "configs/NAME.yaml" in str(raised.value)  # the fix: an agent is its preset
 
@@ -84,7 +90,7 @@ def test_each_agent_trains_on_two_devices_with_actor_processes_and_resumes(agent
     updates = max(line.get("train/updates", 0) for line in lines)
     # The learner owes updates for the steps received; it reads at most 2 chunks per actor
     # between checks, so it ends at most that many chunks' worth of updates short.
-    trained = cfg.batch_length - 1 if agent == "pets" else cfg.batch_length  # per sequence
+    trained = TRAINED.get(agent, lambda c: c.batch_length)(cfg)  # per sequence
     per_update = 2 * cfg.batch_size * trained  # trained steps, on 2 devices
     assert 0 <= updates_due(cfg, final, 2, trained) - updates <= 2 * 2 * 16 * 32 // per_update + 1
     stamps = stored_stamps(tmp_path / "replay")

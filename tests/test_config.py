@@ -20,7 +20,7 @@ from dreamer.run.clocks import updates_per_frame
 SIZES = ["size1m", "size12m", "size25m", "size50m", "size100m", "size200m", "size400m"]
 TASKS = ["atari100k", "debug", "demo", "dmc_proprio", "dmc_vision", "gym"]
 MODIFIERS = ["cpu", "pets_small"]  # applied after a task or agent preset
-AGENTS = ["dreamerv3", "pets", "dyna_q", "prioritized_sweeping"]  # each agent's own settings
+AGENTS = ["dreamerv3", "pets", "dyna_q", "prioritized_sweeping", "muzero"]  # each agent's own settings
 
 
 def test_defaults_have_the_types_written_in_defaults_yaml():
@@ -262,7 +262,7 @@ def test_a_saved_config_holds_every_section_and_an_older_one_loads(tmp_path):
     cfg = load_config(["pets"], {"pets.units": 64, "model.deter": 32})
     path = tmp_path / "config.yaml"
     cfg.save(path)
-    assert set(yaml.safe_load(path.read_text())) == set(OLD_ORDER)
+    assert set(yaml.safe_load(path.read_text())) == {*OLD_ORDER, "muzero"}  # added since
     assert Config.load(path) == cfg
     tree = cfg.to_dict()
     path.write_text(yamlio.dump({k: tree[k] for k in OLD_ORDER}))
@@ -378,9 +378,9 @@ def test_choice_keys_reject_other_values_when_the_config_is_made():
         load_config([], {"model.norm": "batch"})
     with pytest.raises(ConfigError, match=r"'ac.actor_grad'.*choose one of"):
         Config().update({"ac.actor_grad": "backprop"})
-    with pytest.raises(ConfigError, match=r"'agent': 'muzero'; choose one of 'dreamerv3', "
-                                          r"'dyna_q', 'pets'.*configs/NAME.yaml"):
-        Config({"agent": "muzero"})
+    with pytest.raises(ConfigError, match=r"'agent': 'alphazero'; choose one of 'dreamerv3', "
+                                          r"'dyna_q', 'muzero', 'pets'.*configs/NAME.yaml"):
+        Config({"agent": "alphazero"})
     with pytest.raises(ConfigError, match=r"'dyna.backup': 'full'; choose one of 'sample'"):
         parse_args(["--dyna.backup=full"])
     for key, choices in key_choices().items():

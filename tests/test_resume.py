@@ -219,10 +219,14 @@ PETS_ARGS = ["pets", "--env.task=builtin_reach", "--pets.members=2", "--pets.par
 
 DYNA_ARGS = ["dyna_q"]  # its preset's tables and task are tiny already
 SWEEPING_ARGS = ["prioritized_sweeping"]
+MUZERO_ARGS = ["muzero", "--muzero.unroll=2", "--muzero.td_steps=2", "--batch_length=5",
+               "--batch_size=8", "--muzero.latent=8", "--muzero.units=16", "--muzero.layers=1",
+               "--muzero.simulations=2", "--muzero.considered=3", "--muzero.bins=21",
+               "--run.prefill=100"]
 
 
-@pytest.mark.parametrize("agent_args", [[], PETS_ARGS, DYNA_ARGS, SWEEPING_ARGS],
-                         ids=["dreamerv3", "pets", "dyna_q", "prioritized_sweeping"])
+@pytest.mark.parametrize("agent_args", [[], PETS_ARGS, DYNA_ARGS, SWEEPING_ARGS, MUZERO_ARGS],
+                         ids=["dreamerv3", "pets", "dyna_q", "prioritized_sweeping", "muzero"])
 def test_sigkill_and_resume(tmp_path, agent_args):
     """Killed at a random moment after two checkpoints, the same command resumes from the last
     complete one: counters match, no step is lost or stored twice."""
@@ -254,7 +258,8 @@ def test_sigkill_and_resume(tmp_path, agent_args):
     final = latest_meta(logdir)
     debug = Config.load(logdir / "config.yaml")
     assert final["env_steps"] == total
-    trained = debug.batch_length - 1 if debug.agent == "pets" else debug.batch_length
+    trained = {"pets": debug.batch_length - 1,
+               "muzero": debug.muzero.unroll + 1}.get(debug.agent, debug.batch_length)
     assert final["updates"] == updates_due(debug, total, 1, trained)
     np.testing.assert_array_equal(stored_stamps(logdir / "replay"), np.arange(total))
 

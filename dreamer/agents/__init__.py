@@ -88,9 +88,15 @@ def _prioritized_sweeping() -> Callable[..., Agent]:
     return PrioritizedSweeping
 
 
+def _muzero() -> Callable[..., Agent]:
+    from dreamer.agents.muzero import MuZero
+
+    return MuZero
+
+
 AGENTS: dict[str, Callable[[], Callable[..., Agent]]] = {
     "dreamerv3": _dreamerv3, "pets": _pets, "dyna_q": _dyna_q,
-    "prioritized_sweeping": _prioritized_sweeping}
+    "prioritized_sweeping": _prioritized_sweeping, "muzero": _muzero}
 
 
 def check_agent(name: str) -> None:
