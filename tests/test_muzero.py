@@ -1,5 +1,7 @@
 """MuZero: n-step value targets and unroll masks against plain loops, the unroll's gradient
 scaling, the search on a known bandit, and the agent's configuration errors."""
+import types
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -10,6 +12,7 @@ import pytest
 from dreamer.agents.muzero import MuZero
 from dreamer.agents.muzero import targets as targets_lib
 from dreamer.config import ConfigError, load_config
+from dreamer.core.parallel import row_keys
 from dreamer.envs import make_env
 
 TINY = {"muzero.unroll": 2, "muzero.td_steps": 3, "batch_length": 6, "batch_size": 4,
@@ -226,7 +229,7 @@ def replayed_batch(agent, seed=0, b=4):
 def test_the_loss_is_the_masked_step_scaled_sum_of_its_terms(agent_case):
     agent, state = agent_case
     batch = replayed_batch(agent)
-    total, (metrics, errors) = agent.loss(state.params, batch)
+    total, (_, errors) = agent.loss(state.params, batch)
     t = targets_lib.unroll_targets(batch, agent.unroll_steps, agent.td_steps,
                                    agent.cfg.muzero.discount)
     s = agent._apply(state.params, "represent", {"vector": batch["vector"][:, 0]})
@@ -270,3 +273,38 @@ def test_train_steps_lower_the_loss_on_a_fixed_batch(agent_case):
         first = float(metrics["loss/total"]) if first is None else first
         assert metrics["nonfinite"] == 0 and updates == {}
     assert float(metrics["loss/total"]) < 0.7 * first
+
+
+def test_reanalyse_renews_every_kth_sequence_with_a_search_from_each_step(agent_case):
+    agent, state = agent_case
+    assert agent.reanalyse_every == 0
+    cfg = agent.cfg.update({"muzero.reanalyse": 0.5})
+    env = make_env(cfg.env, 0)
+    renewing = MuZero(cfg, env.obs_space, env.act_space)
+    env.close()
+    batch = {k: jnp.asarray(v) for k, v in replayed_batch(agent, seed=2).items()}
+    key = jax.random.key(7)
+    out = renewing.reanalyse(state.params, batch, key)
+    length = agent.sequence_length
+    keys = row_keys(key, 4, None)
+    for row in range(4):
+        if row % 2:  # kept as replayed
+            for name in ("search_policy", "root_value", "searched"):
+                np.testing.assert_array_equal(out[name][row], batch[name][row])
+            continue
+        step_keys = jax.random.split(keys[row], length)
+        for j in range(length):
+            obs = {"vector": batch["vector"][row, j][None]}
+            search = agent.search(state.params, obs, step_keys[j], 1.0)
+            np.testing.assert_allclose(out["search_policy"][row, j], search.action_weights[0],
+                                       rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(out["root_value"][row, j],
+                                       search.search_tree.summary().value[0], rtol=1e-5,
+                                       atol=1e-6)
+        assert (out["searched"][row] == 1).all()
+    _, _, updates = jax.jit(renewing.train_step)(state, batch, key)
+    assert set(updates) == {"search_policy", "root_value", "searched"}
+    np.testing.assert_allclose(updates["search_policy"], out["search_policy"], rtol=1e-5)
+    with pytest.raises(ConfigError, match="muzero.reanalyse must be 0 or 1/k"):
+        MuZero(cfg.update({"muzero.reanalyse": 0.3}), renewing.obs_space,
+               types.SimpleNamespace(discrete=True, n=3))

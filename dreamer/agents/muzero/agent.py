@@ -26,7 +26,7 @@ from dreamer.agents.muzero import targets as targets_lib
 from dreamer.agents.muzero.nets import Nets
 from dreamer.config import ConfigError
 from dreamer.core.distributions import TwoHot, symexp_bins
-from dreamer.core.parallel import mean_over
+from dreamer.core.parallel import mean_over, row_keys
 from dreamer.core.updates import check_sequence_length, keep_if_finite, nonfinite_metric
 
 Batch = dict[str, jax.Array]
@@ -36,6 +36,18 @@ class TrainState(flax.struct.PyTreeNode):
     params: Any
     opt_state: Any
     step: jax.Array
+
+
+def reanalyse_period(fraction: float, batch_size: int) -> int:
+    """Every how many sequences of a batch one is reanalysed (0: none) for `muzero.reanalyse`;
+    the fraction must be 1/k for a k that divides the per-device batch size."""
+    if fraction <= 0:
+        return 0
+    period = round(1.0 / fraction)
+    if abs(1.0 / period - fraction) > 1e-6 or batch_size % period or fraction > 1:
+        raise ConfigError(f"muzero.reanalyse must be 0 or 1/k for a k that divides batch_size "
+                          f"({batch_size}), e.g. 0.25 or 0.5; got {fraction}")
+    return period
 
 
 class MuZero:
@@ -63,6 +75,7 @@ class MuZero:
                 f"holds batch_size x batch_length steps)")
         self.trained_length = self.unroll_steps + 1  # steps with losses per sequence
         self.acts_on_device = True  # a tree search per step
+        self.reanalyse_every = reanalyse_period(m.reanalyse, cfg.batch_size)
         self.bins = symexp_bins(m.bins)
         self.nets = Nets(self.act_dim, m.latent, m.layers, m.units, m.bins, m.depth,
                          tuple(m.mults), m.kernel, m.norm, m.act)
@@ -149,13 +162,42 @@ class MuZero:
         metrics["target/value"] = jnp.mean(t.value[:, 0])
         return total, (metrics, jnp.abs(values.mean()[:, 0] - t.value[:, 0]))
 
+    def reanalyse(self, params: Any, batch: Batch, key: jax.Array) -> Batch:
+        """Every `reanalyse_every`-th sequence of the batch with its search outputs renewed:
+        a search with `params` from each of its steps gives new policy and root-value targets
+        (MuZero Reanalyse, Schrittwieser et al. 2021), for the loss and for the replay. The
+        rows are chosen by their index in the global batch and each draws its search noise
+        from its own key, so N devices renew what one device does. Other rows keep theirs."""
+        b, length = batch["is_first"].shape
+        rows = slice(0, b, self.reanalyse_every)
+        obs = {k: batch[k][rows] for k in self.obs_keys}
+        n = obs[self.obs_keys[0]].shape[0]
+        keys = row_keys(key, b, self.axis_name)[rows]
+        flat = {k: v.reshape((n * length, *v.shape[2:])) for k, v in obs.items()}
+        step_keys = jax.vmap(lambda k: jax.random.split(k, length))(keys).reshape(n * length)
+        out = jax.vmap(lambda o, k: self.search(
+            params, jax.tree.map(lambda x: x[None], o), k, 1.0))(flat, step_keys)
+        renewed = {"search_policy": out.action_weights[:, 0].reshape(n, length, self.act_dim),
+                   "root_value": jax.vmap(lambda t: t.summary().value)(out.search_tree)[:, 0]
+                   .reshape(n, length),
+                   "searched": jnp.ones((n, length), jnp.float32)}
+        batch = dict(batch)
+        for k, v in renewed.items():
+            batch[k] = batch[k].at[rows].set(jax.lax.stop_gradient(v).astype(batch[k].dtype))
+        return batch
+
     def train_step(self, state: TrainState, batch: Batch, key: jax.Array):
-        """One update on [B, K + n + 1, ...] sequences; no replay updates."""
-        del key
+        """One update on [B, K + n + 1, ...] sequences. With `muzero.reanalyse`, the renewed
+        search outputs of the reanalysed sequences are the replay updates (all rows: the
+        others write back what they hold); else there are none."""
         b, length = batch["is_first"].shape
         chex.assert_shape(batch["action"], (b, length, self.act_dim))
         check_sequence_length(batch, self.sequence_length, "muzero",
                               "muzero.unroll + muzero.td_steps + 1")
+        replay_updates = {}
+        if self.reanalyse_every:
+            batch = self.reanalyse(state.params, batch, key)
+            replay_updates = {k: batch[k] for k in ("search_policy", "root_value", "searched")}
         grads, (metrics, _) = jax.grad(self.loss, has_aux=True)(state.params, batch)
         grads = mean_over(grads, self.axis_name)
         updates, opt_state = self.opt.update(grads, state.opt_state, state.params)
@@ -164,7 +206,7 @@ class MuZero:
         metrics["grad_norm"] = optax.tree.norm(grads)
         state, finite = keep_if_finite(new, state, metrics["loss/total"], grads)
         metrics["nonfinite"] = nonfinite_metric(finite)
-        return state, mean_over(metrics, self.axis_name), {}
+        return state, mean_over(metrics, self.axis_name), replay_updates
 
     # ----------------------------------------------------------------------------- acting
     def policy_initial(self, batch: int) -> jax.Array:
