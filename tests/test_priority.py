@@ -186,6 +186,24 @@ def test_resume_continues_with_the_same_priorities_and_draws(tmp_path):
         np.testing.assert_array_equal(wa, wb)
 
 
+def test_resume_under_another_alpha_recomputes_the_scaled_priorities(tmp_path):
+    original = prioritized(alpha=0.6, directory=tmp_path, length=2)
+    fill(original, workers=1, steps=12)
+    write_random_priorities(original, rounds=3, seed=7)
+    original.save()
+    state = original.state()
+    restored = prioritized(alpha=1.0, directory=tmp_path, length=2)
+    restored.load(until=state["inserts"])
+    restored.load_state(state)
+    np.testing.assert_array_equal(restored.priorities()["priority"],
+                                  original.priorities()["priority"])
+    fill(restored, workers=1, steps=3, start=100)  # new steps at the largest priority
+    table = restored.priorities()
+    valid = table["probability"] > 0
+    np.testing.assert_allclose(table["probability"][valid],
+                               table["priority"][valid] / table["priority"][valid].sum())
+
+
 def test_saves_keep_the_newest_priority_files(tmp_path):
     replay = prioritized(directory=tmp_path)
     for i in range(5):

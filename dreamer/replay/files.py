@@ -6,9 +6,9 @@ one [length, ...] array per step key and `_stamp` int64 [length]: global insert 
 order recency. A chunk saved while still filling is written again, under its longer name, once
 it holds more steps; a directory's files of one uuid are read through the longest.
 
-A prioritized replay also writes `priorities/{inserts:020d}.npz` at each save: `_stamp` and
-`priority` float64 [M] of every step held, keyed by the insert count at the save, since
-priorities change after the chunk files are written. A load keeps its chunks apart: it reads
+A prioritized replay also writes `priorities/{inserts:020d}.npz` at each save: `_stamp` [M]
+and `priority` float64 [2, M] (p and p^α) of every step held, keyed by the insert count at the
+save, since priorities change after the chunk files are written. A load keeps its chunks apart: it reads
 only the directory's own `*.npz`.
 """
 
@@ -80,16 +80,16 @@ def save_priorities(directory: Path, held: list[Chunk], inserts: int, keep: int)
     folder = directory / PRIORITIES
     folder.mkdir(parents=True, exist_ok=True)
     stamp = np.concatenate([np.zeros(0, np.int64), *(c.stamp[:c.length] for c in held)])
-    priority = np.concatenate([np.zeros(0), *(c.priority[:c.length] for c in held)])
+    priority = np.concatenate([np.zeros((2, 0)), *(c.priority[:, :c.length] for c in held)], 1)
     order = np.argsort(stamp)
-    _write(folder / f"{inserts:020d}.npz", {PRIORITY: priority[order]}, stamp[order])
+    _write(folder / f"{inserts:020d}.npz", {PRIORITY: priority[:, order]}, stamp[order])
     for old in sorted(folder.glob("*.npz"))[:-keep]:
         old.unlink(missing_ok=True)
 
 
 def load_priorities(directory: Path, inserts: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """(stamps [M] increasing, priorities [M]) of the priority file keyed by `inserts`; None when
-    there is none."""
+    """(stamps [M] increasing, priorities [2, M]) of the priority file keyed by `inserts`; None
+    when there is none."""
     path = directory / PRIORITIES / f"{inserts:020d}.npz"
     if not path.is_file():
         return None

@@ -1,10 +1,10 @@
 """Prioritized experience replay over sequence starts (Schaul et al. 2016, proportional variant).
 
 The item that has a priority is a sequence start: a step of a worker stream, standing for the
-`length` steps from it on. Each chunk keeps its steps' priorities in `Chunk.priority` (float64
-[size], beside its stamps), so eviction drops them with the chunk; the chunk files never hold
-them (they are written once, priorities change later): each save writes them to a priority file
-(`dreamer.replay.files.save_priorities`) that a resume reads back.
+`length` steps from it on. Each chunk keeps its steps' priorities beside its stamps
+(`Chunk.priority`, float64 [2, size]: p and p^α), so eviction drops them with the chunk; the
+chunk files never hold them (they are written once, priorities change later): each save writes
+them to a priority file (`dreamer.replay.files.save_priorities`) that a resume reads back.
 
 - A new step gets the largest priority written so far, 1.0 before any (the paper's Algorithm 1,
   line 6: every new start is likely to be drawn soon).
@@ -14,8 +14,8 @@ them (they are written once, priorities change later): each save writes them to 
 - An update writes p = priority + eps at the start of each sampled sequence still held (replay
   update key `priority` [B]); eps > 0 keeps every start drawable.
 
-Each draw is one vectorised pass over the N priorities (p^α, a cumulative sum, a binary search per
-row), O(N) and about as cheap as copying them once; `launch/bench.py replay-sampling` times it.
+Each draw is one vectorised pass over the N stored p^α (a cumulative sum, then a binary search
+per row): O(N); `launch/bench.py replay-sampling` times it.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,24 +77,26 @@ def prioritized_options(replay: Any) -> Prioritized | None:
 class Priorities:
     """The priorities of a replay's steps: set on insert, drawn from, written back, restored.
 
+    p^α is computed once, when p is written, rather than at every draw (where it would cost
+    about as much as the rest of the draw).
     Not locked: the replay that owns it serialises every call.
     """
 
     def __init__(self, options: Prioritized):
         self.options = options
-        self.max = 1.0  # the largest priority written so far: a new step's priority
+        self.max = (1.0, 1.0)  # the largest p written so far and its p^α: a new step's
         self.saved_at: int | None = None  # the insert count keying the newest priority file
 
     def added(self, chunk: Chunk) -> None:
         """Gives the newest step of `chunk` the largest priority so far."""
         if chunk.priority is None:
-            chunk.priority = np.empty(len(chunk.stamp), np.float64)
-        chunk.priority[chunk.length - 1] = self.max
+            chunk.priority = np.empty((2, len(chunk.stamp)), np.float64)
+        chunk.priority[:, chunk.length - 1] = self.max
 
     def fill(self, chunks: list[Chunk]) -> None:
         """Gives every step of `chunks` the largest priority so far."""
         for chunk in chunks:
-            chunk.priority = np.full(len(chunk.stamp), self.max)
+            chunk.priority = np.repeat(np.array([self.max]).T, len(chunk.stamp), axis=1)
 
     def loaded(self, directory: Path, chunks: list[Chunk], until: int | None) -> None:
         """After a load of `chunks` from `directory`: their steps get the largest priority until
@@ -110,20 +113,19 @@ class Priorities:
     def probabilities(self, streams: list[Stream], counts: np.ndarray) -> np.ndarray:
         """P(i) [N] of the valid starts: the first counts[s] held positions of each stream s,
         stream by stream, each in position order (the order of `starts_of`)."""
-        q = self._scaled(streams, counts)
+        q = _gathered(streams, counts, _scaled)
         return q / q.sum()
 
     def table(self, streams: list[Stream], length: int) -> dict[str, np.ndarray]:
         """Every step held, by stamp: `step_id` int64 [M], `priority` float64 [M] and
         `probability` [M], P(i) of the starts of `length` steps and 0 for the other steps."""
         counts = np.maximum(np.array([s.held for s in streams], np.int64) - length + 1, 0)
-        held = [c for s in streams for c in s.chunks]
-        stamp = np.concatenate([np.zeros(0, np.int64), *(c.stamp[:c.length] for c in held)])
-        priority = np.concatenate([np.zeros(0), *(c.priority[:c.length] for c in held)])
+        every = np.array([s.held for s in streams], np.int64)
+        stamp, priority = _gathered(streams, every, _stamps), _gathered(streams, every, _raw)
         order = np.argsort(stamp)
         probability = np.zeros(len(stamp))
         if counts.sum():
-            starts = _gathered(streams, counts, "stamp")
+            starts = _gathered(streams, counts, _stamps)
             probability[np.searchsorted(stamp[order], starts)] = self.probabilities(streams, counts)
         return {STEP_ID: stamp[order], PRIORITY: priority[order], "probability": probability}
 
@@ -131,7 +133,7 @@ class Priorities:
              rng: np.random.Generator) -> tuple[list[Start], np.ndarray]:
         """n starts drawn with probability P(i), with replacement, and their importance-sampling
         weights float32 [n]."""
-        q = self._scaled(streams, counts)
+        q = _gathered(streams, counts, _scaled)
         cdf = np.cumsum(q)
         # u * total may round up to the total itself: the last start then takes it.
         flat = np.minimum(np.searchsorted(cdf, rng.random(n) * cdf[-1], side="right"), len(q) - 1)
@@ -147,22 +149,27 @@ class Priorities:
                              f"sequence, [{len(pieces)}], got shape {priority.shape}")
         if (priority < 0).any():
             raise ValueError(f"replay update {PRIORITY!r} must be >= 0, got {priority.min()}")
-        for row, p in zip(pieces, priority + self.options.eps):
+        p = priority + self.options.eps
+        for row, value in zip(pieces, np.stack([p, p ** self.options.alpha], 1)):
             chunk, begin = row[0][:2]
-            if not chunk.dropped and math.isfinite(p):
-                chunk.priority[begin] = p
-                self.max = max(self.max, float(p))
+            if not chunk.dropped and math.isfinite(value[0]):
+                chunk.priority[:, begin] = value
+                self.max = max(self.max, (float(value[0]), float(value[1])))
 
     def state(self) -> dict[str, Any]:
         """JSON-serialisable: the largest priority and which priority file holds the rest."""
-        return {"max": self.max, "saved_at": self.saved_at}
+        return {"max": list(self.max), "alpha": self.options.alpha, "saved_at": self.saved_at}
 
     def load_state(self, state: dict[str, Any], chunks: list[Chunk],
                    directory: Path | None) -> None:
         """Restores `state()` and, from the priority file it names in `directory`, the
         priorities of the steps `chunks` hold. Steps the file lacks, inserted after it was
-        written, get the largest priority, as when they were inserted."""
-        self.max, self.saved_at = float(state["max"]), state["saved_at"]
+        written, get the largest priority, as when they were inserted. p^α comes back as it was
+        saved, bit for bit, unless α changed since."""
+        p, scaled = map(float, state["max"])
+        if state["alpha"] != self.options.alpha:
+            scaled = p ** self.options.alpha
+        self.max, self.saved_at = (p, scaled), state["saved_at"]
         self.fill(chunks)
         if self.saved_at is None or directory is None:
             return
@@ -173,25 +180,36 @@ class Priorities:
                           stacklevel=3)
             return
         stamps, priority = saved
+        if state["alpha"] != self.options.alpha:
+            priority = np.stack([priority[0], priority[0] ** self.options.alpha])
         for chunk in chunks if len(stamps) else []:
             own = chunk.stamp[:chunk.length]
             index = np.minimum(np.searchsorted(stamps, own), len(stamps) - 1)
-            found = stamps[index] == own
-            chunk.priority[:chunk.length][found] = priority[index[found]]
-
-    def _scaled(self, streams: list[Stream], counts: np.ndarray) -> np.ndarray:
-        """p_i^α [N] of the valid starts, in the order of `probabilities`."""
-        return _gathered(streams, counts, "priority") ** self.options.alpha
+            found = np.flatnonzero(stamps[index] == own)
+            chunk.priority[:, found] = priority[:, index[found]]
 
 
-def _gathered(streams: list[Stream], counts: np.ndarray, field: str) -> np.ndarray:
-    """The chunks' `field` ('priority' or 'stamp') at the valid starts [N], in the order of
-    `Priorities.probabilities`."""
-    parts = [np.zeros(0, np.int64 if field == "stamp" else np.float64)]
+def _stamps(chunk: Chunk) -> np.ndarray:
+    return chunk.stamp
+
+
+def _raw(chunk: Chunk) -> np.ndarray:
+    return chunk.priority[0]
+
+
+def _scaled(chunk: Chunk) -> np.ndarray:
+    return chunk.priority[1]
+
+
+def _gathered(streams: list[Stream], counts: np.ndarray,
+              field: Callable[[Chunk], np.ndarray]) -> np.ndarray:
+    """`field` of the chunks (their stamps, p or p^α) at the first counts[s] held positions of
+    each stream s, in the order of `Priorities.probabilities`: [sum(counts)]."""
+    parts = [np.zeros(0, np.int64 if field is _stamps else np.float64)]
     for stream, m in zip(streams, counts):
         if m:
             pieces = stream.pieces(stream.starts[0], int(m))
-            parts += [getattr(c, field)[i:k] for c, i, k, _ in pieces]
+            parts += [field(c)[i:k] for c, i, k, _ in pieces]
     return np.concatenate(parts)
 
 

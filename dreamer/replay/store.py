@@ -42,7 +42,7 @@ class Chunk:
     sealed: bool = False  # full or loaded: never written again
     saved: int = 0  # steps in the file at `path`
     path: Path | None = None
-    priority: np.ndarray | None = None  # [size] float64, kept by a prioritized replay only
+    priority: np.ndarray | None = None  # [2, size] float64: p and p^α (prioritized replays)
     dropped: bool = False  # evicted: no longer part of the replay
 
 
