@@ -8,8 +8,8 @@ it holds more steps; a directory's files of one uuid are read through the longes
 
 A prioritized replay also writes `priorities/{inserts:020d}.npz` at each save: `_stamp` [M]
 and `priority` float64 [2, M] (p and p^α) of every step held, keyed by the insert count at the
-save, since priorities change after the chunk files are written. A load keeps its chunks apart: it reads
-only the directory's own `*.npz`.
+save, since priorities change after the chunk files are written. Chunk loads read only the
+directory's own `*.npz`, not this folder.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ them to a priority file (`dreamer.replay.files.save_priorities`) that a resume r
 
 - A new step gets the largest priority written so far, 1.0 before any (the paper's Algorithm 1,
   line 6: every new start is likely to be drawn soon).
-- A draw picks starts i with P(i) = p_i^α / Σ_k p_k^α over the N valid starts, those with `length`
-  steps held in their stream (Eq. 1), with replacement, and weighs each with
+- A draw picks starts i with P(i) = p_i^α / Σ_k p_k^α over the N valid starts, those with
+  `length` steps held in their stream (Eq. 1), with replacement, and weighs each with
   w_i = (N P(i))^-β / max_j w_j over the batch (Sec. 3.4: the max keeps updates from growing).
 - An update writes p = priority + eps at the start of each sampled sequence still held (replay
   update key `priority` [B]); eps > 0 keeps every start drawable.
