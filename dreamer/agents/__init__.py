@@ -34,7 +34,9 @@ class Agent(Protocol):
       `metrics['nonfinite']` is 1 when the update was skipped (the state is returned unchanged).
       `replay_updates` ({key: [B, n, ...]}, often empty) replace the stored policy outputs of
       each sequence's last n steps; the reserved key `priority` [B] is instead each
-      sequence's new priority (e.g. its largest |TD error|), used under `replay.prioritized`.
+      sequence's new priority (e.g. its largest |TD error|), used under `replay.prioritized`,
+      and the reserved key `update_rows` (bool [B]) limits the per-step values to the
+      sequences it marks.
     - `policy(params, carry, obs, key, mode) -> (carry, action [N, A], outputs)`: one acting
       step for N environments; actions are one-hot for discrete spaces. `outputs`
       ({key: [N, ...]}) are stored in the replay beside the step. `mode` is one of `MODES`

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from dreamer.replay.priority import Priorities, Prioritized, check_combination
-from dreamer.replay.store import PRIORITY, STEP_ID, Piece, Spec, Start, Stream
+from dreamer.replay.store import PRIORITY, ROWS, STEP_ID, Piece, Spec, Start, Stream
 
 
 def valid_counts(streams: list[Stream], length: int) -> np.ndarray:
@@ -179,7 +179,11 @@ def write_back(pieces: list[list[Piece]], values: dict[str, np.ndarray], spec: S
     """Writes `values[key]` [batch, n, ...] into the last n steps of each `length`-step sequence
     whose chunk slices `gather` returned as `pieces` (one row of slices per sequence), and
     `values['priority']` [batch] as the priority of each sequence's start (`Priorities.write`;
-    dropped without `priorities`)."""
+    dropped without `priorities`). `values['update_rows']` (bool [batch]), where given, limits
+    the per-step values to the sequences it marks, so that rows left as they were cannot write
+    old values over the new ones of an overlapping sequence."""
+    values = dict(values)
+    rows = np.asarray(values.pop(ROWS, np.ones(len(pieces), bool)), bool)
     for key, value in values.items():
         if key == PRIORITY:
             if priorities is not None:
@@ -191,7 +195,9 @@ def write_back(pieces: list[list[Piece]], values: dict[str, np.ndarray], spec: S
         if n > length:
             raise ValueError(f"{key}: {n} steps per sequence, sequences hold {length}")
         skip = length - n  # leading steps of each sequence left as they are
-        for row, slices in zip(value, pieces):
+        for row, slices, write in zip(value, pieces, rows):
+            if not write:
+                continue
             for chunk, i, k, offset in slices:
                 lo = max(i, i + skip - offset)
                 if lo < k:

@@ -23,7 +23,8 @@ STAMP = "_stamp"  # reserved key: the stamps of a chunk file
 STEP_ID = "step_id"  # reserved key: the stamps of a sampled batch's steps
 PRIORITY = "priority"  # reserved key: a replay update's new priorities of the sampled starts
 WEIGHT = "weight"  # reserved key: a prioritized batch's importance-sampling weights
-RESERVED = (STAMP, STEP_ID, PRIORITY, WEIGHT)  # keys a step may not have
+ROWS = "update_rows"  # reserved key: which sampled sequences a replay update writes (bool [B])
+RESERVED = (STAMP, STEP_ID, PRIORITY, WEIGHT, ROWS)  # keys a step may not have
 NO_PREV = "0" * 32  # the predecessor uuid of a stream's first chunk
 
 Spec = dict[str, tuple[tuple[int, ...], np.dtype]]  # key -> (shape of one step, dtype)
