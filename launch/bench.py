@@ -11,6 +11,8 @@
   python launch/bench.py policy --configs pets --env.task=gym_Pendulum-v1 [--envs 1] [--calls 20]
                                 (actions per second of the agent's jitted policy alone)
   python launch/bench.py replay [--capacity 50000] [--size 64]   (bytes per stored step)
+  python launch/bench.py replay-sampling [--sizes 100000 1000000] [--batch 256]
+                                 (ms per sample call, uniform and prioritized)
   python launch/bench.py profile --configs dmc_proprio size1m [--updates 3] [--key=value ...]
                                  (shares of the step's time by function, from one trace)
   python launch/bench.py compare --official-src DIR --configs dmc_proprio size1m [--rounds 2]
@@ -62,6 +64,8 @@ OPTIONS = {
     "params": (),
     "replay": (Option("capacity", 50_000, integer(1), metavar="N"),
                Option("size", 64, integer(1), metavar="PIXELS")),
+    "replay-sampling": (Option("sizes", (100_000, 1_000_000), integer(1), many=True, metavar="N"),
+                        Option("batch", 256, integer(1), metavar="B")),
     "train-step": (updates(5), WARMUP, Option("devices", None, integer(1), metavar="N"),
                    Option("per-call", (), integer(1), many=True, metavar="K"),
                    Option("layout", None, choice("cpu", "gpu")), SPACES),
@@ -178,6 +182,10 @@ def main(argv: list[str]) -> int:
     elif command == "replay":
         result = {"replay": benchmark.replay_memory(args["capacity"],
                                                     (args["size"], args["size"]))}
+    elif command == "replay-sampling":
+        from dreamer.bench.sampling import replay_sampling
+
+        result = {"replay_sampling": replay_sampling(tuple(args["sizes"]), args["batch"])}
     else:
         try:
             result = measure(command, cfg, args)

@@ -372,6 +372,17 @@ def test_train_step_reads_only_the_first_steps_context(continuous_case):
 # ------------------------------------------------------------------------------ precision
 
 
+def test_train_step_takes_a_prioritized_batch(continuous_case):
+    """A prioritized replay's batch also holds `weight` [B], one value per sequence, which
+    DreamerV3 does not use: the step with replay context traces as without it."""
+    case = continuous_case
+    assert case.agent.context
+    weighted = {**case.batch, "weight": np.ones(case.batch["is_first"].shape[0], np.float32)}
+    plain = jax.eval_shape(case.agent.train_step, case.state, case.batch, jax.random.key(0))
+    got = jax.eval_shape(case.agent.train_step, case.state, weighted, jax.random.key(0))
+    chex.assert_trees_all_equal_shapes_and_dtypes(got, plain)
+
+
 def test_compute_dtype_auto_is_bfloat16_on_accelerators_and_float32_on_cpu():
     assert compute_dtype("auto", "cpu") == jnp.float32
     assert compute_dtype("auto", "gpu") == compute_dtype("auto", "tpu") == jnp.bfloat16

@@ -89,3 +89,18 @@ def test_walker_spaces_need_no_environment():
     assert (made_act.dtype, made_act.shape) == (act.dtype, act.shape)
     with pytest.raises(ValueError, match="walker"):
         benchmark.spaces_of(cfg, "cheetah")
+
+
+def test_replay_sampling_command_of_the_launcher(capsys):
+    """`launch/bench.py replay-sampling` at small sizes: a time per call for both draws."""
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("bench", root / "launch" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["replay-sampling", "--sizes", "300", "600", "--batch", "8"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["replay_sampling"]
+    assert out["batch"] == 8
+    for size in (300, 600):
+        row = out[f"steps_{size}"]
+        assert 0 < row["prioritized_sample_min_ms"] <= row["prioritized_sample_ms"]
+        assert row["uniform_sample_ms"] > 0 and row["prioritized_update_ms"] > 0

@@ -416,6 +416,25 @@ def test_update_rewrites_the_sampled_steps_only():
             np.testing.assert_array_equal(latent, want)
 
 
+def test_update_rows_limit_the_write_to_the_marked_sequences():
+    """With `update_rows`, unmarked sequences write nothing, even where they overlap a marked
+    one and come after it in the batch."""
+    replay = Replay(capacity=1000, length=5, chunk=4, seed=3)
+    for t in range(12):
+        replay.add(with_output(make_step(0, t, 0, t == 0), -1.0))
+    batch, ref = replay.sample(16, ref=True)  # 8 starts: sequences overlap
+    t = batch["vector"][..., 1].astype(int)
+    marked = np.arange(16) % 2 == 0
+    new = np.where(marked[:, None], t, -2).astype(np.float32)[..., None] + np.zeros(4, np.float32)
+    replay.update(ref, {"latent": new, "update_rows": marked})
+    written = set(t[marked].ravel())
+    for _ in range(20):
+        check = replay.sample(8)
+        for b, latent in zip(check["vector"][..., 1].astype(int).ravel(),
+                             check["latent"].reshape(-1, 4)):
+            np.testing.assert_array_equal(latent, b if b in written else -1.0)
+
+
 def test_update_rejects_unknown_keys_and_long_rows():
     replay = Replay(capacity=100, length=3, chunk=4)
     fill(replay, workers=1, steps=10)

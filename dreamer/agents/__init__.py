@@ -29,10 +29,14 @@ class Agent(Protocol):
       sequences each compute the update of one device holding B. `batch` holds
       [B, sequence_length, ...] arrays of the replay (the `obs_keys`, `action`, `reward`,
       `is_first`, `is_last`, `is_terminal`, the policy's stored `outputs` and `step_id`, each
-      step's global insert index, which is unique and fixed for the run).
+      step's global insert index, which is unique and fixed for the run); with
+      `replay.prioritized` also `weight` [B], each sequence's importance-sampling weight.
       `metrics['nonfinite']` is 1 when the update was skipped (the state is returned unchanged).
       `replay_updates` ({key: [B, n, ...]}, often empty) replace the stored policy outputs of
-      each sequence's last n steps.
+      each sequence's last n steps; the reserved key `priority` [B] is instead each
+      sequence's new priority (e.g. its largest |TD error|), used under `replay.prioritized`,
+      and the reserved key `update_rows` (bool [B]) limits the per-step values to the
+      sequences it marks.
     - `policy(params, carry, obs, key, mode) -> (carry, action [N, A], outputs)`: one acting
       step for N environments; actions are one-hot for discrete spaces. `outputs`
       ({key: [N, ...]}) are stored in the replay beside the step. `mode` is one of `MODES`

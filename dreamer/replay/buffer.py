@@ -1,10 +1,12 @@
-"""Host-side replay: per-stream chunked storage, uniform and recency sampling, `.npz` files.
+"""Host-side replay: per-stream chunked storage, uniform, recency or prioritized sampling,
+`.npz` files.
 
 A step is a dict of numpy arrays, e.g. `image` uint8 [H, W, C], `action` float32 [A],
 `reward` float32 [], `is_first` bool []; the first added step fixes keys, shapes and dtypes.
 `Replay` joins the parts: steps in memory as worker streams of chunks (dreamer.replay.store),
-the draws of sequences and the write-back of per-step values (dreamer.replay.sampler), and the
-chunk files of a replay directory (dreamer.replay.files).
+the draws of sequences and the write-back of per-step values (dreamer.replay.sampler), the
+priorities of prioritized draws (dreamer.replay.priority), and the files of a replay directory
+(dreamer.replay.files).
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from dreamer.replay.files import load_chunks, save_chunks, stored_stamps
-from dreamer.replay.sampler import Piece, Sampler, gather, write_back
-from dreamer.replay.store import Steps
+from dreamer.replay.priority import Prioritized
+from dreamer.replay.sampler import Sampler, gather, write_back
+from dreamer.replay.store import WEIGHT, Piece, Steps
 
 __all__ = ["Replay", "stored_stamps"]
 
@@ -34,14 +37,17 @@ class Replay:
         training samples take queued sequences first (each new sequence is trained on once),
         then draw the rest as configured (2024 code).
       seed: seed of the sampling generator; same seed and same inserts give the same samples.
+      prioritized: draw every start by priority (`dreamer.replay.priority`); None: as above.
+        It takes neither recency nor online (a ConfigError).
 
     `sample(..., ref=True)` also returns where the sequences came from, and `update` writes
-    values (e.g. a learner's fresh policy outputs) back into those steps.
+    values (e.g. a learner's fresh policy outputs, new priorities) back into those steps.
     """
 
     def __init__(self, capacity: int, length: int, directory: str | Path | None = None,
                  chunk: int = 1024, recency: float = 0.0, recency_window: int = 10000,
-                 online: bool = False, seed: int | np.random.SeedSequence = 0):
+                 online: bool = False, seed: int | np.random.SeedSequence = 0, *,
+                 prioritized: Prioritized | None = None):
         if min(capacity, length, chunk, recency_window) < 1:
             raise ValueError("capacity, length, chunk and recency_window must be >= 1")
         if not 0.0 <= recency <= 1.0:
@@ -51,7 +57,9 @@ class Replay:
         self.directory = None if directory is None else Path(directory)
         self.online = bool(online)
         self._steps = Steps(self.capacity, self.chunk)
-        self._sampler = Sampler(self.length, self.recency, self.recency_window, self.online, seed)
+        self._sampler = Sampler(self.length, self.recency, self.recency_window, self.online, seed,
+                                prioritized)
+        self._priorities = self._sampler.priorities
         self._counts = {"inserts": 0, "samples": 0, "evicted": 0, "loaded": 0, "online": 0,
                         "updated": 0}
         # add, sample, save and load may be called from different threads (actor receivers).
@@ -88,18 +96,22 @@ class Replay:
 
     def sample(self, batch: int, rng: np.random.Generator | None = None, ref: bool = False):
         """Draws `batch` sequences: key -> [batch, length, ...] with the stored dtypes, plus
-        `step_id` int32 [batch, length], the global insert index of each step (see `gather`).
+        `step_id` int32 [batch, length], the global insert index of each step (see `gather`),
+        and, prioritized, the importance-sampling `weight` float32 [batch].
 
         Training draws (no `rng`) first take queued online sequences, oldest first. Of the
         rest, the last round(recency * batch) rows start uniformly among the `recency_window`
-        newest valid starts, the others uniformly among all valid starts. With `rng` (e.g. for
-        reports that must not change the training batches) draws use it and leave the online
-        queue alone. With `ref`, returns (batch, ref) for `update`.
+        newest valid starts, the others uniformly among all valid starts; prioritized, every
+        start is drawn by priority. With `rng` (e.g. for reports that must not change the
+        training batches) draws use it and leave the online queue alone. With `ref`, returns
+        (batch, ref) for `update`.
         """
         with self._lock:
-            starts, online = self._sampler.starts(self._steps.by_age(), batch, rng)
+            starts, online, weight = self._sampler.starts(self._steps.by_age(), batch, rng)
             self._counts["online"] += online
             out, pieces = gather(starts, self.length, self._steps.spec)
+            if weight is not None:
+                out[WEIGHT] = weight
             self._counts["samples"] += batch
             return (out, pieces) if ref else out
 
@@ -107,17 +119,22 @@ class Replay:
         """Writes `values[key]` [batch, n, ...] into the last n steps of each sequence that the
         `sample` call with this `ref` drew (the learner's replay context, 2024 code). Steps
         evicted since are skipped. A chunk file already written keeps the values it was written
-        with; steps saved later carry the new ones."""
+        with; steps saved later carry the new ones. `values['priority']` [batch] is instead
+        each sequence's new start priority (dropped unless prioritized)."""
         with self._lock:
-            write_back(ref, values, self._steps.spec, self.length)
+            write_back(ref, values, self._steps.spec, self.length, self._priorities)
             self._counts["updated"] += len(ref)
 
-    def save(self) -> int:
+    def save(self, keep: int = 3) -> int:
         """Writes every chunk whose steps are not all on disk yet, and deletes the files of
         chunks older than every chunk held (evicted ones, which `load` would never read), so the
-        directory stays about as large as the capacity. Returns files written."""
+        directory stays about as large as the capacity; prioritized, also the priorities of every
+        step held (the newest `keep` such files stay). Returns chunk files written."""
         with self._lock:
-            return save_chunks(self._directory(), self._steps.chunks())
+            written = save_chunks(self._directory(), chunks := self._steps.chunks())
+            if self._priorities is not None:
+                self._priorities.save(self._directory(), chunks, self._steps.next_stamp, keep)
+            return written
 
     def load(self, until: int | None = None) -> int:
         """Reads the newest chunk files of `directory` (at most `capacity` steps), oldest first.
@@ -136,24 +153,33 @@ class Replay:
             self._steps.extend(load_chunks(directory, self.capacity, until))
             if until is not None:
                 self._steps.next_stamp = max(self._steps.next_stamp, int(until))
+            if self._priorities is not None:
+                self._priorities.loaded(directory, self._steps.chunks(), until)
             self._counts["loaded"] += self._steps.size
             return self._steps.size
 
     def state(self) -> dict:
-        """What a resume needs besides the chunk files: insert count, counters and the
-        sampling generator's state (JSON-serialisable)."""
+        """What a resume needs besides the chunk files: insert count, counters, the sampling
+        generator's state, the online queue and the largest priority, with the insert count
+        of the last `save`'s priorities (JSON-serialisable)."""
         with self._lock:
             return {"inserts": self._steps.next_stamp, "counts": dict(self._counts),
-                    "rng": self._sampler.rng.bit_generator.state,
-                    "online": self._sampler.queued()}
+                    **self._sampler.state()}
 
     def load_state(self, state: dict) -> None:
-        """Restores counters and the sampling generator from `state()` (after `load`)."""
+        """Restores counters, the sampling generator, the online queue and the priorities from
+        `state()` (after `load`)."""
         with self._lock:
             self._counts.update({k: int(v) for k, v in state["counts"].items()
                                  if k != "loaded"})  # `loaded` counts this process's load
-            self._sampler.rng.bit_generator.state = state["rng"]
-            self._sampler.requeue(self._steps.streams, state.get("online", []))
+            self._sampler.load_state(state, self._steps.streams, self.directory)
+
+    def priorities(self) -> dict[str, np.ndarray]:
+        """Prioritized: `Priorities.table` of every step held (stamp, priority, P(start))."""
+        with self._lock:
+            if self._priorities is None:
+                raise ValueError("this Replay draws without priorities (prioritized=None)")
+            return self._priorities.table(self._steps.by_age(), self.length)
 
     def _directory(self) -> Path:
         if self.directory is None:

@@ -5,6 +5,11 @@ creation order; `prev` is the predecessor's uuid, 32 zeros for a stream's first 
 one [length, ...] array per step key and `_stamp` int64 [length]: global insert indices, which
 order recency. A chunk saved while still filling is written again, under its longer name, once
 it holds more steps; a directory's files of one uuid are read through the longest.
+
+A prioritized replay also writes `priorities/{inserts:020d}.npz` at each save: `_stamp` [M]
+and `priority` float64 [2, M] (p and p^α) of every step held, keyed by the insert count at the
+save, since priorities change after the chunk files are written. Chunk loads read only the
+directory's own `*.npz`, not this folder.
 """
 
 from __future__ import annotations
@@ -17,12 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from dreamer.replay.store import STAMP, Chunk
+from dreamer.replay.store import PRIORITY, STAMP, Chunk
 
 _NAME = re.compile(r"^(\d{20})-([0-9a-f]{32})-([0-9a-f]{32})-([1-9]\d*)\.npz$")
 _READ_ERRORS = (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, zlib.error)
 
 _Entry = tuple[int, str, str, int, Path]  # (time, uuid, prev, length, path) of a chunk file
+PRIORITIES = "priorities"  # the folder of the priority files
 
 
 def save_chunks(directory: Path, held: list[Chunk]) -> int:
@@ -66,6 +72,41 @@ def stored_stamps(directory: str | Path) -> np.ndarray:
         with np.load(entry[4]) as archive:
             stamps.append(archive[STAMP].astype(np.int64))
     return np.sort(np.concatenate(stamps))
+
+
+def save_priorities(directory: Path, held: list[Chunk], inserts: int, keep: int) -> None:
+    """Writes the priorities of every step of `held` (chunks with `priority`) to the priority
+    file keyed by `inserts`, and deletes all but the newest `keep` priority files."""
+    folder = directory / PRIORITIES
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = np.concatenate([np.zeros(0, np.int64), *(c.stamp[:c.length] for c in held)])
+    priority = np.concatenate([np.zeros((2, 0)), *(c.priority[:, :c.length] for c in held)], 1)
+    order = np.argsort(stamp)
+    _write(folder / f"{inserts:020d}.npz", {PRIORITY: priority[:, order]}, stamp[order])
+    for old in sorted(folder.glob("*.npz"))[:-keep]:
+        old.unlink(missing_ok=True)
+
+
+def load_priorities(directory: Path, inserts: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(stamps [M] increasing, priorities [2, M]) of the priority file keyed by `inserts`; None
+    when there is none."""
+    path = directory / PRIORITIES / f"{inserts:020d}.npz"
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as archive:
+            return archive[STAMP].astype(np.int64), archive[PRIORITY].astype(np.float64)
+    except _READ_ERRORS as e:
+        raise ValueError(f"corrupt replay priority file {path} ({e!r}); delete it to resume "
+                         "with every held step at the largest priority") from e
+
+
+def drop_priorities_after(directory: Path, until: int) -> None:
+    """Deletes the priority files of saves after `until` inserts (after the checkpoint a load
+    resumes, like the chunk files `load_chunks` cuts)."""
+    for path in (directory / PRIORITIES).glob("*.npz"):
+        if path.stem.isdigit() and int(path.stem) > until:
+            path.unlink(missing_ok=True)
 
 
 def _chunk_files(directory: Path) -> dict[str, _Entry]:

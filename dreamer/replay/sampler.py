@@ -1,5 +1,5 @@
-"""Which sequences a replay draws (uniform and recency starts, the online queue), the copy of
-sequences out of the chunks and the write-back of per-step values into them.
+"""Which sequences a replay draws (uniform and recency starts, the online queue, or by priority),
+the copy of sequences out of the chunks and the write-back of per-step values into them.
 
 A sequence is (stream, pos): the `length` steps at stream positions [pos, pos + length). It may
 run into the stream's next episode, whose first step has `is_first=True`: the world model resets
@@ -9,13 +9,24 @@ its recurrent state there. A gathered batch also carries each step's stamp as `s
 from __future__ import annotations
 
 import collections
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from dreamer.replay.store import STEP_ID, Chunk, Spec, Stream
+from dreamer.replay.priority import Priorities, Prioritized, check_combination
+from dreamer.replay.store import PRIORITY, ROWS, STEP_ID, Piece, Spec, Start, Stream
 
-Piece = tuple[Chunk, int, int, int]  # (chunk, begin, end, offset), as `Stream.pieces` yields
-Start = tuple[Stream, int]  # (stream, first position) of a sequence
+
+def valid_counts(streams: list[Stream], length: int) -> np.ndarray:
+    """How many sequences of `length` steps start in each stream: [S]; raises when none does."""
+    sizes = np.array([s.held for s in streams], np.int64)
+    counts = np.maximum(sizes - length + 1, 0)
+    if counts.sum() == 0:
+        longest = max(sizes, default=0)
+        raise ValueError(f"Replay needs {length} consecutive steps of one worker stream "
+                         f"to sample, the longest stream holds {longest}")
+    return counts
 
 
 class Sampler:
@@ -26,44 +37,69 @@ class Sampler:
       online: queue each stream's consecutive, non-overlapping sequences as they complete;
         training draws take queued sequences first.
       seed: seed of the training draws' generator `rng`.
+      prioritized: draw every start by priority instead (`dreamer.replay.priority`; neither
+        recency nor online, a ConfigError); `priorities` holds them.
     """
 
     def __init__(self, length: int, recency: float, recency_window: int, online: bool,
-                 seed: int | np.random.SeedSequence):
+                 seed: int | np.random.SeedSequence, prioritized: Prioritized | None = None):
+        if prioritized is not None:
+            check_combination(recency, online)
         self.length, self.recency, self.recency_window = length, recency, recency_window
         self.online = online
         self.rng = np.random.default_rng(seed)
         self.queue: collections.deque[Start] = collections.deque()
+        self.priorities = None if prioritized is None else Priorities(prioritized)
 
     def push(self, stream: Stream) -> None:
-        """Queues the newest sequence of `stream` when its last step completes one (online)."""
+        """Queues the newest sequence of `stream` when its last step completes one (online);
+        gives the newest step the largest priority so far (prioritized)."""
         if self.online and stream.end % self.length == 0:
             self.queue.append((stream, stream.end - self.length))
+        if self.priorities is not None:
+            self.priorities.added(stream.chunks[-1])
 
-    def starts(self, streams: list[Stream], batch: int,
-               rng: np.random.Generator | None = None) -> tuple[list[Start], int]:
-        """`batch` sequence starts from `streams` (oldest first), and how many came from the queue.
+    def starts(self, streams: list[Stream], batch: int, rng: np.random.Generator | None = None
+               ) -> tuple[list[Start], int, np.ndarray | None]:
+        """`batch` sequence starts from `streams` (oldest first), how many came from the queue,
+        and the importance-sampling weights [batch] of prioritized draws (None otherwise).
 
-        Training draws (no `rng`) first take queued online sequences, oldest first. Of the rest,
-        the last round(recency * batch) start uniformly among the `recency_window` newest valid
-        starts, the others uniformly among all valid starts. With `rng`, draws use it and leave
-        the queue alone.
+        Prioritized draws take every start by priority. Otherwise training draws (no `rng`)
+        first take queued online sequences, oldest first. Of the rest, the last
+        round(recency * batch) start uniformly among the `recency_window` newest valid starts,
+        the others uniformly among all valid starts. With `rng`, draws use it and leave the
+        queue alone.
         """
         fresh = rng is None
         rng = self.rng if rng is None else rng
-        sizes = np.array([s.held for s in streams], np.int64)
-        counts = np.maximum(sizes - self.length + 1, 0)  # valid starts per stream: [S]
-        if counts.sum() == 0:
-            longest = max(sizes, default=0)
-            raise ValueError(f"Replay needs {self.length} consecutive steps of one worker stream "
-                             f"to sample, the longest stream holds {longest}")
+        counts = valid_counts(streams, self.length)  # [S]
+        if self.priorities is not None:
+            chosen, weight = self.priorities.draw(streams, counts, batch, rng)
+            return chosen, 0, weight
         out = self._pop_online(batch) if fresh and self.online else []
         online = len(out)
         recent = min(round(self.recency * batch), batch - len(out))
         out += self._draw(streams, counts, batch - len(out) - recent, rng)
         if recent:
             out += self._draw(streams, self._recent(streams, counts), recent, rng)
-        return out, online
+        return out, online, None
+
+    def state(self) -> dict[str, Any]:
+        """The generator's state, the queue (`queued`) and, prioritized, `Priorities.state`."""
+        out = {"rng": self.rng.bit_generator.state, "online": self.queued()}
+        if self.priorities is not None:
+            out["priority"] = self.priorities.state()
+        return out
+
+    def load_state(self, state: dict[str, Any], streams: list[Stream],
+                   directory: Path | None) -> None:
+        """Restores `state()` once `streams` hold the loaded steps (priority files from
+        `directory`)."""
+        self.rng.bit_generator.state = state["rng"]
+        self.requeue(streams, state.get("online", []))
+        if self.priorities is not None and "priority" in state:
+            chunks = [c for s in streams for c in s.chunks]
+            self.priorities.load_state(state["priority"], chunks, directory)
 
     def queued(self) -> list[int]:
         """Stamps of the first steps of the queued sequences still held, in queue order."""
@@ -139,17 +175,29 @@ def gather(starts: list[Start], length: int, spec: Spec
 
 
 def write_back(pieces: list[list[Piece]], values: dict[str, np.ndarray], spec: Spec | None,
-               length: int) -> None:
+               length: int, priorities: Priorities | None = None) -> None:
     """Writes `values[key]` [batch, n, ...] into the last n steps of each `length`-step sequence
-    whose chunk slices `gather` returned as `pieces` (one row of slices per sequence)."""
+    whose chunk slices `gather` returned as `pieces` (one row of slices per sequence), and
+    `values['priority']` [batch] as the priority of each sequence's start (`Priorities.write`;
+    dropped without `priorities`). `values['update_rows']` (bool [batch]), where given, limits
+    the per-step values to the sequences it marks, so that rows left as they were cannot write
+    old values over the new ones of an overlapping sequence."""
+    values = dict(values)
+    rows = np.asarray(values.pop(ROWS, np.ones(len(pieces), bool)), bool)
     for key, value in values.items():
+        if key == PRIORITY:
+            if priorities is not None:
+                priorities.write(pieces, value)
+            continue
         if spec is None or key not in spec:
             raise KeyError(f"replay has no key {key!r} to update")
         n = value.shape[1]
         if n > length:
             raise ValueError(f"{key}: {n} steps per sequence, sequences hold {length}")
         skip = length - n  # leading steps of each sequence left as they are
-        for row, slices in zip(value, pieces):
+        for row, slices, write in zip(value, pieces, rows):
+            if not write:
+                continue
             for chunk, i, k, offset in slices:
                 lo = max(i, i + skip - offset)
                 if lo < k:

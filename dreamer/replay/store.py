@@ -21,6 +21,10 @@ import numpy as np
 
 STAMP = "_stamp"  # reserved key: the stamps of a chunk file
 STEP_ID = "step_id"  # reserved key: the stamps of a sampled batch's steps
+PRIORITY = "priority"  # reserved key: a replay update's new priorities of the sampled starts
+WEIGHT = "weight"  # reserved key: a prioritized batch's importance-sampling weights
+ROWS = "update_rows"  # reserved key: which sampled sequences a replay update writes (bool [B])
+RESERVED = (STAMP, STEP_ID, PRIORITY, WEIGHT, ROWS)  # keys a step may not have
 NO_PREV = "0" * 32  # the predecessor uuid of a stream's first chunk
 
 Spec = dict[str, tuple[tuple[int, ...], np.dtype]]  # key -> (shape of one step, dtype)
@@ -39,6 +43,8 @@ class Chunk:
     sealed: bool = False  # full or loaded: never written again
     saved: int = 0  # steps in the file at `path`
     path: Path | None = None
+    priority: np.ndarray | None = None  # [2, size] float64: p and p^α (prioritized replays)
+    dropped: bool = False  # evicted: no longer part of the replay
 
 
 @dataclasses.dataclass(eq=False)
@@ -83,6 +89,10 @@ class Stream:
         return int(chunk.stamp[i])
 
 
+Piece = tuple[Chunk, int, int, int]  # (chunk, begin, end, offset), as `Stream.pieces` yields
+Start = tuple[Stream, int]  # (stream, first position) of a sequence
+
+
 class Steps:
     """The streams of a replay; `evict` keeps them to `capacity` steps plus one open chunk per
     worker.
@@ -109,8 +119,10 @@ class Steps:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the step arrays and their stamps held (preallocated open chunks included)."""
-        return sum(c.stamp.nbytes + sum(v.nbytes for v in c.data.values()) for c in self.chunks())
+        """Bytes of the step arrays, their stamps and priorities held (preallocated open chunks
+        included)."""
+        return sum(c.stamp.nbytes + sum(v.nbytes for v in c.data.values())
+                   + (0 if c.priority is None else c.priority.nbytes) for c in self.chunks())
 
     def _check(self, step: dict[str, np.ndarray], what: str) -> None:
         """Fixes the spec at the first step; raises if `step` has other keys or shapes."""
@@ -118,9 +130,9 @@ class Steps:
             self.spec = {k: (np.shape(v), np.asarray(v).dtype) for k, v in step.items()}
         shapes = {k: np.shape(v) for k, v in step.items()}
         expected = {k: shape for k, (shape, _) in self.spec.items()}
-        if shapes != expected or STAMP in step or STEP_ID in step:
+        if shapes != expected or not step.keys().isdisjoint(RESERVED):
             raise ValueError(f"{what} shapes {shapes} differ from the stored {expected} "
-                             f"(keys {STAMP!r} and {STEP_ID!r} are reserved)")
+                             f"(keys {', '.join(map(repr, RESERVED))} are reserved)")
 
     def add(self, step: dict[str, np.ndarray], worker: int) -> Stream:
         """Appends one step to the stream of `worker` and returns that stream (`evict` drops what
@@ -168,6 +180,7 @@ class Steps:
             stream.starts.pop(0)
             self.size -= chunk.length
             dropped += chunk.length
+            chunk.dropped = True
             if chunk.path is not None and chunk.saved != chunk.length:
                 # A stale partial file would let a load join its successor across missing steps.
                 chunk.path.unlink(missing_ok=True)

@@ -19,6 +19,7 @@ from dreamer.config import Config, ConfigError
 from dreamer.core.parallel import Prefetcher
 from dreamer.envs import make_env
 from dreamer.logging import Logger
+from dreamer.replay import prioritized_options
 from dreamer.run.acting import Collector
 from dreamer.run.actor_pools import make_pool
 from dreamer.run.checkpoint import Checkpointer, incompatible_keys
@@ -83,6 +84,7 @@ def run(cfg: Config, logger: Logger | None = None,
     RNG state and replay continue exactly where it was saved.
     """
     check_distributed(cfg)
+    prioritized_options(cfg.replay)  # its ConfigError before anything is built
     setup_distributed(cfg)
     logdir = resolve_logdir(cfg)
     cfg = cfg.update({"logdir": str(logdir)})

@@ -27,7 +27,7 @@ from dreamer.config import Config
 from dreamer.core.rngs import Rngs
 from dreamer.envs import make_env
 from dreamer.logging import Logger
-from dreamer.replay import Replay
+from dreamer.replay import Replay, prioritized_options
 from dreamer.run import state as run_state
 from dreamer.run.acting import AgentPolicy
 from dreamer.run.checkpoint import Checkpointer
@@ -40,9 +40,9 @@ SYNC_TICKS = 64  # ticks between the processes' checks whether a checkpoint is d
 
 
 class ContextWriteback:
-    """The replay updates of the last update (fresh latents of the replayed steps), held until
-    the next update has been dispatched and then written into the replay, so that the host does
-    not wait for the devices."""
+    """The replay updates of the last update (fresh latents of the replayed steps, new
+    priorities of their starts), held until the next update has been dispatched and then written
+    into the replay, so that the host does not wait for the devices."""
 
     def __init__(self, replay: Replay, learner: Learner):
         self.replay, self.learner = replay, learner
@@ -100,7 +100,8 @@ class Session:
         self.agent = self.learner.agent
         self.replay = Replay(cfg.replay.capacity, self.agent.sequence_length,
                              self.replay_dir, cfg.replay.chunk, cfg.replay.recency,
-                             cfg.replay.recency_window, cfg.replay.online, rngs.numpy("replay"))
+                             cfg.replay.recency_window, cfg.replay.online, rngs.numpy("replay"),
+                             prioritized=prioritized_options(cfg.replay))
         # Acting in this process runs on the host CPU (`Learner.params`, float32 there under
         # `auto`), or on the first learner device for an agent that plans at every step
         # (`acts_on_device`, or `actors.policy_device: learner`), with the current parameters
@@ -203,7 +204,7 @@ class Session:
                           stacklevel=2)
             return
         self.writeback.flush()
-        self.replay.save()
+        self.replay.save(keep=self.cfg.run.checkpoint_keep)  # priorities: one file per checkpoint
         self.monitor.count_time()
         self.checkpoints.save(self.env_steps, state, run_state.record(
             self.cfg, self.counters, self.rngs, self.replay, self.learner.updates,

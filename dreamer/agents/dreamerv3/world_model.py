@@ -122,7 +122,8 @@ def sequence_inputs(nets: WorldModelNets, batch: dict[str, jax.Array], context: 
     With replay context (2024 code) the batch holds T+1 steps: the first supplies the model
     state stored with it (`context_deter` [B, L, D], `context_stoch` [B, L, S] class indices)
     and the action taken there, and the model trains on the T steps after it. Without, the T
-    steps start from the zero state and no previous action.
+    steps start from the zero state and no previous action. Values per sequence [B] (a
+    prioritized replay's `weight`) come along as they are.
     """
     if not context:
         return (rssm_lib.initial(nets.rssm, batch["is_first"].shape[0]),
@@ -130,7 +131,8 @@ def sequence_inputs(nets: WorldModelNets, batch: dict[str, jax.Array], context: 
     stoch = jax.nn.one_hot(batch["context_stoch"][:, 0], nets.rssm.classes, dtype=jnp.float32)
     start = {"deter": batch["context_deter"][:, 0].astype(jnp.float32),
              "stoch": stoch.reshape((stoch.shape[0], -1))}
-    return start, batch["action"][:, :-1], jax.tree.map(lambda x: x[:, 1:], batch)
+    steps = jax.tree.map(lambda x: x[:, 1:] if x.ndim > 1 else x, batch)
+    return start, batch["action"][:, :-1], steps
 
 
 def loss(nets: WorldModelNets, params: Any, batch: dict[str, jax.Array],
