@@ -275,6 +275,18 @@ def test_train_steps_lower_the_loss_on_a_fixed_batch(agent_case):
     assert float(metrics["loss/total"]) < 0.7 * first
 
 
+def test_prioritized_replay_gets_each_sequences_value_error(agent_case):
+    agent, state = agent_case
+    cfg = agent.cfg.update({"replay.prioritized": True, "replay.online": False})
+    prioritized = MuZero(cfg, agent.obs_space, types.SimpleNamespace(discrete=True, n=3))
+    batch = {k: jnp.asarray(v) for k, v in replayed_batch(agent, seed=3).items()}
+    _, (_, errors) = agent.loss(state.params, batch)
+    _, _, updates = prioritized.train_step(state, batch, jax.random.key(0))
+    assert set(updates) == {"priority"}
+    np.testing.assert_allclose(updates["priority"], errors, rtol=1e-6)
+    assert (errors >= 0).all()
+
+
 def test_reanalyse_renews_every_kth_sequence_with_a_search_from_each_step(agent_case):
     agent, state = agent_case
     assert agent.reanalyse_every == 0
@@ -303,7 +315,8 @@ def test_reanalyse_renews_every_kth_sequence_with_a_search_from_each_step(agent_
                                        atol=1e-6)
         assert (out["searched"][row] == 1).all()
     _, _, updates = jax.jit(renewing.train_step)(state, batch, key)
-    assert set(updates) == {"search_policy", "root_value", "searched"}
+    assert set(updates) == {"search_policy", "root_value", "searched", "update_rows"}
+    np.testing.assert_array_equal(updates["update_rows"], [True, False, True, False])
     np.testing.assert_allclose(updates["search_policy"], out["search_policy"], rtol=1e-5)
     with pytest.raises(ConfigError, match="muzero.reanalyse must be 0 or 1/k"):
         MuZero(cfg.update({"muzero.reanalyse": 0.3}), renewing.obs_space,

@@ -76,6 +76,7 @@ class MuZero:
         self.trained_length = self.unroll_steps + 1  # steps with losses per sequence
         self.acts_on_device = True  # a tree search per step
         self.reanalyse_every = reanalyse_period(m.reanalyse, cfg.batch_size)
+        self.prioritized = bool(cfg.replay.prioritized)
         self.bins = symexp_bins(m.bins)
         self.nets = Nets(self.act_dim, m.latent, m.layers, m.units, m.bins, m.depth,
                          tuple(m.mults), m.kernel, m.norm, m.act)
@@ -187,9 +188,10 @@ class MuZero:
         return batch
 
     def train_step(self, state: TrainState, batch: Batch, key: jax.Array):
-        """One update on [B, K + n + 1, ...] sequences. With `muzero.reanalyse`, the renewed
-        search outputs of the reanalysed sequences are the replay updates (all rows: the
-        others write back what they hold); else there are none."""
+        """One update on [B, K + n + 1, ...] sequences (rows weighted by `weight` where the
+        replay draws by priority). Replay updates: with `muzero.reanalyse`, the renewed search
+        outputs of the reanalysed sequences (`update_rows` marks them); with
+        `replay.prioritized`, each sequence's new priority |v_0 - z_0|."""
         b, length = batch["is_first"].shape
         chex.assert_shape(batch["action"], (b, length, self.act_dim))
         check_sequence_length(batch, self.sequence_length, "muzero",
@@ -198,7 +200,10 @@ class MuZero:
         if self.reanalyse_every:
             batch = self.reanalyse(state.params, batch, key)
             replay_updates = {k: batch[k] for k in ("search_policy", "root_value", "searched")}
-        grads, (metrics, _) = jax.grad(self.loss, has_aux=True)(state.params, batch)
+            replay_updates["update_rows"] = jnp.arange(b) % self.reanalyse_every == 0
+        grads, (metrics, errors) = jax.grad(self.loss, has_aux=True)(state.params, batch)
+        if self.prioritized:  # the paper's priority: |root value - value target| at the start
+            replay_updates["priority"] = errors
         grads = mean_over(grads, self.axis_name)
         updates, opt_state = self.opt.update(grads, state.opt_state, state.params)
         new = TrainState(params=optax.apply_updates(state.params, updates),
