@@ -127,13 +127,13 @@ def train_main(argv: list[str] | None = None) -> int:
         print(f"dreamer-train: {e}", file=sys.stderr)
         return 2
 
+    from dreamer.run import interrupts
+
+    # SIGTERM and Ctrl-C unwind the loop (actors stopped, replay and checkpoint saved), but not
+    # in the middle of an update, whose train state would be lost (`interrupts.deferred`).
     stop = threading.Event()
-
-    def terminate(signum, frame):
-        stop.set()  # the loops check it too, in case this exception is swallowed
-        raise KeyboardInterrupt  # unwinds like Ctrl-C: actors stopped, replay saved
-
-    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGTERM, interrupts.handler(stop))
+    signal.signal(signal.SIGINT, interrupts.handler(stop))
     try:
         logdir = runner.resolve_logdir(cfg)
         print(f"dreamer-train: logging to {logdir}", file=sys.stderr)

@@ -16,6 +16,7 @@ import numpy as np
 from dreamer.agents import make_agent
 from dreamer.config import Config
 from dreamer.core.parallel import AXIS, DataParallel, initialize_distributed, select_devices
+from dreamer.run import interrupts
 
 
 def setup_distributed(cfg: Config) -> None:
@@ -67,11 +68,13 @@ class Learner:
         while the devices compute); `local_rows` turns the replay updates into host rows."""
         if isinstance(batch["is_first"], np.ndarray):
             batch = self.place(batch)
-        if self._parallel is None:
-            self.state, metrics, rows = self.agent.train_step(self.state, batch, key)
-        else:
-            self.state, metrics, rows = self._parallel(self.state, batch, key)
-        self.updates += 1
+        # The step donates the state's buffers: a stop signal waits until the new one is bound.
+        with interrupts.deferred():
+            if self._parallel is None:
+                self.state, metrics, rows = self.agent.train_step(self.state, batch, key)
+            else:
+                self.state, metrics, rows = self._parallel(self.state, batch, key)
+            self.updates += 1
         return metrics, rows
 
     def local_rows(self, rows: Any) -> dict[str, np.ndarray]:
