@@ -24,68 +24,12 @@ def scale_state(s: jax.Array, eps: float = 1e-5) -> jax.Array:
     return (s - lo) / (hi - lo + eps)
 
 
-class Representation(nn.Module):
-    """Observations {image [N, H, W, C] uint8, vector [N, D]} -> hidden states [N, S]: the
-    shared encoder (CNN for images, symlog MLP for vectors), then an MLP."""
-
-    latent: int
-    layers: int
-    units: int
-    depth: int
-    mults: tuple[int, ...]
-    kernel: int
-    norm: str = "rms"
-    act: str = "silu"
-
-    @nn.compact
-    def __call__(self, obs: dict[str, jax.Array]) -> jax.Array:
-        x = Encoder(self.depth, self.mults, self.kernel, self.units, self.layers, self.norm,
-                    self.act, name="enc")(obs)
-        return scale_state(MLP(1, self.units, self.latent, norm=self.norm, act=self.act,
-                               name="out")(x))
-
-
-class Dynamics(nn.Module):
-    """(hidden state [N, S], one-hot action [N, A]) -> (next state [N, S], reward logits
-    [N, bins])."""
-
-    latent: int
-    layers: int
-    units: int
-    bins: int
-    norm: str = "rms"
-    act: str = "silu"
-
-    @nn.compact
-    def __call__(self, s: jax.Array, action: jax.Array) -> tuple[jax.Array, jax.Array]:
-        x = MLP(self.layers, self.units, norm=self.norm, act=self.act, name="torso")(
-            jnp.concatenate([s, action.astype(s.dtype)], -1))
-        nxt = scale_state(MLP(0, self.units, self.latent, name="state")(x))
-        reward = MLP(1, self.units, self.bins, outscale=0.0, norm=self.norm, act=self.act,
-                     name="reward")(x)
-        return nxt, reward
-
-
-class Prediction(nn.Module):
-    """Hidden state [N, S] -> (policy logits [N, A], value logits [N, bins])."""
-
-    actions: int
-    layers: int
-    units: int
-    bins: int
-    norm: str = "rms"
-    act: str = "silu"
-
-    @nn.compact
-    def __call__(self, s: jax.Array) -> tuple[jax.Array, jax.Array]:
-        x = MLP(self.layers, self.units, norm=self.norm, act=self.act, name="torso")(s)
-        return (MLP(0, self.units, self.actions, outscale=0.01, name="policy")(x),
-                MLP(0, self.units, self.bins, outscale=0.0, name="value")(x))
-
-
 class Nets(nn.Module):
-    """The three functions under one parameter tree: {'repr', 'dyn', 'pred'}. Call the methods
-    `represent`, `dynamics` and `predict` through `apply(..., method=...)`."""
+    """The three functions under one parameter tree. Call `represent` (observations {image
+    [N, H, W, C] uint8, vector [N, D]} -> hidden states [N, S]: the shared encoder, then a
+    layer), `dynamics` ((s [N, S], one-hot action [N, A]) -> (next state, reward logits
+    [N, bins])) and `predict` (s -> (policy logits [N, A], value logits [N, bins])) through
+    `apply(..., method=...)`."""
 
     actions: int
     latent: int
@@ -100,10 +44,15 @@ class Nets(nn.Module):
 
     def setup(self) -> None:
         common = {"norm": self.norm, "act": self.act}
-        self.repr = Representation(self.latent, self.layers, self.units, self.depth,
-                                   self.mults, self.kernel, **common)
-        self.dyn = Dynamics(self.latent, self.layers, self.units, self.bins, **common)
-        self.pred = Prediction(self.actions, self.layers, self.units, self.bins, **common)
+        self.enc = Encoder(self.depth, self.mults, self.kernel, self.units, self.layers,
+                           **common)
+        self.enc_out = MLP(1, self.units, self.latent, **common)
+        self.dyn_torso = MLP(self.layers, self.units, **common)
+        self.dyn_state = MLP(0, self.units, self.latent)
+        self.dyn_reward = MLP(1, self.units, self.bins, outscale=0.0, **common)
+        self.pred_torso = MLP(self.layers, self.units, **common)
+        self.pred_policy = MLP(0, self.units, self.actions, outscale=0.01)
+        self.pred_value = MLP(0, self.units, self.bins, outscale=0.0)
 
     def __call__(self, obs: dict[str, jax.Array], action: jax.Array) -> Any:
         """Every function once (for `init`)."""
@@ -111,10 +60,12 @@ class Nets(nn.Module):
         return self.predict(s), self.dynamics(s, action)
 
     def represent(self, obs: dict[str, jax.Array]) -> jax.Array:
-        return self.repr(obs)
+        return scale_state(self.enc_out(self.enc(obs)))
 
     def dynamics(self, s: jax.Array, action: jax.Array) -> tuple[jax.Array, jax.Array]:
-        return self.dyn(s, action)
+        x = self.dyn_torso(jnp.concatenate([s, action.astype(s.dtype)], -1))
+        return scale_state(self.dyn_state(x)), self.dyn_reward(x)
 
     def predict(self, s: jax.Array) -> tuple[jax.Array, jax.Array]:
-        return self.pred(s)
+        x = self.pred_torso(s)
+        return self.pred_policy(x), self.pred_value(x)
