@@ -411,6 +411,7 @@ def test_choices_agree_with_the_code_that_reads_them():
     from dreamer.agents.dreamerv3.agent import compute_dtype
     from dreamer.agents.dreamerv3.behavior import ACTOR_GRADS
     from dreamer.agents.dyna import BACKUPS
+    from dreamer.agents.muzero.agent import BOOTSTRAPS
     from dreamer.config import CHOICES
     from dreamer.core import planners
     from dreamer.core.nets import ACTS, NORMS, Norm
@@ -434,6 +435,7 @@ def test_choices_agree_with_the_code_that_reads_them():
     for name in planners.PLANNERS:
         assert callable(getattr(planners, name))
     assert choices["dyna.backup"] == BACKUPS
+    assert choices["muzero.bootstrap"] == BOOTSTRAPS
 
 
 def test_pets_small_sizes_only_the_pets_section():

@@ -12,6 +12,7 @@ import pytest
 from dreamer.agents.muzero import MuZero
 from dreamer.agents.muzero import targets as targets_lib
 from dreamer.config import ConfigError, load_config
+from dreamer.core.distributions import TwoHot
 from dreamer.core.parallel import row_keys
 from dreamer.envs import make_env
 
@@ -275,12 +276,69 @@ def test_train_steps_lower_the_loss_on_a_fixed_batch(agent_case):
     assert float(metrics["loss/total"]) < 0.7 * first
 
 
+def test_targets_bootstrap_from_the_target_networks_value_where_each_window_stops(agent_case):
+    agent, state = agent_case
+    # A target network that differs from the online one, so that using the wrong one shows.
+    target = jax.tree.map(lambda x: x + 0.3 * jax.random.normal(jax.random.key(5), x.shape),
+                          state.params)
+    batch = {k: jnp.asarray(v) for k, v in replayed_batch(agent, seed=4, b=6).items()}
+    value = np.asarray(agent.bootstrap_values(target, batch))
+    length, k, n = agent.sequence_length, agent.unroll_steps, agent.td_steps
+    flags = [np.asarray(batch[x]) for x in ("is_first", "is_last", "is_terminal")]
+
+    def predicted(row, j):  # the target network's value of one observation
+        s = agent._apply(target, "represent", {"vector": batch["vector"][row, j][None]})
+        return float(TwoHot(agent._apply(target, "predict", s)[1], agent.bins).mean()[0])
+
+    for row in range(6):
+        first, last, _ = (f[row] for f in flags)
+        stops = set()
+        for u in range(k + 1):  # walk each window to where it stops: its episode's end or u + n
+            j = u
+            while not (last[j] or (j + 1 < length and first[j + 1])) and j < u + n:
+                j += 1
+            stops.add(j)
+            np.testing.assert_allclose(value[row, j], predicted(row, j), rtol=1e-5, atol=1e-5)
+        others = [j for j in range(length) if j not in stops]
+        np.testing.assert_array_equal(value[row, others], 0.0)
+    # The targets read those values: z_u equals the plain loop's with them.
+    t = targets_lib.unroll_targets(batch, k, n, 0.9, jnp.asarray(value))
+    for row in range(6):
+        first, last, terminal = (f[row] for f in flags)
+        if first[1:k + 1].any() or last[:k].any():
+            continue  # rows whose start's episode runs through the unroll
+        for u in range(k + 1):
+            z = plain_value_target(np.asarray(batch["reward"][row]), value[row], first, last,
+                                   terminal, u, n, 0.9)
+            np.testing.assert_allclose(t.value[row, u], z, rtol=1e-5, atol=1e-5)
+
+
+def test_the_target_network_is_copied_every_target_every_updates(agent_case):
+    agent, state = agent_case
+    every = MuZero(agent.cfg.update({"muzero.target_every": 2}), agent.obs_space,
+                   types.SimpleNamespace(discrete=True, n=3))
+    batch = {k: jnp.asarray(v) for k, v in replayed_batch(agent, seed=5).items()}
+    step = jax.jit(every.train_step)
+    one, _, _ = step(state, batch, jax.random.key(0))
+    chex.assert_trees_all_equal(one.target, state.params)   # not yet copied
+    assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(one.params),
+                                                     jax.tree.leaves(state.params)))
+    two, _, _ = step(one, batch, jax.random.key(1))
+    # Copied after the 2nd update (up to XLA computing the update once per output: 1 ulp).
+    chex.assert_trees_all_close(two.target, two.params, rtol=1e-6, atol=1e-9)
+    three, _, _ = step(two, batch, jax.random.key(2))
+    chex.assert_trees_all_equal(three.target, two.target)
+    with pytest.raises(ConfigError, match="muzero.target_every must be >= 1"):
+        MuZero(agent.cfg.update({"muzero.target_every": 0}), agent.obs_space,
+               types.SimpleNamespace(discrete=True, n=3))
+
+
 def test_prioritized_replay_gets_each_sequences_value_error(agent_case):
     agent, state = agent_case
     cfg = agent.cfg.update({"replay.prioritized": True, "replay.online": False})
     prioritized = MuZero(cfg, agent.obs_space, types.SimpleNamespace(discrete=True, n=3))
     batch = {k: jnp.asarray(v) for k, v in replayed_batch(agent, seed=3).items()}
-    _, (_, errors) = agent.loss(state.params, batch)
+    _, (_, errors) = agent.loss(state.params, batch, agent.bootstrap_values(state.target, batch))
     _, _, updates = prioritized.train_step(state, batch, jax.random.key(0))
     assert set(updates) == {"priority"}
     np.testing.assert_allclose(updates["priority"], errors, rtol=1e-6)

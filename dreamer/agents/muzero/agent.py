@@ -30,10 +30,12 @@ from dreamer.core.parallel import mean_over, row_keys
 from dreamer.core.updates import check_sequence_length, keep_if_finite, nonfinite_metric
 
 Batch = dict[str, jax.Array]
+BOOTSTRAPS = ("target", "search")  # muzero.bootstrap: a target network's value, or the stored root value
 
 
 class TrainState(flax.struct.PyTreeNode):
     params: Any
+    target: Any          # the target network: a copy of params every muzero.target_every updates
     opt_state: Any
     step: jax.Array
 
@@ -77,6 +79,9 @@ class MuZero:
         self.acts_on_device = True  # a tree search per step
         self.reanalyse_every = reanalyse_period(m.reanalyse, cfg.batch_size)
         self.prioritized = bool(cfg.replay.prioritized)
+        if m.bootstrap == "target" and int(m.target_every) < 1:
+            raise ConfigError(f"muzero.target_every must be >= 1 (updates between copies of "
+                              f"the target network), got {m.target_every}")
         self.bins = symexp_bins(m.bins)
         self.nets = Nets(self.act_dim, m.latent, m.layers, m.units, m.bins, m.depth,
                          tuple(m.mults), m.kernel, m.norm, m.act)
@@ -87,7 +92,7 @@ class MuZero:
         obs = {k: jnp.zeros((1, *self.obs_space[k].shape), self.obs_space[k].dtype)
                for k in self.obs_keys}
         params = self.nets.init(key, obs, jnp.zeros((1, self.act_dim)))["params"]
-        return TrainState(params=params, opt_state=self.opt.init(params),
+        return TrainState(params=params, target=params, opt_state=self.opt.init(params),
                           step=jnp.zeros([], jnp.int32))
 
     # ----------------------------------------------------------------------------- model
@@ -135,11 +140,29 @@ class MuZero:
                 rewards.append(reward)
         return jnp.stack(policies, 1), jnp.stack(values, 1), jnp.stack(rewards, 1)
 
-    def loss(self, params: Any, batch: Batch):
-        """The unrolled losses of [B, L, ...] sequences; returns (loss, (metrics, root value
-        errors [B]))."""
+    def bootstrap_values(self, params: Any, batch: Batch) -> jax.Array:
+        """[B, L] values that `params` predicts at the steps the value targets bootstrap from
+        (zero elsewhere): the model's own value of o_e, which the stored root values of old
+        searches (and the zeros of random prefill) only approximate."""
+        b, length = batch["is_first"].shape
+        ends = targets_lib.episode_ends(batch["is_first"], batch["is_last"])
+        _, last = targets_lib.bootstrap_steps(ends, self.td_steps, self.unroll_steps + 1)
+        obs = {}
+        for k in self.obs_keys:
+            x = batch[k]
+            idx = last.reshape(last.shape + (1,) * (x.ndim - 2))
+            obs[k] = jnp.take_along_axis(x, idx, 1).reshape((-1, *x.shape[2:]))
+        _, value = self._apply(params, "predict", self._apply(params, "represent", obs))
+        value = TwoHot(value, self.bins).mean().reshape(last.shape)
+        rows = jnp.arange(b)[:, None]
+        return jax.lax.stop_gradient(jnp.zeros((b, length)).at[rows, last].set(value))
+
+    def loss(self, params: Any, batch: Batch, value: jax.Array | None = None):
+        """The unrolled losses of [B, L, ...] sequences, bootstrapping from `value` [B, L] (from
+        the stored root values where None); returns (loss, (metrics, root value errors [B]))."""
         m = self.cfg.muzero
-        t = targets_lib.unroll_targets(batch, self.unroll_steps, self.td_steps, m.discount)
+        t = targets_lib.unroll_targets(batch, self.unroll_steps, self.td_steps, m.discount,
+                                       value)
         s = self._apply(params, "represent", {k: batch[k][:, 0] for k in self.obs_keys})
         policy, value, reward = self.unroll(params, s, batch["action"])
         zero = jnp.zeros((s.shape[0], 1))
@@ -201,13 +224,17 @@ class MuZero:
             batch = self.reanalyse(state.params, batch, key)
             replay_updates = {k: batch[k] for k in ("search_policy", "root_value", "searched")}
             replay_updates["update_rows"] = jnp.arange(b) % self.reanalyse_every == 0
-        grads, (metrics, errors) = jax.grad(self.loss, has_aux=True)(state.params, batch)
+        value = (self.bootstrap_values(state.target, batch)
+                 if self.cfg.muzero.bootstrap == "target" else None)
+        grads, (metrics, errors) = jax.grad(self.loss, has_aux=True)(state.params, batch, value)
         if self.prioritized:  # the paper's priority: |root value - value target| at the start
             replay_updates["priority"] = errors
         grads = mean_over(grads, self.axis_name)
         updates, opt_state = self.opt.update(grads, state.opt_state, state.params)
-        new = TrainState(params=optax.apply_updates(state.params, updates),
-                         opt_state=opt_state, step=state.step + 1)
+        params = optax.apply_updates(state.params, updates)
+        copy = (state.step + 1) % max(int(self.cfg.muzero.target_every), 1) == 0
+        target = jax.tree.map(lambda t, p: jnp.where(copy, p, t), state.target, params)
+        new = TrainState(params=params, target=target, opt_state=opt_state, step=state.step + 1)
         metrics["grad_norm"] = optax.tree.norm(grads)
         state, finite = keep_if_finite(new, state, metrics["loss/total"], grads)
         metrics["nonfinite"] = nonfinite_metric(finite)

@@ -12,8 +12,9 @@ The model unrolls K steps from o_0 with a_0 ... a_{K-1}; its k-th state is train
 
 z_u = sum_{i=1..e-u} γ^(i-1) r_{u+i} + γ^(e-u) (1 - terminal_e) v_e, where e is the first end of
 the episode within (u, u+n] (u itself when o_u is the episode's last observation), else u + n: the
-n-step bootstrapped return, cut at a terminal state and bootstrapped from the root value at a
-time limit. Sequences may cross into the next episode; its first step ends the one before even
+n-step bootstrapped return, cut at a terminal state and bootstrapped at a time limit. v_e is the
+search's stored root value, or the value a target network predicts at o_e (`muzero.bootstrap`).
+Sequences may cross into the next episode; its first step ends the one before even
 where the replay holds no `is_last` (an interrupted episode).
 """
 from __future__ import annotations
@@ -41,40 +42,48 @@ def episode_ends(is_first: jax.Array, is_last: jax.Array) -> jax.Array:
     return is_last.astype(bool) | nxt.astype(bool)
 
 
-def value_targets(reward: jax.Array, value: jax.Array, ends: jax.Array, terminal: jax.Array,
-                  n: int, discount: float, count: int) -> jax.Array:
-    """z_u for u = 0 .. count-1: [B, count] from reward, root value, ends, terminal [B, L]
-    (L >= count + n)."""
-    length = reward.shape[1]
+def bootstrap_steps(ends: jax.Array, n: int, count: int):
+    """Where the windows of u = 0 .. count-1 stop, from ends [B, L] (L >= count + n): (alive
+    [B, count, n], 1 while step u+i still belongs to u's episode; last [B, count], the step
+    e whose value the target bootstraps from: the episode's end within (u, u+n], u itself when
+    o_u is its last observation, else u + n)."""
+    length = ends.shape[1]
     if length < count + n:
         raise ValueError(f"value targets of {count} steps need {count + n} steps, got {length}")
     u = jnp.arange(count)[:, None]
-    i = jnp.arange(1, n + 1)[None, :]
-    idx = u + i                                                   # [count, n]
+    idx = u + jnp.arange(1, n + 1)[None, :]                        # [count, n]
     # Step u+i still belongs to u's episode while no end lies in [u, u+i).
     end_before = jnp.concatenate([ends[:, u[:, 0], None], ends[:, idx[:, :-1]]], -1)
     alive = jnp.cumprod(1.0 - end_before.astype(jnp.float32), -1)   # [B, count, n]
-    rewards = jnp.sum(alive * discount ** (i - 1.0) * reward[:, idx], -1)
-    # Bootstrap from the step where the window stops: its end or u + n.
-    steps = jnp.sum(alive, -1).astype(jnp.int32)                    # e - u
-    last = u[:, 0] + steps
+    return alive, u[:, 0] + jnp.sum(alive, -1).astype(jnp.int32)
+
+
+def value_targets(reward: jax.Array, value: jax.Array, ends: jax.Array, terminal: jax.Array,
+                  n: int, discount: float, count: int) -> jax.Array:
+    """z_u for u = 0 .. count-1: [B, count] from reward, bootstrap value, ends, terminal
+    [B, L] (L >= count + n); `value` is read only at the steps `bootstrap_steps` names."""
+    alive, last = bootstrap_steps(ends, n, count)
+    u = jnp.arange(count)[:, None]
+    i = jnp.arange(1, n + 1)[None, :]
+    rewards = jnp.sum(alive * discount ** (i - 1.0) * reward[:, u + i], -1)
     boot = jnp.take_along_axis(value, last, 1) * (1.0 - jnp.take_along_axis(
         terminal.astype(jnp.float32), last, 1))
-    return rewards + discount ** steps.astype(jnp.float32) * boot
+    return rewards + discount ** (last - u[:, 0]).astype(jnp.float32) * boot
 
 
-def unroll_targets(batch: dict[str, jax.Array], unroll: int, n: int, discount: float
-                   ) -> Targets:
+def unroll_targets(batch: dict[str, jax.Array], unroll: int, n: int, discount: float,
+                   value: jax.Array | None = None) -> Targets:
     """The targets of a K-step unroll from each sequence's first step (see the module doc).
 
     batch: reward, is_first, is_last, is_terminal [B, L]; search_policy [B, L, A]; root_value
-    [B, L]; searched [B, L] (1 where a search chose the step, 0 for random prefill)."""
+    [B, L]; searched [B, L] (1 where a search chose the step, 0 for random prefill). `value`
+    [B, L], where given, replaces the stored root values as the values bootstrapped from."""
     k1 = unroll + 1
     ends = episode_ends(batch["is_first"], batch["is_last"])
     terminal = batch["is_terminal"].astype(bool)
     reward = batch["reward"].astype(jnp.float32)
-    z = value_targets(reward, batch["root_value"].astype(jnp.float32), ends, terminal, n,
-                      discount, k1)
+    value = batch["root_value"] if value is None else value
+    z = value_targets(reward, value.astype(jnp.float32), ends, terminal, n, discount, k1)
     # Step k is in the start's episode while no end lies in [0, k).
     ended = jnp.concatenate([jnp.zeros_like(ends[:, :1]), ends[:, :unroll]], 1)
     alive = jnp.cumprod(1.0 - ended.astype(jnp.float32), 1)          # [B, K+1]
