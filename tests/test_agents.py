@@ -23,7 +23,9 @@ PETS_TINY = {"env.task": "builtin_reach", "pets.members": 2, "pets.particles": 2
              "pets.iterations": 2, "pets.horizon": 4, "batch_size": 8, "batch_length": 3}
 MUZERO_TINY = {"muzero.unroll": 2, "muzero.td_steps": 2, "batch_length": 5, "batch_size": 8,
                "muzero.latent": 8, "muzero.units": 16, "muzero.layers": 1,
-               "muzero.simulations": 2, "muzero.considered": 3, "muzero.bins": 21}
+               "muzero.simulations": 2, "muzero.considered": 3, "muzero.bins": 21,
+               # its replay options too: reanalyse and prioritized replay through devices and resume
+               "muzero.reanalyse": 0.25, "replay.prioritized": True, "replay.online": False}
 # The tabular agents are tiny as they are; their presets already choose the Dyna maze.
 TINY = {"dreamerv3": (["debug"], {}), "pets": (["debug", "pets"], PETS_TINY),
         "dyna_q": (["debug", "dyna_q"], {}),

@@ -222,6 +222,7 @@ SWEEPING_ARGS = ["prioritized_sweeping"]
 MUZERO_ARGS = ["muzero", "--muzero.unroll=2", "--muzero.td_steps=2", "--batch_length=5",
                "--batch_size=8", "--muzero.latent=8", "--muzero.units=16", "--muzero.layers=1",
                "--muzero.simulations=2", "--muzero.considered=3", "--muzero.bins=21",
+               "--muzero.reanalyse=0.25", "--replay.prioritized", "--replay.online=false",
                "--run.prefill=100"]
 
 

@@ -198,7 +198,8 @@ class MuZero:
         n = obs[self.obs_keys[0]].shape[0]
         keys = row_keys(key, b, self.axis_name)[rows]
         flat = {k: v.reshape((n * length, *v.shape[2:])) for k, v in obs.items()}
-        step_keys = jax.vmap(lambda k: jax.random.split(k, length))(keys).reshape(n * length)
+        step_keys = jax.vmap(lambda k: jax.random.split(k, length))(keys)
+        step_keys = step_keys.reshape((n * length, *step_keys.shape[2:]))  # typed or raw keys
         out = jax.vmap(lambda o, k: self.search(
             params, jax.tree.map(lambda x: x[None], o), k, 1.0))(flat, step_keys)
         renewed = {"search_policy": out.action_weights[:, 0].reshape(n, length, self.act_dim),
