@@ -18,7 +18,7 @@ from dreamer.config import (
 from dreamer.run.clocks import updates_per_frame
 
 SIZES = ["size1m", "size12m", "size25m", "size50m", "size100m", "size200m", "size400m"]
-TASKS = ["atari100k", "debug", "demo", "dmc_proprio", "dmc_vision", "gym"]
+TASKS = ["atari100k", "debug", "demo", "dmc_proprio", "dmc_vision", "gym", "minatar"]
 MODIFIERS = ["cpu", "pets_small"]  # applied after a task or agent preset
 AGENTS = ["dreamerv3", "pets", "dyna_q", "prioritized_sweeping", "muzero"]  # each agent's own settings
 

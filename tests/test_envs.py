@@ -222,6 +222,47 @@ def test_atari_life_loss_is_terminal_and_continues_the_game():
     env.close()
 
 
+def test_minatar_observations_are_the_grid_and_actions_the_minimal_set():
+    from dreamer.envs.minatar import grid_image
+
+    env = make_env(config("minatar_breakout", obs="both", size=(24, 32)), seed=3)
+    assert env.obs_space == {"image": Space(np.uint8, (24, 32, 4), 0, 255),
+                             "vector": Space(np.float32, (400,), 0, 1)}
+    assert env.act_space == Space(np.int32, (), 0, 2)  # Breakout: no-op, left, right
+    first = env.reset()
+    state = env._env.state()
+    np.testing.assert_array_equal(first["vector"], state.reshape(-1).astype(np.float32))
+    # Each cell a 2 x 2 block (floor(24 / 10)), centred: rows 2..21, columns 6..25.
+    image = first["image"]
+    assert image.dtype == np.uint8 and set(np.unique(image)) <= {0, 255}
+    np.testing.assert_array_equal(image[2:22, 6:26], np.kron(state, np.ones((2, 2, 1))) * 255)
+    assert image[:2].sum() == image[22:].sum() == image[:, :6].sum() == image[:, 26:].sum() == 0
+    np.testing.assert_array_equal(grid_image(state, (16, 16))[3:13, 3:13], state * 255)
+    # Action 1 is MinAtar's 'left' (index 1 of its six): the paddle moves one cell left.
+    env._env.sticky_action_prob = 0.0
+    paddle = lambda: int(np.argmax(env._env.state()[9, :, 0]))  # noqa: E731
+    start = paddle()
+    env.step(np.int32(1))
+    assert paddle() == max(start - 1, 0)
+    env.step(np.int32(2))
+    assert paddle() == max(start - 1, 0) + 1
+    env.close()
+
+
+def test_minatar_endings_and_errors():
+    length, last = episode_length(make_env(config("minatar_breakout"), seed=0))
+    assert last["is_terminal"] and length < 500  # random play loses the ball soon
+    env = make_env(config("minatar_freeway", sticky=False), seed=0)
+    length, last = episode_length(env)
+    assert length == 2501 and last["is_last"] and not last["is_terminal"]  # its clock ran out
+    with pytest.raises(EnvError, match="minatar_space_invaders"):
+        make_env(config("minatar_spaceinvaders"), seed=0)
+    with pytest.raises(EnvError, match="--env.size"):
+        make_env(config("minatar_breakout", size=(8, 8)), seed=0)
+    with pytest.raises(EnvError, match="--env.gray"):
+        make_env(config("minatar_breakout", gray=True), seed=0)
+
+
 # ---------------------------------------------------------------- termination and truncation
 
 

@@ -1,7 +1,8 @@
 """Environments behind one interface: ``make_env(cfg, seed)`` for tasks named ``<suite>_<name>``.
 
 Suites: ``dmc_<domain>_<task>`` (DeepMind Control), ``gym_<id>`` (gymnasium), ``atari_<game>``
-(ale-py) and ``builtin_<name>`` (pure-numpy pixel tasks). See ``base`` for the step dict.
+(ale-py), ``minatar_<game>`` (MinAtar's 10 x 10 games) and ``builtin_<name>`` (pure-numpy pixel
+tasks). See ``base`` for the step dict.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from dreamer.envs import atari, builtin, dmc, gym
+from dreamer.envs import atari, builtin, dmc, gym, minatar
 from dreamer.envs.base import (
     SUITES,
     ActionRepeat,
@@ -28,6 +29,7 @@ MAKERS: dict[str, Callable[[str, Any, int], Env]] = {
     "dmc": dmc.make,
     "gym": gym.make,
     "atari": atari.make,
+    "minatar": minatar.make,
     "builtin": builtin.make,
 }
 
@@ -35,6 +37,7 @@ _TASK_LISTS: dict[str, Callable[[], list[str]]] = {
     "dmc": dmc.tasks,
     "gym": gym.tasks,
     "atari": atari.tasks,
+    "minatar": minatar.tasks,
     "builtin": builtin.tasks,
 }
 
