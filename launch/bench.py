@@ -27,6 +27,9 @@ ours (train-step), float32 on the CPU with the same 16 x (64 + 1) batch, each si
 process, alternating official, ours, ... for --rounds rounds. It prints a table, then
 {"compare": {..., "ratio": official median / ours median}} (above 1: ours is faster).
 
+train-step, kernels and profile time the configured agent's update (--configs minatar muzero:
+MuZero's; DreamerV3 unless a preset or --agent names another).
+
 train-step and kernels take --spaces walker: DMC walker's observation and action spaces without
 making the environment (for machines without dm-control); the default, task, makes one.
 

@@ -4,6 +4,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import jax
+
 from dreamer.bench import benchmark
 from dreamer.config import load_config
 
@@ -21,6 +23,22 @@ def test_train_step_benchmark_runs_the_agents_sequences():
     # On the CPU `auto` computes in float32, and the peak is measured in that dtype.
     assert first["compute_dtype"] == first["matmul_peak_dtype"] == "float32"
     assert second["fraction_of_peak"] == second["flops_per_s"] / 1e9
+
+
+def test_train_step_benchmark_times_the_configured_agent():
+    """Not DreamerV3 whatever the config: MuZero's own update, with one-hot actions and the
+    importance weights of prioritized replay in its synthetic batch."""
+    cfg = load_config(["muzero"], {"env.task": "builtin_catch", "muzero.unroll": 2,
+                                   "muzero.td_steps": 2, "batch_length": 5, "batch_size": 4,
+                                   "muzero.latent": 8, "muzero.units": 16, "muzero.layers": 1,
+                                   "muzero.bins": 21, "replay.prioritized": True})
+    prepared = benchmark.compile_train_step(cfg)
+    assert type(prepared["agent"]).__name__ == "MuZero"
+    actions = prepared["batch"]["action"]
+    assert (actions.sum(-1) == 1).all() and ((actions == 0) | (actions == 1)).all()
+    out = benchmark.time_train_step(prepared, updates=1, warmup=1, peak=1e9)
+    assert out["agent"] == "muzero" and out["loss_finite"] and out["compute_dtype"] == "float32"
+    assert out["params"] == sum(x.size for x in jax.tree.leaves(prepared["state"].params))
 
 
 def test_replay_memory_runs_for_small_images(tmp_path):

@@ -17,10 +17,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dreamer.agents import make_agent
 from dreamer.agents.dreamerv3 import DreamerV3
 from dreamer.agents.dreamerv3 import agent as dreamerv3_agent
 from dreamer.bench import kernels
 from dreamer.config import Config, load_config
+from dreamer.core.nets import count_params
 from dreamer.envs import Space
 from dreamer.run import multistep
 
@@ -69,10 +71,18 @@ def spaces_of(cfg: Config, spaces: str | None = None) -> tuple[dict[str, Space],
         env.close()
 
 
-def random_batch(obs_space: dict[str, Space], agent: DreamerV3, b: int,
+def compute_dtype(agent: Any) -> str:
+    """The dtype the agent's networks compute in (`jax.compute_dtype` resolved by DreamerV3;
+    the other agents compute in float32)."""
+    return str(agent.wm.rssm.dtype) if isinstance(agent, DreamerV3) else "float32"
+
+
+def random_batch(obs_space: dict[str, Space], act_space: Space, agent: Any, b: int,
                  seed: int = 0) -> dict[str, np.ndarray]:
     """A synthetic replay batch [B, L, ...] of `agent.sequence_length` steps with the replay's
-    dtypes, some episode starts, step ids and, with replay context, stored model states."""
+    dtypes, some episode starts, step ids and the agent's stored policy outputs (with replay
+    context, DreamerV3's model states). Discrete actions are one-hot, as the replay stores them;
+    with `replay.prioritized` the rows carry importance weights."""
     rng = np.random.default_rng(seed)
     t, act_dim = agent.sequence_length, agent.act_dim
     batch = {}
@@ -81,7 +91,10 @@ def random_batch(obs_space: dict[str, Space], agent: DreamerV3, b: int,
             batch[key] = rng.integers(0, 256, (b, t, *space.shape), dtype=np.uint8)
         else:
             batch[key] = rng.normal(size=(b, t, *space.shape)).astype(np.float32)
-    batch["action"] = rng.uniform(-1, 1, (b, t, act_dim)).astype(np.float32)
+    if act_space.discrete:
+        batch["action"] = np.eye(act_dim, dtype=np.float32)[rng.integers(0, act_dim, (b, t))]
+    else:
+        batch["action"] = rng.uniform(-1, 1, (b, t, act_dim)).astype(np.float32)
     batch["reward"] = rng.normal(size=(b, t)).astype(np.float32)
     batch["is_first"] = rng.random((b, t)) < 0.01
     batch["is_last"] = np.roll(batch["is_first"], -1, 1)
@@ -89,6 +102,8 @@ def random_batch(obs_space: dict[str, Space], agent: DreamerV3, b: int,
     batch["step_id"] = np.arange(b * t, dtype=np.int32).reshape(b, t)
     for key, value in agent.policy_outputs_initial(b * t).items():
         batch[key] = value.reshape((b, t, *value.shape[1:]))
+    if agent.cfg.replay.prioritized:
+        batch["weight"] = np.ones((b,), np.float32)
     return batch
 
 
@@ -116,8 +131,8 @@ def compile_train_step(cfg: Config, layout: str | None = None,
     `jax.compute_dtype: auto`, bfloat16) whatever the backend compiles for; default: the
     backend's own. `spaces`: see `spaces_of`."""
     obs_space, act_space = spaces_of(cfg, spaces)
-    agent = DreamerV3(cfg, obs_space, act_space, platform=layout)
-    batch = jax.device_put(random_batch(obs_space, agent, cfg.batch_size))
+    agent = make_agent(cfg, obs_space, act_space, platform=layout)
+    batch = jax.device_put(random_batch(obs_space, act_space, agent, cfg.batch_size))
     state = agent.init(jax.random.PRNGKey(0))
     start = time.perf_counter()
     compiled = jax.jit(agent.train_step, donate_argnums=0).lower(
@@ -151,8 +166,9 @@ def kernel_counts(cfg: Config, layout: str | None = None,
     optimized HLO of the compiled train step, with the loops that launch most."""
     prepared = compile_train_step(cfg, layout, spaces)
     return {**kernels.summary(prepared["kernels"]), "layout": layout or jax.default_backend(),
-            "compute_dtype": str(prepared["agent"].wm.rssm.dtype),
-            "batched_blocks": prepared["agent"].wm.rssm.batched_blocks,
+            "agent": cfg.agent, "compute_dtype": compute_dtype(prepared["agent"]),
+            "batched_blocks": (prepared["agent"].wm.rssm.batched_blocks
+                               if isinstance(prepared["agent"], DreamerV3) else None),
             "compile_s": prepared["compile_s"], "jax": jax.__version__}
 
 
@@ -171,8 +187,8 @@ def time_train_step(prepared: dict[str, Any], updates: int = 5, warmup: int = 2,
         times.append(time.perf_counter() - start)
     prepared["state"] = state  # the old one was donated; a second call continues from here
     median = float(np.median(times[warmup:]))
-    dtype = agent.wm.rssm.dtype  # the compute dtype `jax.compute_dtype` resolved to
-    peak = peak or matmul_peak(dtype)
+    dtype = compute_dtype(agent)  # for DreamerV3 what `jax.compute_dtype` resolved to
+    peak = peak or matmul_peak(jnp.dtype(dtype))
     floor = launch_floor()
     count = prepared["kernels"]
     return {
@@ -192,7 +208,8 @@ def time_train_step(prepared: dict[str, Any], updates: int = 5, warmup: int = 2,
         "launch_floor_s": floor,
         "update_over_launch_floor": median / floor,
         "seconds_per_kernel": median / max(count.kernels, 1),
-        "params": dreamerv3_agent.param_counts(state.params)["total"],
+        "agent": cfg.agent,
+        "params": count_params(state.params),
         "batch": [cfg.batch_size, cfg.batch_length],
         "batch_shape_fed": [cfg.batch_size, agent.sequence_length],
         "compute_dtype": str(dtype),
@@ -216,8 +233,8 @@ def updates_per_call(cfg: Config, counts: list[int], calls: int = 3, warmup: int
     batches already on the device; k = 1 is the plain train step), for each k in `counts`:
     the median over `calls` calls after `warmup`, divided by k."""
     obs_space, act_space = spaces_of(cfg, spaces)
-    agent = DreamerV3(cfg, obs_space, act_space, platform=layout)
-    batch = random_batch(obs_space, agent, cfg.batch_size)
+    agent = make_agent(cfg, obs_space, act_space, platform=layout)
+    batch = random_batch(obs_space, act_space, agent, cfg.batch_size)
     state = agent.init(jax.random.PRNGKey(0))
     out = {}
     for k in counts:
@@ -243,7 +260,8 @@ def updates_per_call(cfg: Config, counts: list[int], calls: int = 3, warmup: int
                        "kernels_per_update": count.kernels / k,
                        "loop_iterations_per_update": count.loop_iterations / k}
     return {"per_call": out, "calls_timed": calls, "batch": [cfg.batch_size, cfg.batch_length],
-            "compute_dtype": str(agent.wm.rssm.dtype), "device": str(jax.devices()[0].device_kind),
+            "agent": cfg.agent, "compute_dtype": compute_dtype(agent),
+            "device": str(jax.devices()[0].device_kind),
             "layout": layout or jax.default_backend()}
 
 
@@ -261,11 +279,12 @@ def train_step_parallel(cfg: Config, devices: int, updates: int = 5,
 
     obs_space, act_space = spaces_of(cfg)
     chosen = select_devices(devices)
-    agent = DreamerV3(cfg, obs_space, act_space, axis_name=AXIS)
+    agent = make_agent(cfg, obs_space, act_space, axis_name=AXIS)
     parallel = DataParallel(agent.train_step, chosen, cfg.parallel.backend)
     with jax.default_device(jax.devices("cpu")[0]):
         state = parallel.replicate(jax.jit(agent.init)(jax.random.PRNGKey(0)))
-    batch = parallel.shard(random_batch(obs_space, agent, cfg.batch_size * len(chosen)))
+    batch = parallel.shard(random_batch(obs_space, act_space, agent,
+                                        cfg.batch_size * len(chosen)))
     times = []
     for i in range(warmup + updates):
         start = time.perf_counter()
@@ -277,6 +296,7 @@ def train_step_parallel(cfg: Config, devices: int, updates: int = 5,
     per_device = cfg.batch_size * cfg.batch_length / median
     return {
         "devices": len(chosen),
+        "agent": cfg.agent,
         "backend": cfg.parallel.backend,
         "seconds_per_update": median,
         "first_update_s": times[0],

@@ -92,7 +92,9 @@ class MuZero:
         obs = {k: jnp.zeros((1, *self.obs_space[k].shape), self.obs_space[k].dtype)
                for k in self.obs_keys}
         params = self.nets.init(key, obs, jnp.zeros((1, self.act_dim)))["params"]
-        return TrainState(params=params, target=params, opt_state=self.opt.init(params),
+        # The target its own copy: a train step that donates the state donates each buffer once.
+        target = jax.tree.map(jnp.copy, params)
+        return TrainState(params=params, target=target, opt_state=self.opt.init(params),
                           step=jnp.zeros([], jnp.int32))
 
     # ----------------------------------------------------------------------------- model
