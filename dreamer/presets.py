@@ -44,6 +44,7 @@ __all__ = [
 CHOICES: dict[str, tuple[str, ...]] = {
     "jax.compute_dtype": ("auto", "float32", "bfloat16"),
     "env.obs": ("image", "vector", "both"),
+    "env.opponent": ("random", "greedy"),
     "logger.mode": ("auto", "online", "offline", "disabled"),
     "parallel.backend": ("pmap", "shard_map"),
     "actors.policy_device": ("auto", "host", "learner"),

@@ -417,10 +417,11 @@ def test_choices_agree_with_the_code_that_reads_them():
     from dreamer.core.nets import ACTS, NORMS, Norm
     from dreamer.core.parallel import BACKENDS
     from dreamer.envs.base import OBS_MODES
+    from dreamer.envs.pgx import OPPONENTS
 
     choices = key_choices()
     assert set(choices) >= set(CHOICES) and choices["env.obs"] == OBS_MODES
-    assert choices["parallel.backend"] == BACKENDS
+    assert choices["parallel.backend"] == BACKENDS and choices["env.opponent"] == OPPONENTS
     for name in choices["jax.compute_dtype"]:
         compute_dtype(name, "cpu")
     # The agents are their presets; every one registered, and only those.

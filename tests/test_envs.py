@@ -29,6 +29,7 @@ def config(task, **overrides):
         "sticky": True,
         "noops": 30,
         "lives": False,
+        "opponent": "random",
         "gym_kwargs": (),
     }
     return types.SimpleNamespace(**(cfg | overrides))
@@ -261,6 +262,100 @@ def test_minatar_endings_and_errors():
         make_env(config("minatar_breakout", size=(8, 8)), seed=0)
     with pytest.raises(EnvError, match="--env.gray"):
         make_env(config("minatar_breakout", gray=True), seed=0)
+
+
+def in_a_row(plane, k):
+    """Whether a plane of stones holds k in a row, in any of the four directions."""
+    rows, cols = plane.shape
+    for r in range(rows):
+        for c in range(cols):
+            for dr, dc in ((0, 1), (1, 0), (1, 1), (1, -1)):
+                cells = [(r + i * dr, c + i * dc) for i in range(k)]
+                if all(0 <= y < rows and 0 <= x < cols and plane[y, x] for y, x in cells):
+                    return True
+    return False
+
+
+BOARDS = {"pgx_connect_four": ((6, 7), 4, 7), "pgx_tic_tac_toe": ((3, 3), 3, 9)}
+
+
+@pytest.mark.parametrize("task,opponent", [("pgx_connect_four", "random"),
+                                           ("pgx_connect_four", "greedy"),
+                                           ("pgx_tic_tac_toe", "random")])
+def test_board_games_against_a_fixed_opponent(task, opponent):
+    """Random play against each opponent: the board is seen from the agent's side (its stones
+    count its legal moves), the reward is 0 until the end and then +1 where the agent has k in
+    a row, -1 where the opponent has or the agent's move was illegal (pgx's rule; the board
+    stays as it was), 0 for a full board; both players move first in some games."""
+    (rows, cols), k, n = BOARDS[task]
+    env = make_env(config(task, obs="vector", opponent=opponent), seed=1)
+    assert env.obs_space == {"vector": Space(np.float32, (rows * cols * 2,), 0, 1)}
+    assert env.act_space == Space(np.int32, (), 0, n - 1)
+    rng = np.random.default_rng(0)
+    outcomes, first_movers = [], set()
+    for _ in range(30):
+        step = env.reset()
+        board = step["vector"].reshape(rows, cols, 2)
+        first_movers.add(int(board[..., 1].sum()))  # 1 where the opponent opened
+        moves = 0
+        while not step["is_last"]:
+            before = board
+            step = env.step(np.int32(rng.integers(n)))
+            board = step["vector"].reshape(rows, cols, 2)
+            legal = board[..., 0].sum() == moves + 1
+            moves += int(legal)
+            assert board[..., 0].sum() == moves and not (board[..., 0] * board[..., 1]).any()
+            if not step["is_last"]:
+                assert step["reward"] == 0 and legal
+        assert step["is_terminal"]
+        mine, theirs = in_a_row(board[..., 0], k), in_a_row(board[..., 1], k)
+        if not legal:
+            np.testing.assert_array_equal(board, before)
+            expected = -1.0
+        else:
+            expected = 1.0 if mine else -1.0 if theirs else 0.0
+            assert mine or theirs or board.sum() == rows * cols
+        assert step["reward"] == expected
+        outcomes.append(expected)
+    assert first_movers == {0, 1}
+    if opponent == "greedy":  # it never misses a win in one, so random play rarely wins
+        assert np.mean(outcomes) < -0.7
+
+
+def test_greedy_opponent_wins_in_one_and_blocks_in_one():
+    """Column 0 holds three stones of the first player: as the second player the greedy
+    opponent blocks it, as the first it completes it; the random opponent never plays a full
+    column."""
+    import jax
+    import pgx
+
+    from dreamer.envs.pgx import opponent_policy
+
+    game = pgx.make("connect_four")
+    greedy, random = opponent_policy(game, "greedy"), opponent_policy(game, "random")
+
+    def play(moves):
+        state = game.init(jax.random.key(0))
+        for a in moves:
+            state = game.step(state, np.int32(a))
+        return state
+
+    block, win = play([0, 1, 0, 1, 0]), play([0, 1, 0, 1, 0, 2])
+    full = play([0, 0, 0, 0, 0, 0])
+    for i in range(20):
+        key = jax.random.key(i)
+        assert int(greedy(block, key)) == 0 and int(greedy(win, key)) == 0
+        assert int(random(full, key)) != 0
+    assert len({int(greedy(play([3]), jax.random.key(i))) for i in range(20)}) > 1
+
+
+def test_pgx_errors():
+    with pytest.raises(EnvError, match="pgx_connect_four"):
+        make_env(config("pgx_connect4", obs="vector"), seed=0)
+    with pytest.raises(EnvError, match="--env.obs=vector"):
+        make_env(config("pgx_connect_four"), seed=0)
+    with pytest.raises(EnvError, match="random, greedy"):
+        make_env(config("pgx_connect_four", obs="vector", opponent="minimax"), seed=0)
 
 
 # ---------------------------------------------------------------- termination and truncation

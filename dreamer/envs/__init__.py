@@ -1,8 +1,8 @@
 """Environments behind one interface: ``make_env(cfg, seed)`` for tasks named ``<suite>_<name>``.
 
 Suites: ``dmc_<domain>_<task>`` (DeepMind Control), ``gym_<id>`` (gymnasium), ``atari_<game>``
-(ale-py), ``minatar_<game>`` (MinAtar's 10 x 10 games) and ``builtin_<name>`` (pure-numpy pixel
-tasks). See ``base`` for the step dict.
+(ale-py), ``minatar_<game>`` (MinAtar's 10 x 10 games), ``pgx_<game>`` (board games against a
+fixed opponent) and ``builtin_<name>`` (pure-numpy pixel tasks). See ``base`` for the step dict.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from dreamer.envs import atari, builtin, dmc, gym, minatar
+from dreamer.envs import atari, builtin, dmc, gym, minatar, pgx
 from dreamer.envs.base import (
     SUITES,
     ActionRepeat,
@@ -30,6 +30,7 @@ MAKERS: dict[str, Callable[[str, Any, int], Env]] = {
     "gym": gym.make,
     "atari": atari.make,
     "minatar": minatar.make,
+    "pgx": pgx.make,
     "builtin": builtin.make,
 }
 
@@ -38,6 +39,7 @@ _TASK_LISTS: dict[str, Callable[[], list[str]]] = {
     "gym": gym.tasks,
     "atari": atari.tasks,
     "minatar": minatar.tasks,
+    "pgx": pgx.tasks,
     "builtin": builtin.tasks,
 }
 
@@ -60,7 +62,7 @@ def make_env(cfg: Any, seed: int) -> Env:
     """The environment for ``cfg.task``, with action repeat and time limit applied.
 
     ``cfg`` is the ``env`` config section (``task, obs, size, action_repeat, time_limit, gray,
-    sticky, noops, lives, gym_kwargs``). ``cfg.time_limit`` counts agent steps (after action
+    sticky, noops, lives, opponent, gym_kwargs``). ``cfg.time_limit`` counts agent steps (after action
     repeat); 0 keeps the environment's own limit. Raises ``EnvError`` for an unknown suite,
     task or option.
     """

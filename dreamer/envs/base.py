@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-SUITES = ("dmc", "gym", "atari", "minatar", "builtin")
+SUITES = ("dmc", "gym", "atari", "minatar", "pgx", "builtin")
 OBS_MODES = ("image", "vector", "both")
 
 
