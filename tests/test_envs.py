@@ -293,7 +293,7 @@ def test_board_games_against_a_fixed_opponent(task, opponent):
     assert env.act_space == Space(np.int32, (), 0, n - 1)
     rng = np.random.default_rng(0)
     outcomes, first_movers = [], set()
-    for _ in range(30):
+    for _ in range(20):
         step = env.reset()
         board = step["vector"].reshape(rows, cols, 2)
         first_movers.add(int(board[..., 1].sum()))  # 1 where the opponent opened
@@ -332,12 +332,13 @@ def test_greedy_opponent_wins_in_one_and_blocks_in_one():
     from dreamer.envs.pgx import opponent_policy
 
     game = pgx.make("connect_four")
-    greedy, random = opponent_policy(game, "greedy"), opponent_policy(game, "random")
+    greedy, random = (jax.jit(opponent_policy(game, kind)) for kind in ("greedy", "random"))
+    step = jax.jit(game.step)
 
     def play(moves):
         state = game.init(jax.random.key(0))
         for a in moves:
-            state = game.step(state, np.int32(a))
+            state = step(state, np.int32(a))
         return state
 
     block, win = play([0, 1, 0, 1, 0]), play([0, 1, 0, 1, 0, 2])
