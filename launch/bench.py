@@ -27,8 +27,8 @@ ours (train-step), float32 on the CPU with the same 16 x (64 + 1) batch, each si
 process, alternating official, ours, ... for --rounds rounds. It prints a table, then
 {"compare": {..., "ratio": official median / ours median}} (above 1: ours is faster).
 
-train-step, kernels and profile time the configured agent's update (--configs minatar muzero:
-MuZero's; DreamerV3 unless a preset or --agent names another).
+train-step and kernels time the configured agent's update (--configs minatar muzero: MuZero's;
+DreamerV3 unless a preset or --agent names another); profile splits DreamerV3's update only.
 
 train-step and kernels take --spaces walker: DMC walker's observation and action spaces without
 making the environment (for machines without dm-control); the default, task, makes one.
@@ -136,6 +136,10 @@ def measure(command: str, cfg: Config, args: Args) -> dict:
         return {"policy": benchmark.policy(cfg, args["envs"], args["calls"], args["warmup"])}
     if command == "profile":
         from dreamer.bench import profiling
+
+        if cfg.agent != "dreamerv3":
+            raise ConfigError(f"profile splits DreamerV3's update by its modules; for "
+                              f"--agent={cfg.agent} time the whole update with train-step")
 
         with profiling.named_scopes():
             prepared = benchmark.compile_train_step(cfg)

@@ -39,6 +39,12 @@ def test_train_step_benchmark_times_the_configured_agent():
     out = benchmark.time_train_step(prepared, updates=1, warmup=1, peak=1e9)
     assert out["agent"] == "muzero" and out["loss_finite"] and out["compute_dtype"] == "float32"
     assert out["params"] == sum(x.size for x in jax.tree.leaves(prepared["state"].params))
+    # An agent whose losses have other names (PETS: loss/nll, ...) reports on its update too.
+    pets = load_config(["pets"], {"env.task": "builtin_reach", "pets.members": 2,
+                                  "pets.units": 8, "pets.layers": 1, "batch_size": 4})
+    out = benchmark.time_train_step(benchmark.compile_train_step(pets), updates=1, warmup=0,
+                                    peak=1e9)
+    assert out["agent"] == "pets" and out["loss_finite"]
 
 
 def test_replay_memory_runs_for_small_images(tmp_path):

@@ -355,6 +355,8 @@ def test_pgx_errors():
         make_env(config("pgx_connect4", obs="vector"), seed=0)
     with pytest.raises(EnvError, match="--env.obs=vector"):
         make_env(config("pgx_connect_four"), seed=0)
+    with pytest.raises(EnvError, match="--env.action_repeat=1"):
+        make_env(config("pgx_connect_four", obs="vector", action_repeat=2), seed=0)
     with pytest.raises(EnvError, match="random, greedy"):
         make_env(config("pgx_connect_four", obs="vector", opponent="minimax"), seed=0)
 

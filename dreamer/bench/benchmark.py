@@ -107,6 +107,13 @@ def random_batch(obs_space: dict[str, Space], act_space: Space, agent: Any, b: i
     return batch
 
 
+def finite(metrics: dict[str, Any]) -> bool:
+    """Whether the update was kept and every metric is finite (the agents name their losses
+    differently; each reports `nonfinite`)."""
+    values = [np.asarray(v) for v in metrics.values()]
+    return not float(metrics.get("nonfinite", 0.0)) and all(np.isfinite(v).all() for v in values)
+
+
 def matmul_peak(dtype: Any = jnp.float32, n: int | None = None, repeats: int = 5) -> float:
     """Measured matmul FLOP/s of the default device in `dtype` (median of `repeats`); n x n
     operands, n = 2048 on the CPU and 8192 on accelerators unless given."""
@@ -217,7 +224,7 @@ def time_train_step(prepared: dict[str, Any], updates: int = 5, warmup: int = 2,
         "device": str(jax.devices()[0].device_kind),
         "cpu_cores": os.cpu_count(),
         "machine": platform.machine(),
-        "loss_finite": bool(np.isfinite(float(metrics["loss/total"]))),
+        "loss_finite": finite(metrics),
     }
 
 
@@ -307,7 +314,7 @@ def train_step_parallel(cfg: Config, devices: int, updates: int = 5,
         "device": str(chosen[0].device_kind),
         "platform": chosen[0].platform,
         "cpu_cores": os.cpu_count(),
-        "loss_finite": bool(np.isfinite(float(metrics["loss/total"]))),
+        "loss_finite": finite(metrics),
     }
 
 

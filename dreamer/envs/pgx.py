@@ -5,8 +5,8 @@ The agent is one of the two players; who moves first is drawn at every reset (pg
 and when it is the opponent the opponent's first move is part of the reset. Each agent step is
 the agent's move and, unless that ended the game, the opponent's reply. The reward is the
 agent's outcome when the game ends: +1 a win, -1 a loss, 0 a draw (and 0 before the end). An
-illegal move (a full column) loses at once, pgx's rule, so the agent learns the legal moves.
-Every end is terminal.
+illegal move (a full column, an occupied cell) loses at once, pgx's rule, so the agent learns
+the legal moves. Every end is terminal. One move per agent step: `env.action_repeat` must be 1.
 
 Observations: ``vector`` float32 ``[H W C]``: the board from the agent's side, pgx's planes
 (its own stones, the opponent's) flattened. Actions: pgx's action index (a column of Connect
@@ -19,6 +19,7 @@ cannot win at once, else a random legal move. The opponent's draws follow the en
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -68,44 +69,65 @@ def opponent_policy(env: Any, kind: str):
     return greedy
 
 
+@functools.lru_cache(maxsize=None)
+def game_functions(game: str, opponent: str):
+    """The jitted (reset(key) -> (state, obs), step(state, action, key) -> (state, obs,
+    reward, done)) of one game against one opponent, shared by every env of the process (pure
+    functions: each env compiles nothing of its own)."""
+    import jax
+    import jax.numpy as jnp
+    import pgx
+
+    env = pgx.make(GAMES[game])
+    move = opponent_policy(env, opponent)
+
+    def reply(state, key):  # the opponent moves where the game goes on and it is its turn
+        go = ~state.terminated & (state.current_player != AGENT)
+        return jax.lax.cond(go, lambda s: env.step(s, move(s, key)), lambda s: s, state)
+
+    def view(state):  # pgx's planes are the mover's then the other's: turned to the agent's side
+        obs = state.observation
+        return jnp.where(state.current_player == AGENT, obs, obs[..., ::-1])
+
+    def reset(key):
+        first, second = jax.random.split(key)
+        state = reply(env.init(first), second)
+        return state, view(state)
+
+    def step(state, action, key):
+        illegal = ~state.legal_action_mask[action]
+        before = view(state)
+        state = env.step(state, action)
+        ended, reward = state.terminated, state.rewards[AGENT]  # pgx: the last move's rewards
+        state = reply(state, key)
+        reward = jnp.where(ended, reward, state.rewards[AGENT])
+        # pgx still writes an illegal move's stone (over another); the agent sees the board as
+        # it was when the move lost.
+        return state, jnp.where(illegal, before, view(state)), reward, state.terminated
+
+    return env, jax.jit(reset), jax.jit(step)
+
+
+def host_device():
+    """The CPU device where JAX has one (`--jax.platform=gpu` may leave it out: then the
+    default device)."""
+    import jax
+
+    try:
+        return jax.devices("cpu")[0]
+    except RuntimeError:
+        return jax.devices()[0]
+
+
 class PgxGame:
     """One pgx game against a fixed opponent; see the module docstring."""
 
     def __init__(self, game: str, seed: int, opponent: str):
         import jax
-        import jax.numpy as jnp
-        import pgx
 
-        self._env = env = pgx.make(GAMES[game])
-        move = opponent_policy(env, opponent)
-        cpu = jax.devices("cpu")[0]  # tiny boards: stepped beside the actor, never on an accelerator
+        env, self._reset, self._step = game_functions(game, opponent)
+        cpu = host_device()  # tiny boards: stepped beside the actor, not on an accelerator
         self._key = jax.device_put(jax.random.key(seed), cpu)
-
-        def reply(state, key):  # the opponent moves where the game goes on and it is its turn
-            go = ~state.terminated & (state.current_player != AGENT)
-            return jax.lax.cond(go, lambda s: env.step(s, move(s, key)), lambda s: s, state)
-
-        def view(state):  # pgx's planes are the mover's then the other's: turned to the agent's side
-            obs = state.observation
-            return jnp.where(state.current_player == AGENT, obs, obs[..., ::-1])
-
-        def reset(key):
-            first, second = jax.random.split(key)
-            state = reply(env.init(first), second)
-            return state, view(state)
-
-        def step(state, action, key):
-            illegal = ~state.legal_action_mask[action]
-            before = view(state)
-            state = env.step(state, action)
-            ended, reward = state.terminated, state.rewards[AGENT]  # pgx: the last move's rewards
-            state = reply(state, key)
-            reward = jnp.where(ended, reward, state.rewards[AGENT])
-            # pgx still writes an illegal move's stone (over another); the agent sees the board
-            # as it was when the move lost.
-            return state, jnp.where(illegal, before, view(state)), reward, state.terminated
-
-        self._reset, self._step = jax.jit(reset), jax.jit(step)
         self._cpu = cpu
         self._state = None
         shape = tuple(env.observation_shape)
@@ -154,6 +176,9 @@ def make(name: str, cfg: Any, seed: int) -> PgxGame:
     if cfg.obs != "vector":
         raise EnvError(f"pgx_{name} observes its board as a vector of stone planes: use "
                        f"--env.obs=vector (got {cfg.obs!r})")
+    if cfg.action_repeat != 1:
+        raise EnvError(f"pgx_{name} plays one move per step: set --env.action_repeat=1 (got "
+                       f"{cfg.action_repeat})")
     if cfg.opponent not in OPPONENTS:
         raise EnvError(f"env.opponent must be one of {', '.join(OPPONENTS)}, got "
                        f"{cfg.opponent!r}")
