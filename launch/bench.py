@@ -10,6 +10,8 @@
   python launch/bench.py actors --actors 1 2 [--seconds 20] [--configs dmc_vision ...]
   python launch/bench.py policy --configs pets --env.task=gym_Pendulum-v1 [--envs 1] [--calls 20]
                                 (actions per second of the agent's jitted policy alone)
+  python launch/bench.py random --configs minatar [--episodes 100]
+                                (the score of a uniformly random policy on the configured task)
   python launch/bench.py replay [--capacity 50000] [--size 64]   (bytes per stored step)
   python launch/bench.py replay-sampling [--sizes 100000 1000000] [--batch 256]
                                  (ms per sample call, uniform and prioritized)
@@ -77,6 +79,7 @@ OPTIONS = {
                Option("seconds", 20.0, number(0), metavar="S")),
     "policy": (Option("envs", 1, integer(1), metavar="N"),
                Option("calls", 20, integer(1), metavar="N"), WARMUP),
+    "random": (Option("episodes", 100, integer(1), metavar="N"),),
     "kernels": (Option("layout", None, choice("cpu", "gpu")), SPACES,
                 Option("official-src", metavar="DIR"), Option("official-bench", metavar="PATH")),
     "compare": (Option("official-src", required=True, metavar="DIR"),
@@ -85,7 +88,7 @@ OPTIONS = {
                 Option("rounds", 2, integer(1), metavar="N"), updates(5), WARMUP),
 }
 TAKES_CONFIG = {"train-step": (), "profile": (), "actors": ("dmc_vision",),
-                "policy": (), "kernels": ()}  # default presets
+                "policy": (), "kernels": (), "random": ()}  # default presets
 
 
 def compare_main(args: Args) -> int:
@@ -132,6 +135,8 @@ def measure(command: str, cfg: Config, args: Args) -> dict:
         return kernels_main(cfg, args)
     if command == "actors":
         return {"actors": benchmark.actors(cfg, args["actors"], args["seconds"])}
+    if command == "random":
+        return {"random": benchmark.random_scores(cfg, args["episodes"])}
     if command == "policy":
         return {"policy": benchmark.policy(cfg, args["envs"], args["calls"], args["warmup"])}
     if command == "profile":

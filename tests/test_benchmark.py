@@ -47,6 +47,18 @@ def test_train_step_benchmark_times_the_configured_agent():
     assert out["agent"] == "pets" and out["loss_finite"]
 
 
+def test_random_scores_are_a_seeded_random_policys_episodes():
+    """Catch: 4 balls of ±1 each, so every episode scores in [-4, 4]; the same seed gives the
+    same episodes, another seed others."""
+    cfg = load_config(["debug"], {"env.task": "builtin_catch"})
+    out = benchmark.random_scores(cfg, episodes=5)
+    assert out["episodes"] == 5 and -4 <= out["min"] <= out["mean"] <= out["max"] <= 4
+    assert benchmark.random_scores(cfg, episodes=5) == out
+    other = benchmark.random_scores(load_config(["debug"], {"env.task": "builtin_catch",
+                                                             "seed": 1}), episodes=20)
+    assert other != benchmark.random_scores(cfg, episodes=20)
+
+
 def test_replay_memory_runs_for_small_images(tmp_path):
     """The replay benchmark for frames down to the size of its moving square and below; the
     array bytes per step are at least one step's own bytes (image, action, reward, flags and

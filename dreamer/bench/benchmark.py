@@ -385,6 +385,34 @@ def policy(cfg: Config, envs: int = 1, calls: int = 20, warmup: int = 2) -> dict
             "backend": jax.default_backend()}
 
 
+def random_scores(cfg: Config, episodes: int = 100) -> dict[str, Any]:
+    """Mean, std, min and max of the scores of a uniformly random policy over `episodes`
+    episodes of the configured task (env seed `cfg.seed`; actions drawn from it too): the floor
+    a learning curve is read against."""
+    from dreamer.envs import make_env
+
+    env = make_env(cfg.env, cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    space = env.act_space
+    scores = []
+    try:
+        for _ in range(episodes):
+            step, score = env.reset(), 0.0
+            while not step["is_last"]:
+                if space.discrete:
+                    action = np.int32(rng.integers(space.n))
+                else:
+                    action = rng.uniform(space.low, space.high, space.shape).astype(space.dtype)
+                step = env.step(action)
+                score += float(step["reward"])
+            scores.append(score)
+    finally:
+        env.close()
+    return {"task": cfg.env.task, "episodes": episodes, "mean": float(np.mean(scores)),
+            "std": float(np.std(scores)), "min": float(np.min(scores)),
+            "max": float(np.max(scores))}
+
+
 def replay_memory(capacity: int = 50_000, size: tuple[int, int] = (64, 64), action_dim: int = 6,
                   chunk: int = 1024, directory: str | None = None) -> dict[str, Any]:
     """Bytes per stored step of a replay of `size` RGB frames (DMC layout: image, action,
