@@ -33,7 +33,7 @@ from dreamer.envs.base import (
     unknown_task,
 )
 
-GAMES = {"connect_four": "connect_four", "tic_tac_toe": "tic_tac_toe"}
+GAMES = ("connect_four", "tic_tac_toe")  # pgx ids
 OPPONENTS = ("random", "greedy")
 AGENT = 0  # the agent's player id; the opponent is 1
 
@@ -71,14 +71,15 @@ def opponent_policy(env: Any, kind: str):
 
 @functools.lru_cache(maxsize=None)
 def game_functions(game: str, opponent: str):
-    """The jitted (reset(key) -> (state, obs), step(state, action, key) -> (state, obs,
-    reward, done)) of one game against one opponent, shared by every env of the process (pure
+    """The jitted (reset(key) -> (state, obs, key), step(state, action, key) -> (state, obs,
+    reward, done, key)) of one game against one opponent (each returns the key of the next
+    call: no key is split on the host), shared by every env of the process (pure
     functions: each env compiles nothing of its own)."""
     import jax
     import jax.numpy as jnp
     import pgx
 
-    env = pgx.make(GAMES[game])
+    env = pgx.make(game)
     move = opponent_policy(env, opponent)
 
     def reply(state, key):  # the opponent moves where the game goes on and it is its turn
@@ -90,20 +91,21 @@ def game_functions(game: str, opponent: str):
         return jnp.where(state.current_player == AGENT, obs, obs[..., ::-1])
 
     def reset(key):
-        first, second = jax.random.split(key)
+        key, first, second = jax.random.split(key, 3)
         state = reply(env.init(first), second)
-        return state, view(state)
+        return state, view(state), key
 
     def step(state, action, key):
+        key, move_key = jax.random.split(key)
         illegal = ~state.legal_action_mask[action]
         before = view(state)
         state = env.step(state, action)
         ended, reward = state.terminated, state.rewards[AGENT]  # pgx: the last move's rewards
-        state = reply(state, key)
+        state = reply(state, move_key)
         reward = jnp.where(ended, reward, state.rewards[AGENT])
         # pgx still writes an illegal move's stone (over another); the agent sees the board as
         # it was when the move lost.
-        return state, jnp.where(illegal, before, view(state)), reward, state.terminated
+        return state, jnp.where(illegal, before, view(state)), reward, state.terminated, key
 
     return env, jax.jit(reset), jax.jit(step)
 
@@ -134,25 +136,19 @@ class PgxGame:
         self.obs_space = {"vector": Space(np.float32, (int(np.prod(shape)),), 0, 1)}
         self.act_space = discrete_space(env.num_actions)
 
-    def _next_key(self):
-        import jax
-
-        self._key, key = jax.random.split(self._key)
-        return key
-
     def reset(self) -> dict[str, Any]:
         import jax
 
         with jax.default_device(self._cpu):
-            self._state, obs = self._reset(self._next_key())
+            self._state, obs, self._key = self._reset(self._key)
         return transition(self._obs(obs), is_first=True)
 
     def step(self, action: np.ndarray) -> dict[str, Any]:
         import jax
 
         with jax.default_device(self._cpu):
-            self._state, obs, reward, done = self._step(self._state, np.int32(action),
-                                                        self._next_key())
+            self._state, obs, reward, done, self._key = self._step(
+                self._state, np.int32(action), self._key)
         done = bool(done)
         return transition(self._obs(obs), float(reward), is_last=done, is_terminal=done)
 
