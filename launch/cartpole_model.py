@@ -114,7 +114,7 @@ def train(agent, data: dict, held: dict, epochs: int, batch: int, seed: int):
         order, seen = rng.permutation(n), []
         for i in range(n // batch):
             rows = order[i * batch:(i + 1) * batch]
-            state, metrics = step(state, {k: v[rows] for k, v in seqs.items()})
+            state, metrics, _ = step(state, {k: v[rows] for k, v in seqs.items()})
             seen.append(metrics)
         val = validate(state.params)
         for name in names:

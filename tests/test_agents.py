@@ -26,13 +26,19 @@ MUZERO_TINY = {"muzero.unroll": 2, "muzero.td_steps": 2, "batch_length": 5, "bat
                "muzero.simulations": 2, "muzero.considered": 3, "muzero.bins": 21,
                # its replay options too: reanalyse and prioritized replay through devices and resume
                "muzero.reanalyse": 0.25, "replay.prioritized": True, "replay.online": False}
+MBPO_TINY = {"env.task": "builtin_reach", "mbpo.members": 3, "mbpo.elites": 2,
+             "mbpo.units": 16, "mbpo.layers": 1, "mbpo.sac_units": 16, "mbpo.sac_layers": 1,
+             "mbpo.rollouts": 8, "mbpo.retain": 4, "mbpo.updates": 2, "mbpo.sac_batch": 8,
+             "mbpo.model_warmup": 10, "batch_size": 8, "batch_length": 2,
+             "replay.capacity": 1e4, "run.eval_episodes": 1}
 # The tabular agents are tiny as they are; their presets already choose the Dyna maze.
 TINY = {"dreamerv3": (["debug"], {}), "pets": (["debug", "pets"], PETS_TINY),
         "dyna_q": (["debug", "dyna_q"], {}),
         "prioritized_sweeping": (["debug", "prioritized_sweeping"], {}),
-        "muzero": (["debug", "muzero"], MUZERO_TINY)}
+        "muzero": (["debug", "muzero"], MUZERO_TINY), "mbpo": (["debug", "mbpo"], MBPO_TINY)}
 TRAINED = {"pets": lambda cfg: cfg.batch_length - 1,  # steps each sequence trains, if not all
-           "muzero": lambda cfg: cfg.muzero.unroll + 1}
+           "muzero": lambda cfg: cfg.muzero.unroll + 1,
+           "mbpo": lambda cfg: cfg.batch_length - 1}
 
 
 def tiny_cfg(name, logdir, steps, **overrides):

@@ -5,14 +5,12 @@ import numpy as np
 
 from dreamer.core.branched import Buffer, rollout
 
-MEMBERS = 3
-
 
 def predict(params, states, actions, key):
-    """Member m: s' = (m + 1) / 2 * s + a, reward sum(s), ends where s'[0] > 3 (no noise)."""
-    del params, key
-    scale = (jnp.arange(MEMBERS) + 1.0)[:, None, None] / 2
-    nxt = scale * states + actions
+    """Elite e (of params, the elites' scales): s' = scale_e * s + a, reward sum(s), ends where
+    s'[0] > 3 (no noise)."""
+    del key
+    nxt = params[:, None, None] * states + actions
     return nxt, states.sum(-1), (nxt[..., 0] > 3.0).astype(jnp.float32)
 
 
@@ -21,44 +19,42 @@ def policy(obs, key):
     return 0.5 * jnp.ones_like(obs) - 0.1 * obs
 
 
-def plain(start, member, length):
-    """The same k steps of one rollout in Python: its transitions and validity."""
-    rows, obs, alive = [], np.asarray(start, np.float64), True
+def plain(start, scale, length):
+    """The same k steps of one rollout in Python: the transitions it writes."""
+    rows, obs = [], np.asarray(start, np.float64)
     for _ in range(length):
         action = 0.5 - 0.1 * obs
-        nxt = (member + 1) / 2 * obs + action
+        nxt = scale * obs + action
         ended = nxt[0] > 3.0
-        rows.append((obs, action, obs.sum(), nxt, 0.0 if ended else 1.0, alive))
-        alive = alive and not ended
+        rows.append((obs, action, obs.sum(), nxt, 0.0 if ended else 1.0))
+        if ended:
+            break
         obs = nxt
     return rows
 
 
 def test_rollouts_equal_a_plain_loop_and_stop_where_the_model_ends():
-    starts = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (5, 2)), jnp.float32)
-    length = 4
-    for elites in ([2], [0, 2]):
-        out, valid = rollout(predict, None, policy, starts, jnp.asarray(elites), MEMBERS,
-                             length, jax.random.key(3))
-        assert out["obs"].shape == (length * 5, 2) and valid.shape == (length * 5,)
-        for i in range(5):
-            # Each row follows one of the elites for all its steps.
-            matches = []
-            for member in elites:
-                rows = plain(starts[i], member, length)
-                ok = all(np.allclose(out["obs"][t * 5 + i], r[0], atol=1e-5)
-                         and np.allclose(out["action"][t * 5 + i], r[1], atol=1e-5)
-                         and np.isclose(out["reward"][t * 5 + i], r[2], atol=1e-5)
-                         and np.allclose(out["next_obs"][t * 5 + i], r[3], atol=1e-5)
-                         and out["cont"][t * 5 + i] == r[4] and bool(valid[t * 5 + i]) == r[5]
-                         for t, r in enumerate(rows))
-                matches.append(ok)
-            assert sum(matches) == 1, (elites, i)
-    # Member 2 (s' = 1.5 s + a) ends some rollouts within 4 steps; their later steps are invalid.
-    out, valid = rollout(predict, None, policy, jnp.full((1, 2), 1.0), jnp.asarray([2]),
-                         MEMBERS, 4, jax.random.key(0))
-    np.testing.assert_array_equal(np.asarray(valid), [True, True, False, False])
-    np.testing.assert_array_equal(np.asarray(out["cont"][:2]), [1.0, 0.0])
+    n, elites = 6, 3
+    scales = np.array([0.5, 1.0, 1.5], np.float32)  # elite e's dynamics
+    starts = np.random.default_rng(0).uniform(-1, 1, (n, 2)).astype(np.float32)
+    starts[2] = 1.0  # on elite 2 (1.5 s + a): ends at its second step
+    go = jax.jit(lambda length, buf: rollout(predict, jnp.asarray(scales), policy,
+                                             jnp.asarray(starts), elites, length, buf,
+                                             jax.random.key(3)))
+    for length in (1, 4):  # one compiled function: the length is a traced value
+        buf, stats = go(length, Buffer.empty(64, 2, 2))
+        # In step order, row order within a step, only the rollouts still running.
+        per_row = [plain(starts[i], scales[i % elites], length) for i in range(n)]
+        expected = [per_row[i][t] for t in range(length) for i in range(n) if t < len(per_row[i])]
+        assert int(stats["written"]) == int(buf.count) == len(expected)
+        assert int(stats["steps"]) == length
+        for j, (obs, action, reward, nxt, cont) in enumerate(expected):
+            np.testing.assert_allclose(buf.data["obs"][j], obs, atol=1e-5)
+            np.testing.assert_allclose(buf.data["action"][j], action, atol=1e-5)
+            np.testing.assert_allclose(buf.data["reward"][j], reward, atol=1e-5)
+            np.testing.assert_allclose(buf.data["next_obs"][j], nxt, atol=1e-5)
+            assert buf.data["cont"][j] == cont
+    assert len(per_row[2]) == 2 and per_row[2][-1][4] == 0.0  # the ended rollout's last step
 
 
 def test_buffer_keeps_the_newest_valid_rows_in_a_ring():
@@ -78,3 +74,9 @@ def test_buffer_keeps_the_newest_valid_rows_in_a_ring():
     assert held == sorted(reference[-5:])
     draws = np.asarray(buf.sample(jax.random.key(0), 200)["reward"])
     assert set(draws) == set(reference[-5:])
+    # Only the newest 2 rows, whatever the capacity; a key per row draws the same rows.
+    draws = np.asarray(buf.sample(jax.random.key(1), 200, newest=2)["reward"])
+    assert set(draws) == set(reference[-2:])
+    keys = jax.random.split(jax.random.key(2), 6)
+    both = buf.sample(keys, 6, newest=3)["reward"]
+    np.testing.assert_array_equal(both[:3], buf.sample(keys[:3], 3, newest=3)["reward"])

@@ -19,8 +19,9 @@ from dreamer.run.clocks import updates_per_frame
 
 SIZES = ["size1m", "size12m", "size25m", "size50m", "size100m", "size200m", "size400m"]
 TASKS = ["atari100k", "debug", "demo", "dmc_proprio", "dmc_vision", "gym", "minatar"]
-MODIFIERS = ["cpu", "pets_small"]  # applied after a task or agent preset
-AGENTS = ["dreamerv3", "pets", "dyna_q", "prioritized_sweeping", "muzero"]  # each agent's own settings
+MODIFIERS = ["cpu", "pets_small", "mbpo_inverted_pendulum", "mbpo_hopper", "mbpo_walker2d",
+             "mbpo_halfcheetah"]  # applied after a task or agent preset
+AGENTS = ["dreamerv3", "pets", "dyna_q", "prioritized_sweeping", "muzero", "mbpo"]  # each agent's own settings
 
 
 def test_defaults_have_the_types_written_in_defaults_yaml():
@@ -262,7 +263,7 @@ def test_a_saved_config_holds_every_section_and_an_older_one_loads(tmp_path):
     cfg = load_config(["pets"], {"pets.units": 64, "model.deter": 32})
     path = tmp_path / "config.yaml"
     cfg.save(path)
-    assert set(yaml.safe_load(path.read_text())) == {*OLD_ORDER, "muzero"}  # added since
+    assert set(yaml.safe_load(path.read_text())) == {*OLD_ORDER, "muzero", "mbpo"}  # added since
     assert Config.load(path) == cfg
     tree = cfg.to_dict()
     path.write_text(yamlio.dump({k: tree[k] for k in OLD_ORDER}))
@@ -379,7 +380,7 @@ def test_choice_keys_reject_other_values_when_the_config_is_made():
     with pytest.raises(ConfigError, match=r"'ac.actor_grad'.*choose one of"):
         Config().update({"ac.actor_grad": "backprop"})
     with pytest.raises(ConfigError, match=r"'agent': 'alphazero'; choose one of 'dreamerv3', "
-                                          r"'dyna_q', 'muzero', 'pets'.*configs/NAME.yaml"):
+                                          r"'dyna_q', 'mbpo', 'muzero', 'pets'.*configs/NAME.yaml"):
         Config({"agent": "alphazero"})
     with pytest.raises(ConfigError, match=r"'dyna.backup': 'full'; choose one of 'sample'"):
         parse_args(["--dyna.backup=full"])
@@ -428,6 +429,7 @@ def test_choices_agree_with_the_code_that_reads_them():
     assert sorted(choices["agent"]) == sorted(available_agents()) == sorted(AGENTS)
     # The agents' own keys, whose choices their presets give.
     assert choices["model.act"] == choices["pets.act"] == tuple(ACTS)
+    assert choices["mbpo.act"] == choices["mbpo.sac_act"] == tuple(ACTS)
     assert choices["model.norm"] == NORMS
     for name in NORMS:
         Norm(name).init_with_output(jax.random.key(0), jnp.ones((1, 4)))
@@ -437,6 +439,23 @@ def test_choices_agree_with_the_code_that_reads_them():
         assert callable(getattr(planners, name))
     assert choices["dyna.backup"] == BACKUPS
     assert choices["muzero.bootstrap"] == BOOTSTRAPS
+
+
+def test_mbpo_task_presets_hold_the_official_settings():
+    """jannerm/mbpo examples/config/<task>/0.py: schedules, updates per env step, entropies."""
+    official = {"mbpo_inverted_pendulum": ((1, 15, 1, 1), 10, -0.05, 250),
+                "mbpo_hopper": ((20, 150, 1, 15), 20, -1.0, 1000),
+                "mbpo_walker2d": ((20, 150, 1, 1), 20, -3.0, 1000),
+                "mbpo_halfcheetah": ((20, 150, 1, 1), 40, -3.0, 1000)}
+    for name, (schedule, updates, entropy, epoch) in official.items():
+        cfg = load_config(["mbpo", name])
+        assert cfg.agent == "mbpo" and cfg.env.task.startswith("gym_")
+        assert tuple(cfg.mbpo.rollout_schedule) == schedule and cfg.mbpo.updates == updates
+        assert cfg.mbpo.target_entropy == entropy and cfg.mbpo.epoch == epoch
+        # One train step per env step, 400 rollouts per env step kept for one epoch.
+        assert cfg.run.train_ratio == cfg.batch_size * (cfg.batch_length - 1)
+        assert cfg.mbpo.rollouts == 400 and cfg.mbpo.retain == epoch
+        assert cfg.mbpo.real_ratio == 0.05 and cfg.mbpo.members == 7 and cfg.mbpo.elites == 5
 
 
 def test_pets_small_sizes_only_the_pets_section():

@@ -110,12 +110,12 @@ def test_normalisers_count_each_transition_once_however_often_it_is_replayed():
     starts = []
     for batch in batches:
         starts += list(batch)
-        state, metrics = step(state, sequences(steps, batch))
+        state, metrics, _ = step(state, sequences(steps, batch))
         assert float(metrics["nonfinite"]) == 0.0
         assert_moments(state.params["norm"], distinct_moments(steps, starts))
     # A batch of transitions already counted, in another order, changes nothing.
     before = state.params["norm"]
-    state, _ = step(state, sequences(steps, batches[0][::-1]))
+    state, *_ = step(state, sequences(steps, batches[0][::-1]))
     jax.tree.map(np.testing.assert_array_equal, state.params["norm"], before)
     # The table holds the ids of the counted transitions, each in its slot.
     counted = np.flatnonzero(np.asarray(state.seen) >= 0)
@@ -149,9 +149,9 @@ def test_devices_compute_the_update_of_one_device_on_the_whole_batch(devices):
     # Rows on different devices share transitions, which count once over all of them.
     starts = [0, 2, 4, 14, 2, 15, 0, 20]
     batch = sequences(steps, starts)
-    want, metrics = jax.jit(single.train_step)(state, batch)
+    want, metrics, _ = jax.jit(single.train_step)(state, batch)
     assert_moments(want.params["norm"], distinct_moments(steps, starts))
-    par = DataParallel(lambda s, b, _: (*multi.train_step(s, b), {}),
+    par = DataParallel(lambda s, b, _: (*multi.train_step(s, b)[:2], {}),
                        jax.devices()[:devices], "pmap", donate=False)
     got, par_metrics, _ = par(par.replicate(state), par.shard(batch), jax.random.PRNGKey(2))
     par.assert_replicas_equal(got)
@@ -194,10 +194,10 @@ def test_the_update_keeps_the_run_key_whose_bootstraps_train_the_members():
     assert not np.array_equal(state.bootstrap, other.bootstrap)
     step = jax.jit(model.train_step)
     batch = batch_of(jax.random.PRNGKey(1), dynamics_fn=linear)
-    a, _ = step(state, batch)
+    a, *_ = step(state, batch)
     np.testing.assert_array_equal(a.bootstrap, state.bootstrap)
     # Another run key draws other bootstraps: the members train otherwise.
-    c, _ = step(state.replace(bootstrap=other.bootstrap), batch)
+    c, *_ = step(state.replace(bootstrap=other.bootstrap), batch)
     assert not np.allclose(c.params["model"]["Dense_0"]["kernel"],
                            a.params["model"]["Dense_0"]["kernel"])
 
@@ -227,7 +227,7 @@ def test_a_nonfinite_update_counts_nothing():
     state = model.init(jax.random.PRNGKey(0))
     batch = batch_of(jax.random.PRNGKey(1), dynamics_fn=linear)
     batch["vector"][2, 1] = np.nan
-    new, metrics = jax.jit(model.train_step)(state, batch)
+    new, metrics, _ = jax.jit(model.train_step)(state, batch)
     assert float(metrics["nonfinite"]) == 1.0
     jax.tree.map(np.testing.assert_array_equal, new, state)
 
@@ -281,7 +281,7 @@ def test_the_model_learns_known_dynamics():
     state = model.init(jax.random.PRNGKey(0))
     step = jax.jit(model.train_step)
     for i in range(300):
-        state, metrics = step(state, batch_of(jax.random.PRNGKey(i), 32, 4, linear,
+        state, metrics, _ = step(state, batch_of(jax.random.PRNGKey(i), 32, 4, linear,
                                               first=i * 32 * 4))
     test = batch_of(jax.random.PRNGKey(99_999), 64, 2, linear)
     s, a = test["vector"][:, 0], test["action"][:, 0]
@@ -299,3 +299,49 @@ def test_the_model_learns_known_dynamics():
     assert float(np.abs(reward - want_r).mean()) < 0.12 * float(np.abs(want_r).mean())
     assert float(done.max()) < 0.08
     assert float(metrics["loss/nll"]) < -1.2  # confident where it is right
+
+
+def test_held_out_transitions_are_a_fixed_share_by_step_id():
+    ids = jnp.arange(100_000, 120_000, dtype=jnp.int32)
+    held = np.asarray(dynamics.held_out(ids, 0.2))
+    assert abs(held.mean() - 0.2) < 0.01
+    np.testing.assert_array_equal(held, np.asarray(dynamics.held_out(ids, 0.2)))
+    assert not np.asarray(dynamics.held_out(ids, 0.0)).any()
+    # Nested: a larger share holds out a superset.
+    assert np.all(np.asarray(dynamics.held_out(ids, 0.3))[held])
+
+
+def test_held_out_transitions_never_train_and_are_scored_per_member():
+    model = model_of(members=3, holdout=0.3)
+    state = model.init(jax.random.PRNGKey(0))
+    batch = batch_of(jax.random.PRNGKey(1), b=16, length=3, dynamics_fn=linear)
+    held = np.asarray(dynamics.held_out(jnp.asarray(batch["step_id"][:, :-1]), 0.3))
+    assert 0 < held.sum() < held.size
+    step = jax.jit(model.train_step)
+    new, _, val = step(state, batch)
+    # With every transition already counted (the normalisers then stay as they are), changing
+    # the held-out targets leaves the step unchanged; changing one that trains does not.
+    ids = batch["step_id"][:, :-1].reshape(-1)
+    counted = new.replace(seen=new.seen.at[ids % model.slots].set(ids))
+    base, _, _ = step(counted, batch)
+    for rows, changes in ((held, False), (~held, True)):
+        other = {k: v.copy() for k, v in batch.items()}
+        other["reward"][:, 1:][rows] += 5.0
+        got, _, _ = step(counted, other)
+        differ = any(not np.array_equal(a, b) for a, b in zip(
+            jax.tree.leaves(got.params["model"]), jax.tree.leaves(base.params["model"])))
+        assert differ == changes
+    # The error: each member's mean prediction (parameters before the step, the step's
+    # normalisers) against the held-out targets, normalised, squared, averaged.
+    norm = new.params["norm"]
+    s, a = batch["vector"][:, :-1][held], batch["action"][:, :-1][held]
+    target = np.concatenate([batch["vector"][:, 1:][held] - s, batch["reward"][:, 1:][held][:, None]], -1)
+    k = model.members
+    nxt, reward, _ = model.predict({**state.params, "norm": norm},
+                                   jnp.broadcast_to(s, (k, *s.shape)),
+                                   jnp.broadcast_to(a, (k, *a.shape)))
+    pred = np.concatenate([np.asarray(nxt) - s, np.asarray(reward)[..., None]], -1)
+    std = np.sqrt(np.asarray(norm["out_var"]) + 1e-8)
+    want = (np.square((pred - target) / std).mean(-1)).mean(-1)
+    np.testing.assert_allclose(np.asarray(val["error"]), want, rtol=1e-4, atol=1e-6)
+    assert float(val["count"]) == held.sum()

@@ -226,8 +226,17 @@ MUZERO_ARGS = ["muzero", "--muzero.unroll=2", "--muzero.td_steps=2", "--batch_le
                "--run.prefill=100"]
 
 
-@pytest.mark.parametrize("agent_args", [[], PETS_ARGS, DYNA_ARGS, SWEEPING_ARGS, MUZERO_ARGS],
-                         ids=["dreamerv3", "pets", "dyna_q", "prioritized_sweeping", "muzero"])
+MBPO_ARGS = ["mbpo", "--env.task=builtin_reach", "--mbpo.members=3", "--mbpo.elites=2",
+             "--mbpo.units=16", "--mbpo.layers=1", "--mbpo.sac_units=16", "--mbpo.sac_layers=1",
+             "--mbpo.rollouts=8", "--mbpo.retain=4", "--mbpo.updates=2", "--mbpo.sac_batch=8",
+             "--mbpo.model_warmup=10", "--batch_size=8", "--batch_length=2",
+             "--replay.capacity=1e4", "--run.prefill=100", "--run.train_ratio=32"]
+
+
+@pytest.mark.parametrize("agent_args", [[], PETS_ARGS, DYNA_ARGS, SWEEPING_ARGS, MUZERO_ARGS,
+                                        MBPO_ARGS],
+                         ids=["dreamerv3", "pets", "dyna_q", "prioritized_sweeping", "muzero",
+                              "mbpo"])
 def test_sigkill_and_resume(tmp_path, agent_args):
     """Killed at a random moment after two checkpoints, the same command resumes from the last
     complete one: counters match, no step is lost or stored twice."""
@@ -259,7 +268,7 @@ def test_sigkill_and_resume(tmp_path, agent_args):
     final = latest_meta(logdir)
     debug = Config.load(logdir / "config.yaml")
     assert final["env_steps"] == total
-    trained = {"pets": debug.batch_length - 1,
+    trained = {"pets": debug.batch_length - 1, "mbpo": debug.batch_length - 1,
                "muzero": debug.muzero.unroll + 1}.get(debug.agent, debug.batch_length)
     assert final["updates"] == updates_due(debug, total, 1, trained)
     np.testing.assert_array_equal(stored_stamps(logdir / "replay"), np.arange(total))

@@ -98,9 +98,15 @@ def _muzero() -> Callable[..., Agent]:
     return MuZero
 
 
+def _mbpo() -> Callable[..., Agent]:
+    from dreamer.agents.mbpo import MBPO
+
+    return MBPO
+
+
 AGENTS: dict[str, Callable[[], Callable[..., Agent]]] = {
     "dreamerv3": _dreamerv3, "pets": _pets, "dyna_q": _dyna_q,
-    "prioritized_sweeping": _prioritized_sweeping, "muzero": _muzero}
+    "prioritized_sweeping": _prioritized_sweeping, "muzero": _muzero, "mbpo": _mbpo}
 
 
 def check_agent(name: str) -> None:

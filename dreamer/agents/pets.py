@@ -68,7 +68,7 @@ class PETS:
         updates; `key` is unused (the bootstrap weights depend on the step ids only)."""
         del key
         check_sequence_length(batch, self.sequence_length, "pets")
-        state, metrics = self.model.train_step(state, batch)
+        state, metrics, _ = self.model.train_step(state, batch)
         return state, metrics, {}
 
     # ----------------------------------------------------------------------------- acting

@@ -1,12 +1,16 @@
 """Branched model rollouts and the on-device buffer they fill (MBPO, Janner et al. 2019).
 
 From N real states, the policy acts for k steps inside an ensemble dynamics model
-(`dreamer.core.dynamics.DynamicsModel`): each rollout keeps one member drawn from the elites at
-its start for all k steps (as MBPO's rollouts draw a member per transition from the elites; one
-per rollout keeps a rollout one model's trajectory) and samples from its Gaussian at each step.
-A rollout stops where the model predicts termination (probability > 1/2): its later steps are
-kept out of the buffer. The buffer is a ring of fixed capacity in the train state, identical on
-every device when every device writes the same rollouts.
+(`dreamer.core.dynamics.DynamicsModel`), each rollout on one of the E elite members for all k
+steps, sampling from its Gaussian at each step. Row i of the starts follows elite i mod E: the
+starts are a random draw, so this assigns the elites as a random draw per rollout would, and each
+member computes only its own rows (MBPO draws a member per transition from the elites; one per
+rollout keeps a rollout one model's trajectory). A rollout stops where the model predicts
+termination (probability > 1/2): that step is written with `cont` 0, its later steps are not.
+The length k may be a traced value (a schedule over training): the loop runs k steps, no more.
+The buffer is a ring of fixed capacity in the train state, identical on every device when every
+device writes the same rollouts; sampling can be limited to its newest rows (MBPO keeps the
+rollouts of the last epoch, however long they are now).
 """
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+
+KEYS = ("obs", "action", "reward", "next_obs", "cont")
 
 
 class Buffer(flax.struct.PyTreeNode):
@@ -36,6 +42,11 @@ class Buffer(flax.struct.PyTreeNode):
     def capacity(self) -> int:
         return self.data["reward"].shape[0]
 
+    def size(self, newest: jax.Array | int | None = None) -> jax.Array:
+        """How many rows `sample` draws from: the valid ones, at most the `newest`."""
+        size = jnp.minimum(self.count, self.capacity)
+        return size if newest is None else jnp.minimum(size, newest)
+
     def add(self, items: dict[str, jax.Array], valid: jax.Array) -> Buffer:
         """Writes the rows of `items` [M, ...] where `valid` [M], in order, after the newest."""
         slot = self.count + jnp.cumsum(valid.astype(jnp.int32)) - 1
@@ -44,42 +55,49 @@ class Buffer(flax.struct.PyTreeNode):
                 for k, v in self.data.items()}
         return Buffer(data=data, count=self.count + valid.sum(dtype=jnp.int32))
 
-    def sample(self, key: jax.Array, n: int) -> dict[str, jax.Array]:
-        """n rows drawn uniformly with replacement from the valid ones (the buffer must hold
-        at least one)."""
-        size = jnp.maximum(jnp.minimum(self.count, self.capacity), 1)
-        index = jax.random.randint(key, (n,), 0, size)
+    def sample(self, key: jax.Array, n: int, newest: jax.Array | int | None = None,
+               ) -> dict[str, jax.Array]:
+        """n rows drawn uniformly with replacement from the valid ones, or from the `newest`
+        of them (the buffer must hold at least one). `key` is one key, or one per row [n] (so
+        that rows drawn on several devices are those one device would draw)."""
+        size = jnp.maximum(self.size(newest), 1)
+        if key.ndim:  # a key per row
+            back = jax.vmap(lambda k: jax.random.randint(k, (), 0, size))(key)
+        else:
+            back = jax.random.randint(key, (n,), 0, size)
+        index = (self.count - 1 - back) % self.capacity  # 0: the newest row
         return {k: v[index] for k, v in self.data.items()}
 
 
 def rollout(predict: Callable, params: Any, policy: Callable, starts: jax.Array,
-            elites: jax.Array, members: int, length: int,
-            key: jax.Array) -> tuple[dict[str, jax.Array], jax.Array]:
-    """k = `length` steps from `starts` [N, D]. `predict(params, states [K, N, D], actions
-    [K, N, A], key)` is the ensemble's sampled step (`DynamicsModel.predict`), `policy(obs
-    [N, D], key) -> actions [N, A]` the current policy's sample, `elites` [E] the members to
-    draw from. Returns transitions {obs, action, reward, next_obs, cont} [k * N, ...] in step
-    order and which are valid [k * N]: a rollout's steps up to and including the first one the
-    model ends."""
+            elites: int, length: jax.Array | int, buffer: Buffer,
+            key: jax.Array) -> tuple[Buffer, dict[str, jax.Array]]:
+    """k = `length` steps from `starts` [N, D] written into `buffer`.
+
+    `predict(params, states [E, N/E, D], actions [E, N/E, A], key)` is the elites' sampled step
+    (`DynamicsModel.predict` on their parameters: next states, rewards, termination
+    probabilities [E, N/E, ...]); `policy(obs [N, D], key) -> actions [N, A]` the current
+    policy's sample. Row i follows elite i mod E (N must be a multiple of E). Each step writes
+    the transitions {obs, action, reward, next_obs, cont} of the rollouts still running, in row
+    order; a rollout's steps after the first one the model ends are not written. Returns the
+    buffer and {'written': transitions written, 'steps': k}."""
     n = starts.shape[0]
-    k_member, k_steps = jax.random.split(key)
-    member = elites[jax.random.randint(k_member, (n,), 0, elites.shape[0])]
-    pick = jax.nn.one_hot(member, members)  # [N, K]: the row's own member
+    if n % elites:
+        raise ValueError(f"{n} rollouts cannot be split evenly over {elites} elites")
+    per = n // elites
+    to_members = lambda x: x.reshape(per, elites, *x.shape[1:]).swapaxes(0, 1)  # noqa: E731
+    to_rows = lambda x: x.swapaxes(0, 1).reshape(n, *x.shape[2:])  # noqa: E731
 
-    def step(carry, step_key):
-        obs, alive = carry
-        k_act, k_model = jax.random.split(step_key)
+    def step(t, carry):
+        obs, alive, buffer = carry
+        k_act, k_model = jax.random.split(jax.random.fold_in(key, t))
         action = policy(obs, k_act)
-        tiled = lambda x: jnp.broadcast_to(x, (members, *x.shape))  # noqa: E731
-        nxt, reward, done = predict(params, tiled(obs), tiled(action), k_model)
-        nxt = jnp.einsum("nk,knd->nd", pick, nxt)
-        reward, done = jnp.einsum("nk,kn->n", pick, reward), jnp.einsum("nk,kn->n", pick, done)
-        ended = done > 0.5
-        out = {"obs": obs, "action": action, "reward": reward, "next_obs": nxt,
-               "cont": 1.0 - ended.astype(jnp.float32)}
-        return (nxt, alive & ~ended), (out, alive)
+        nxt, reward, done = predict(params, to_members(obs), to_members(action), k_model)
+        nxt, reward, ended = to_rows(nxt), to_rows(reward), to_rows(done) > 0.5
+        items = {"obs": obs, "action": action, "reward": reward, "next_obs": nxt,
+                 "cont": 1.0 - ended.astype(jnp.float32)}
+        return nxt, alive & ~ended, buffer.add(items, alive)
 
-    alive = jnp.ones(n, bool)
-    _, (out, valid) = jax.lax.scan(step, (starts, alive), jax.random.split(k_steps, length))
-    flat = lambda x: x.reshape(length * n, *x.shape[2:])  # noqa: E731
-    return jax.tree.map(flat, out), flat(valid)
+    start = buffer.count
+    _, _, buffer = jax.lax.fori_loop(0, length, step, (starts, jnp.ones(n, bool), buffer))
+    return buffer, {"written": buffer.count - start, "steps": jnp.asarray(length, jnp.int32)}

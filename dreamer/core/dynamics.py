@@ -14,6 +14,10 @@ rollouts (MBPO) would train and query it alike.
   Russell 2001) keyed by a key fixed for the run, k and the step id of the transition's first
   step, so a transition keeps its weight for a member every time it is replayed and the members
   see independent resamples of the data; they differ where data is scarce.
+- Held-out transitions (optional, `holdout`): a fixed share of the transitions, chosen by a
+  hash of their step id, never trains the model; each update measures every member's squared
+  error on those of its batch, so an agent can rank members by error on data they never fit
+  (MBPO's elites).
 - `DynamicsModel`: the networks and optimiser with `init`, `predict` and `train_step`.
 """
 from __future__ import annotations
@@ -150,6 +154,16 @@ def update_norm(norm: dict[str, jax.Array], x: jax.Array, y: jax.Array, new: jax
             "out_mean": out_mean, "out_var": out_var}
 
 
+def held_out(ids: jax.Array, fraction: float) -> jax.Array:
+    """Which transitions, named by the step ids of their first steps, are held out: those whose
+    ids hash (Knuth's multiplicative hash, the top 16 bits) below `fraction` of the range; the
+    same every time a transition is replayed, and about `fraction` of any run of ids."""
+    if fraction <= 0:
+        return jnp.zeros(ids.shape, bool)
+    hashed = (ids.astype(jnp.uint32) * jnp.uint32(2654435761)) >> jnp.uint32(16)
+    return hashed < jnp.uint32(round(fraction * 65536))
+
+
 # ----------------------------------------------------------------------------- bootstraps, loss
 def bootstrap_weights(key: jax.Array, ids: jax.Array, members: int) -> jax.Array:
     """Poisson(1) weights [K, B, L-1] of the transitions whose first steps have ids [B, L-1]:
@@ -170,11 +184,14 @@ def bootstrap_weights(key: jax.Array, ids: jax.Array, members: int) -> jax.Array
 
 
 def loss(model: Any, net: ensemble.GaussianMLP, norm: dict[str, jax.Array], x: jax.Array,
-         y: jax.Array, term: jax.Array, weights: jax.Array, *, bound_reg: float):
+         y: jax.Array, term: jax.Array, weights: jax.Array, held: jax.Array | None = None, *,
+         bound_reg: float):
     """Bootstrap-weighted Gaussian NLL of the normalised targets plus the termination
     cross-entropy, summed over members, plus `bound_reg` times the log-variance bound loss.
     `weights` [K, B, L-1] include the mask and are divided by their sum over all devices, so
-    the mean of the per-device gradients is the gradient on the whole batch."""
+    the mean of the per-device gradients is the gradient on the whole batch. The metrics
+    include `held` ([B, L-1] weights of held-out transitions, or None): each member's summed
+    squared error of its mean on them, [K], with no gradient."""
     k = weights.shape[0]
     flat = lambda a: jnp.broadcast_to(a.reshape(1, -1, *a.shape[2:]),
                                       (k, a.shape[0] * a.shape[1], *a.shape[2:]))
@@ -190,6 +207,9 @@ def loss(model: Any, net: ensemble.GaussianMLP, norm: dict[str, jax.Array], x: j
     total = k * (terms["nll"] + terms["termination"]) + bound_reg * bounds
     metrics = {f"loss/{n}": v for n, v in terms.items()}
     metrics.update({"loss/bounds": bounds, "model/logvar": logvar.mean()})
+    if held is not None:
+        error = jax.lax.stop_gradient(jnp.square(mean - flat(yn)).mean(-1))  # [K, B (L-1)]
+        metrics["held_out_error"] = (held.reshape(1, -1) * error).sum(-1)
     return total, metrics
 
 
@@ -197,14 +217,16 @@ def loss(model: Any, net: ensemble.GaussianMLP, norm: dict[str, jax.Array], x: j
 class DynamicsModel:
     """K Gaussian MLPs of `layers` x `units` over (state [D], action [A]), trained with AdamW
     on replayed sequences that carry `step_id`; `slots` sizes the normaliser's table (see
-    `slots`). Reductions over `axis_name` only when it is set, so N devices holding B/N
-    sequences each compute the update of one device holding B."""
+    `slots`), `holdout` is the share of transitions held out (`held_out`). Reductions over
+    `axis_name` only when it is set, so N devices holding B/N sequences each compute the update
+    of one device holding B."""
 
     def __init__(self, obs_dim: int, act_dim: int, *, members: int, units: int, layers: int,
                  act: str, min_logvar: float, max_logvar: float, lr: float,
-                 weight_decay: float, bound_reg: float, slots: int,
+                 weight_decay: float, bound_reg: float, slots: int, holdout: float = 0.0,
                  axis_name: str | None = None):
         self.obs_dim, self.act_dim, self.members = obs_dim, act_dim, members
+        self.holdout = holdout
         self.bound_reg, self.slots, self.axis_name = bound_reg, slots, axis_name
         self.net = ensemble.GaussianMLP(obs_dim + 1, units, layers, act, extra=1,
                                         min_logvar=min_logvar, max_logvar=max_logvar)
@@ -225,8 +247,10 @@ class DynamicsModel:
                 key: jax.Array | None = None):
         """Every member on its own rows: states [K, N, D], actions [K, N, A] -> (next states
         [K, N, D], rewards [K, N], termination probabilities [K, N]); the members' means
-        without `key`, samples from their Gaussians with it."""
-        chex.assert_shape(states, (self.members, None, self.obs_dim))
+        without `key`, samples from their Gaussians with it. `params['model']` may hold a
+        subset of the members (e.g. the elites, K of them)."""
+        members = jax.tree.leaves(params["model"])[0].shape[0]
+        chex.assert_shape(states, (members, None, self.obs_dim))
         chex.assert_shape(actions, (*states.shape[:2], self.act_dim))
         norm = params["norm"]
         x = jnp.concatenate([states, actions], -1)
@@ -237,10 +261,14 @@ class DynamicsModel:
         y = mean * _std(norm["out_var"]) + norm["out_mean"]
         return states + y[..., :-1], y[..., -1], jax.nn.sigmoid(logits[..., 0])
 
-    def train_step(self, state: ModelState, batch: Batch) -> tuple[ModelState, dict]:
+    def train_step(self, state: ModelState, batch: Batch) -> tuple[ModelState, dict, dict]:
         """One update on [B, L, ...] sequences (with `step_id`, L >= 2): the normalisers count
-        the batch's new transitions, then each member takes a step on its bootstrap of them.
-        A non-finite loss or gradient leaves the state as it was (`metrics['nonfinite']`)."""
+        the batch's new transitions, then each member takes a step on its bootstrap of those
+        not held out. A non-finite loss or gradient leaves the state as it was
+        (`metrics['nonfinite']`). Returns the state, the metrics and the held-out error of the
+        parameters before the step: {'error': [K] each member's mean squared error of its mean
+        on the batch's held-out transitions (normalised targets), 'count': how many there were
+        on all devices} (error 0 where none)."""
         if batch["is_first"].shape[1] < 2:
             raise ValueError("the dynamics model trains on transitions: replayed sequences "
                              f"need at least 2 steps, got {batch['is_first'].shape[1]}")
@@ -248,13 +276,17 @@ class DynamicsModel:
         ids = batch["step_id"][:, :-1]  # a transition is named by its first step
         new, every, counted = new_transitions(state.seen, ids, mask, self.axis_name)
         norm = update_norm(state.params["norm"], x, y, new, self.axis_name)
-        weights = bootstrap_weights(state.bootstrap, ids, self.members) * mask
+        held = held_out(ids, self.holdout).astype(jnp.float32) * mask
+        weights = bootstrap_weights(state.bootstrap, ids, self.members) * (mask - held)
         devices = sum_over(jnp.ones([]), self.axis_name)
         total = sum_over(weights.sum((1, 2)), self.axis_name)  # [K]: on the whole batch
         weights = weights * devices / jnp.maximum(total, 1.0)[:, None, None]
         grads, metrics = jax.grad(loss, has_aux=True)(
-            state.params["model"], self.net, norm, x, y, term, weights, bound_reg=self.bound_reg)
+            state.params["model"], self.net, norm, x, y, term, weights, held,
+            bound_reg=self.bound_reg)
         grads = mean_over(grads, self.axis_name)
+        count = sum_over(held.sum(), self.axis_name)
+        error = sum_over(metrics.pop("held_out_error"), self.axis_name) / jnp.maximum(count, 1.0)
         updates, opt_state = self.opt.update(grads, state.opt_state, state.params["model"])
         model = optax.apply_updates(state.params["model"], updates)
         metrics["grad_norm/model"] = optax.tree.norm(grads)
@@ -267,4 +299,4 @@ class DynamicsModel:
         seen = mark_counted(state.seen, every, counted & finite)
         state = state.replace(params=params, opt_state=opt_state, step=step, seen=seen)
         metrics["nonfinite"] = nonfinite_metric(finite)
-        return state, metrics
+        return state, metrics, {"error": error, "count": count}

@@ -21,6 +21,7 @@ from flax import linen as nn
 
 from dreamer.core import nets
 from dreamer.core.distributions import TanhNormal
+from dreamer.core.parallel import mean_over, row_keys
 
 LOG_STD = (-20.0, 2.0)  # the actor's log-std range (softlearning's)
 
@@ -94,13 +95,16 @@ class SACState(flax.struct.PyTreeNode):
 
 
 class SAC:
-    """Networks, optimisers and one update; `target_entropy` defaults to -act_dim."""
+    """Networks, optimisers and one update; `target_entropy` defaults to -act_dim. Under
+    `axis_name` each device holds its share of the transitions: gradients and metrics are
+    averaged over the devices, and each row's noise comes from its index in the global batch,
+    so N devices holding N/B rows each make the update of one device holding B."""
 
     def __init__(self, obs_dim: int, act_dim: int, *, layers: int = 2, units: int = 256,
                  act: str = "relu", lr: float = 3e-4, discount: float = 0.99,
                  tau: float = 5e-3, init_alpha: float = 1.0,
-                 target_entropy: float | None = None):
-        self.obs_dim, self.act_dim = obs_dim, act_dim
+                 target_entropy: float | None = None, axis_name: str | None = None):
+        self.obs_dim, self.act_dim, self.axis_name = obs_dim, act_dim, axis_name
         self.actor = Actor(layers, units, act_dim, act)
         self.critic = TwinQ(layers, units, act)
         self.opt = optax.adam(lr)
@@ -126,8 +130,11 @@ class SAC:
     def update(self, state: SACState, batch: dict[str, jax.Array],
                key: jax.Array) -> tuple[SACState, dict[str, jax.Array]]:
         """One step of critics, actor and temperature on transitions [N, ...], then the
-        targets' Polyak step."""
-        k_next, k_new = jax.random.split(key)
+        targets' Polyak step. `key` is one key, or one per row [N] (a row's noise then
+        follows the row wherever it sits in the minibatch)."""
+        if key.ndim == 0:  # one key: each row's from its index in the global batch
+            key = row_keys(key, batch["reward"].shape[0], self.axis_name)
+        k_next, k_new = jax.vmap(jax.random.split)(key).swapaxes(0, 1)
         alpha = jnp.exp(state.log_alpha)
         next_action, next_logp = self.policy(state.actor, batch["next_obs"]).sample_and_log_prob(
             k_next)
@@ -148,6 +155,7 @@ class SAC:
         (a_loss, logp), a_grads = jax.value_and_grad(actor_fn, has_aux=True)(state.actor)
         t_loss, t_grad = jax.value_and_grad(temperature_loss)(state.log_alpha, logp,
                                                               self.target_entropy)
+        c_grads, a_grads, t_grad = mean_over((c_grads, a_grads, t_grad), self.axis_name)
         critic, critic_opt = _step(self.opt, c_grads, state.critic_opt, state.critic)
         actor, actor_opt = _step(self.opt, a_grads, state.actor_opt, state.actor)
         log_alpha, alpha_opt = _step(self.opt, t_grad, state.alpha_opt, state.log_alpha)
@@ -157,7 +165,7 @@ class SAC:
         metrics = {"sac/critic_loss": c_loss, "sac/actor_loss": a_loss,
                    "sac/alpha_loss": t_loss, "sac/alpha": alpha, "sac/entropy": -jnp.mean(logp),
                    "sac/q": jnp.mean(q), "sac/target": jnp.mean(target)}
-        return new, metrics
+        return new, mean_over(metrics, self.axis_name)
 
 
 def _step(opt: optax.GradientTransformation, grads: Any, opt_state: Any, params: Any):
