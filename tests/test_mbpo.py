@@ -93,7 +93,7 @@ def test_a_minibatch_mixes_real_and_model_rows_at_the_real_ratio():
 def test_elites_are_the_members_of_lowest_held_out_error():
     agent = agent_of()
     np.testing.assert_array_equal(agent.elites(jnp.asarray([0.3, 0.1, 0.2])), [1, 2])
-    np.testing.assert_array_equal(agent.elites(jnp.asarray([jnp.inf, 0.1, jnp.inf])), [1, 0])
+    np.testing.assert_array_equal(agent.elites(jnp.asarray([0.5, 0.1, 0.5])), [1, 0])
     # A member spoiled by a large output bias has the largest held-out error after training
     # and is never an elite; the rollouts use only the others.
     state = agent.init(jax.random.key(0))
@@ -129,11 +129,19 @@ def test_the_policy_waits_for_the_models_warm_up():
     assert np.isfinite(float(metrics["loss/critic"])) and metrics["nonfinite"] == 0
 
 
+def test_the_initial_state_is_finite():
+    # (a checkpoint of a non-finite state is refused: one before the first update must save)
+    for ratio in (0.1, 1.0):
+        state = agent_of(**{"mbpo.real_ratio": ratio}).init(jax.random.key(0))
+        assert all(np.isfinite(x).all() for x in jax.tree.leaves(state))
+
+
 def test_sac_alone_trains_on_real_data_without_a_model():
     agent = agent_of(**{"mbpo.real_ratio": 1.0, "mbpo.updates": 1})
     state = agent.init(jax.random.key(0))
     new, metrics, _ = jax.jit(agent.train_step)(state, batch_of(0), jax.random.key(1))
     assert int(new.buffer.count) == 0 and "mbpo/rollout_length" not in metrics
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(new))
     jax.tree.map(np.testing.assert_array_equal, new.model, state.model)
     assert float(metrics["mbpo/policy_trains"]) == 1.0
     batch, _ = agent.minibatch(new.buffer, 1, *_pool(agent, batch_of(0)), jax.random.key(2))

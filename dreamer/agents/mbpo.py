@@ -54,7 +54,8 @@ class MBPOState(flax.struct.PyTreeNode):
     sac: SACState
     model: dynamics.ModelState
     buffer: branched.Buffer
-    error: jax.Array       # [K] moving average of each member's held-out error (inf: none yet)
+    error: jax.Array       # [K] moving average of each member's held-out error
+    scored: jax.Array      # updates that measured it (0: none yet, the elites are members 0..E-1)
     step: jax.Array        # train steps taken
 
     @property
@@ -153,8 +154,8 @@ class MBPO:
         return MBPOState(sac=self.sac.init(k_sac), model=self.model.init(k_model),
                          buffer=branched.Buffer.empty(self.capacity(), self.obs_dim,
                                                       self.act_dim),
-                         error=jnp.full(self.cfg.mbpo.members, jnp.inf),
-                         step=jnp.zeros([], jnp.int32))
+                         error=jnp.zeros(self.cfg.mbpo.members),
+                         scored=jnp.zeros([], jnp.int32), step=jnp.zeros([], jnp.int32))
 
     # ----------------------------------------------------------------------------- training
     def env_steps(self, step: jax.Array) -> jax.Array:
@@ -184,12 +185,13 @@ class MBPO:
         """Step 1: the model's update and the members' held-out error average."""
         model, metrics, val = self.model.train_step(state.model, batch)
         decay = self.cfg.mbpo.error_decay
-        fresh = jnp.where(jnp.isinf(state.error), val["error"],
+        fresh = jnp.where(state.scored == 0, val["error"],
                           decay * state.error + (1 - decay) * val["error"])
         error = jnp.where(val["count"] > 0, fresh, state.error)
+        scored = state.scored + (val["count"] > 0).astype(jnp.int32)
         metrics = {**metrics, "model/held_out_count": val["count"],
                    "model/held_out_error": jnp.where(val["count"] > 0, val["error"].mean(), 0.0)}
-        return model, error, metrics
+        return model, error, scored, metrics
 
     def branch(self, state: MBPOState, pool: dict[str, jax.Array], valid: jax.Array,
                key: jax.Array):
@@ -256,10 +258,10 @@ class MBPO:
         items, valid = transitions(batch)
         pool, valid = gather_over((items, valid), self.axis_name)  # every device's, in order
         metrics = {}
-        model, buffer, error = state.model, state.buffer, state.error
+        model, buffer, error, scored = state.model, state.buffer, state.error, state.scored
         length = self.length(state.step)
         if self.model_based:
-            model, error, metrics = self.train_model(state, batch)
+            model, error, scored, metrics = self.train_model(state, batch)
             buffer, roll = self.branch(state.replace(model=model, error=error), pool, valid,
                                        k_branch)
             metrics.update(roll)
@@ -283,7 +285,7 @@ class MBPO:
         metrics["mbpo/policy_trains"] = jnp.asarray(warm, jnp.float32)
         metrics["mbpo/env_steps"] = self.env_steps(state.step)
         metrics["nonfinite"] = jnp.maximum(nonfinite_model, nonfinite_metric(finite))
-        return state.replace(sac=sac, model=model, buffer=buffer, error=error,
+        return state.replace(sac=sac, model=model, buffer=buffer, error=error, scored=scored,
                              step=state.step + 1), metrics, {}
 
     # ----------------------------------------------------------------------------- acting
