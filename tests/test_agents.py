@@ -29,7 +29,7 @@ MUZERO_TINY = {"muzero.unroll": 2, "muzero.td_steps": 2, "batch_length": 5, "bat
 MBPO_TINY = {"env.task": "builtin_reach", "mbpo.members": 3, "mbpo.elites": 2,
              "mbpo.units": 16, "mbpo.layers": 1, "mbpo.sac_units": 16, "mbpo.sac_layers": 1,
              "mbpo.rollouts": 8, "mbpo.retain": 4, "mbpo.updates": 2, "mbpo.sac_batch": 8,
-             "mbpo.model_warmup": 10, "batch_size": 8, "batch_length": 2,
+             "mbpo.real_ratio": 0.25, "mbpo.model_warmup": 10, "batch_size": 8, "batch_length": 2,
              "replay.capacity": 1e4, "run.eval_episodes": 1}
 # The tabular agents are tiny as they are; their presets already choose the Dyna maze.
 TINY = {"dreamerv3": (["debug"], {}), "pets": (["debug", "pets"], PETS_TINY),

@@ -69,7 +69,7 @@ def test_buffer_keeps_the_newest_valid_rows_in_a_ring():
                  "next_obs": values[:, None], "cont": np.ones(3, np.float32)}
         buf = add(buf, items, jnp.asarray(valid))
         reference += [v for v, ok in zip(values, valid) if ok]
-    assert int(buf.count) == len(reference)
+    assert int(buf.size()) == min(len(reference), 5)
     held = sorted(np.asarray(buf.data["reward"])[:min(len(reference), 5)])
     assert held == sorted(reference[-5:])
     draws = np.asarray(buf.sample(jax.random.key(0), 200)["reward"])
@@ -80,3 +80,18 @@ def test_buffer_keeps_the_newest_valid_rows_in_a_ring():
     keys = jax.random.split(jax.random.key(2), 6)
     both = buf.sample(keys, 6, newest=3)["reward"]
     np.testing.assert_array_equal(both[:3], buf.sample(keys[:3], 3, newest=3)["reward"])
+
+
+def test_a_long_run_folds_the_count_and_keeps_the_newest_rows():
+    buf, add = Buffer.empty(5, 1, 1), jax.jit(Buffer.add)
+    for chunk in range(40):  # 120 rows through a ring of 5
+        values = np.arange(chunk * 3, chunk * 3 + 3, dtype=np.float32)
+        items = {"obs": values[:, None], "action": values[:, None], "reward": values,
+                 "next_obs": values[:, None], "cont": np.ones(3, np.float32)}
+        buf = add(buf, items, jnp.ones(3, bool))
+        assert int(buf.count) < 10 and int(buf.count) % 5 == (chunk * 3 + 3) % 5
+    assert int(buf.size()) == 5
+    newest = buf.data["reward"][(int(buf.count) - 1) % 5]
+    assert float(newest) == 119.0
+    draws = np.asarray(buf.sample(jax.random.key(0), 300, newest=3)["reward"])
+    assert set(draws) == {117.0, 118.0, 119.0}

@@ -241,7 +241,7 @@ def test_minatar_observations_are_the_grid_and_actions_the_minimal_set():
     np.testing.assert_array_equal(grid_image(state, (16, 16))[3:13, 3:13], state * 255)
     # Action 1 is MinAtar's 'left' (index 1 of its six): the paddle moves one cell left.
     env._env.sticky_action_prob = 0.0
-    paddle = lambda: int(np.argmax(env._env.state()[9, :, 0]))  # noqa: E731
+    paddle = lambda: int(np.argmax(env._env.state()[9, :, 0]))
     start = paddle()
     env.step(np.int32(1))
     assert paddle() == max(start - 1, 0)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dreamer.agents import make_agent
-from dreamer.agents.mbpo import mix, real_rows, rollout_length
+from dreamer.agents.mbpo import mix, real_rows, rollout_length, transitions
 from dreamer.config import ConfigError, load_config
 from dreamer.core.parallel import AXIS, DataParallel
 from dreamer.envs.base import Space, continuous_space, discrete_space
@@ -54,7 +54,7 @@ def official_length(schedule, epoch):
 @pytest.mark.parametrize("schedule", [(20, 150, 1, 15), (20, 100, 1, 15), (1, 15, 1, 1),
                                       (0, 10, 5, 1)])
 def test_rollout_length_follows_the_official_schedule(schedule):
-    for epoch in range(0, 200):
+    for epoch in range(200):
         assert int(rollout_length(schedule, epoch)) == official_length(schedule, epoch), epoch
 
 
@@ -64,8 +64,11 @@ def test_the_schedule_counts_env_steps_by_the_train_ratio():
     # Training starts after the prefill (500 steps); one train step per 16 x 1 / 16 = 1 step.
     assert float(agent.env_steps(jnp.asarray(0))) == 500
     assert float(agent.env_steps(jnp.asarray(250))) == 750
-    assert int(agent.length(jnp.asarray(0))) == 1      # epoch 5
-    assert int(agent.length(jnp.asarray(300))) == 4    # epoch 8: 1 + 3/5 x 5
+    # Epochs count from the start of training, as MBPO's start after its initial exploration:
+    # the prefill is not epoch 5.
+    assert int(agent.length(jnp.asarray(0))) == 1      # epoch 0
+    assert int(agent.length(jnp.asarray(599))) == 1    # epoch 5
+    assert int(agent.length(jnp.asarray(800))) == 4    # epoch 8: 1 + 3/5 x 5
     assert int(agent.length(jnp.asarray(9000))) == 6
 
 
@@ -106,7 +109,7 @@ def test_elites_are_the_members_of_lowest_held_out_error():
         params={**state.model.params, "model": spoiled}))
     step = jax.jit(agent.train_step)
     for i in range(4):
-        state, metrics, _ = step(state, batch_of(i, first=100 * i), jax.random.key(i))
+        state, _, _ = step(state, batch_of(i, first=100 * i), jax.random.key(i))
     error = np.asarray(state.error)
     assert np.all(np.isfinite(error)) and np.argmax(error) == 0
     assert 0 not in np.asarray(agent.elites(state.error))
@@ -144,18 +147,12 @@ def test_sac_alone_trains_on_real_data_without_a_model():
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(new))
     jax.tree.map(np.testing.assert_array_equal, new.model, state.model)
     assert float(metrics["mbpo/policy_trains"]) == 1.0
-    batch, _ = agent.minibatch(new.buffer, 1, *_pool(agent, batch_of(0)), jax.random.key(2))
+    pool = transitions({k: jnp.asarray(v) for k, v in batch_of(0).items()})
+    batch, _ = agent.minibatch(new.buffer, 1, *pool, jax.random.key(2))
     assert batch["reward"].shape == (20,)  # every row real
 
 
-def _pool(agent, batch):
-    from dreamer.agents.mbpo import transitions
-    items, valid = transitions({k: jnp.asarray(v) for k, v in batch.items()})
-    return items, valid
-
-
 def test_transitions_end_at_episode_boundaries_and_terminals():
-    from dreamer.agents.mbpo import transitions
     batch = batch_of(0, b=3)
     batch["is_last"][1, 0] = True      # pair 1 crosses episodes: invalid
     batch["is_terminal"][2, 1] = True  # pair 2 ends in a terminal state: cont 0
@@ -198,3 +195,9 @@ def test_discrete_actions_and_images_are_clear_errors():
         make_agent(cfg, {"image": Space(np.uint8, (8, 8, 3), 0, 255)}, continuous_space(A))
     with pytest.raises(ConfigError, match="multiple of mbpo.elites"):
         agent_of(**{"mbpo.rollouts": 7})
+    for holdout in (0.0, 1.0):
+        with pytest.raises(ConfigError, match="mbpo.holdout must be in"):
+            agent_of(**{"mbpo.holdout": holdout})
+    agent_of(**{"mbpo.holdout": 0.0, "mbpo.real_ratio": 1.0})  # SAC alone ranks no members
+    with pytest.raises(ConfigError, match="no real transitions"):
+        agent_of(**{"mbpo.sac_batch": 8, "mbpo.real_ratio": 0.05})

@@ -229,8 +229,8 @@ MUZERO_ARGS = ["muzero", "--muzero.unroll=2", "--muzero.td_steps=2", "--batch_le
 MBPO_ARGS = ["mbpo", "--env.task=builtin_reach", "--mbpo.members=3", "--mbpo.elites=2",
              "--mbpo.units=16", "--mbpo.layers=1", "--mbpo.sac_units=16", "--mbpo.sac_layers=1",
              "--mbpo.rollouts=8", "--mbpo.retain=4", "--mbpo.updates=2", "--mbpo.sac_batch=8",
-             "--mbpo.model_warmup=10", "--batch_size=8", "--batch_length=2",
-             "--replay.capacity=1e4", "--run.prefill=100", "--run.train_ratio=32"]
+             "--mbpo.real_ratio=0.25", "--mbpo.model_warmup=10", "--batch_size=8",
+             "--batch_length=2", "--replay.capacity=1e4", "--run.prefill=100", "--run.train_ratio=32"]
 
 
 @pytest.mark.parametrize("agent_args", [[], PETS_ARGS, DYNA_ARGS, SWEEPING_ARGS, MUZERO_ARGS,

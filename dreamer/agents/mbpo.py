@@ -77,7 +77,7 @@ def transitions(batch: Batch) -> tuple[dict[str, jax.Array], jax.Array]:
     and which are valid (both steps in one episode): action a_t taken at s_t, reward r_t+1 and
     cont 0 where s_t+1 is terminal (a time limit's last step keeps cont 1)."""
     vec = batch["vector"].astype(jnp.float32)
-    flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
+    flat = lambda x: x.reshape(-1, *x.shape[2:])
     items = {"obs": flat(vec[:, :-1]), "action": flat(batch["action"][:, :-1]),
              "reward": flat(batch["reward"][:, 1:].astype(jnp.float32)),
              "next_obs": flat(vec[:, 1:]),
@@ -91,7 +91,9 @@ def mix(real: dict[str, jax.Array], model: dict[str, jax.Array]) -> dict[str, ja
 
 
 def real_rows(sac_batch: int, real_ratio: float) -> int:
-    """Real transitions in a minibatch of `sac_batch` (the official int(batch x ratio))."""
+    """Real transitions in a minibatch of `sac_batch` (the official int(batch x ratio)).
+    `sac_batch` is per device, so N devices draw N x int(sac_batch x ratio) real rows: they equal
+    one device with N x sac_batch where sac_batch x ratio is whole (or rounds alike)."""
     return int(sac_batch * real_ratio + 1e-9)
 
 
@@ -114,6 +116,13 @@ class MBPO:
                               f"got {cfg.batch_length}")
         if not 0 < m.real_ratio <= 1:
             raise ConfigError(f"mbpo.real_ratio must be in (0, 1], got {m.real_ratio}")
+        if m.real_ratio < 1 and not 0 < m.holdout < 1:
+            raise ConfigError(f"mbpo.holdout must be in (0, 1): the share of transitions held "
+                              f"out to rank the members and choose the elites, got {m.holdout}")
+        if not 1 <= real_rows(m.sac_batch, m.real_ratio) <= m.sac_batch:
+            raise ConfigError(f"mbpo.sac_batch x mbpo.real_ratio ({m.sac_batch} x "
+                              f"{m.real_ratio}) gives no real transitions per minibatch: raise "
+                              f"either")
         if not 1 <= m.elites <= m.members:
             raise ConfigError(f"mbpo.elites must be in [1, mbpo.members={m.members}], "
                               f"got {m.elites}")
@@ -170,8 +179,10 @@ class MBPO:
         return (start + step * trained / cfg.run.train_ratio) * cfg.env.action_repeat
 
     def length(self, step: jax.Array) -> jax.Array:
-        """The rollout length k at train step `step`."""
-        epoch = jnp.floor(self.env_steps(step) / self.cfg.mbpo.epoch)
+        """The rollout length k at train step `step`. Epochs count the env steps since training
+        started, as MBPO's epochs start after its initial exploration (the prefill here)."""
+        trained = self.env_steps(step) - self.env_steps(jnp.zeros([], jnp.int32))
+        epoch = jnp.floor(trained / self.cfg.mbpo.epoch)
         return rollout_length(tuple(self.cfg.mbpo.rollout_schedule), epoch)
 
     def elites(self, error: jax.Array) -> jax.Array:
@@ -267,7 +278,7 @@ class MBPO:
             metrics.update(roll)
         nonfinite_model = metrics.pop("nonfinite", jnp.zeros([]))
 
-        train = lambda: self.train_policy(state.sac, buffer, length, pool, valid, k_policy)  # noqa: E731
+        train = lambda: self.train_policy(state.sac, buffer, length, pool, valid, k_policy)
         if self.model_based:
             # Before the model's warm-up ends the policy waits (its metrics read 0 meanwhile).
             warm = state.step >= self.cfg.mbpo.model_warmup

@@ -21,12 +21,16 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from dreamer.core.distributions import is_row_keys
+
 KEYS = ("obs", "action", "reward", "next_obs", "cont")
 
 
 class Buffer(flax.struct.PyTreeNode):
-    """A ring of transitions {obs, action, reward, next_obs, cont} with `count` written so
-    far (its newest `min(count, capacity)` are valid)."""
+    """A ring of transitions {obs, action, reward, next_obs, cont}. `count` is the rows written
+    so far until the ring is full, then folded into [capacity, 2 capacity) with the same
+    remainder (so it never overflows, however long a run): the newest `min(count, capacity)`
+    rows are valid, the newest at `(count - 1) % capacity`."""
 
     data: dict[str, jax.Array]
     count: jax.Array
@@ -53,7 +57,9 @@ class Buffer(flax.struct.PyTreeNode):
         index = jnp.where(valid, slot % self.capacity, self.capacity)  # invalid: dropped
         data = {k: v.at[index].set(items[k].astype(v.dtype), mode="drop")
                 for k, v in self.data.items()}
-        return Buffer(data=data, count=self.count + valid.sum(dtype=jnp.int32))
+        count = self.count + valid.sum(dtype=jnp.int32)
+        count = jnp.where(count >= self.capacity, self.capacity + count % self.capacity, count)
+        return Buffer(data=data, count=count)
 
     def sample(self, key: jax.Array, n: int, newest: jax.Array | int | None = None,
                ) -> dict[str, jax.Array]:
@@ -61,7 +67,7 @@ class Buffer(flax.struct.PyTreeNode):
         of them (the buffer must hold at least one). `key` is one key, or one per row [n] (so
         that rows drawn on several devices are those one device would draw)."""
         size = jnp.maximum(self.size(newest), 1)
-        if key.ndim:  # a key per row
+        if is_row_keys(key):
             back = jax.vmap(lambda k: jax.random.randint(k, (), 0, size))(key)
         else:
             back = jax.random.randint(key, (n,), 0, size)
@@ -85,19 +91,20 @@ def rollout(predict: Callable, params: Any, policy: Callable, starts: jax.Array,
     if n % elites:
         raise ValueError(f"{n} rollouts cannot be split evenly over {elites} elites")
     per = n // elites
-    to_members = lambda x: x.reshape(per, elites, *x.shape[1:]).swapaxes(0, 1)  # noqa: E731
-    to_rows = lambda x: x.swapaxes(0, 1).reshape(n, *x.shape[2:])  # noqa: E731
+    to_members = lambda x: x.reshape(per, elites, *x.shape[1:]).swapaxes(0, 1)
+    to_rows = lambda x: x.swapaxes(0, 1).reshape(n, *x.shape[2:])
 
     def step(t, carry):
-        obs, alive, buffer = carry
+        obs, alive, buffer, written = carry
         k_act, k_model = jax.random.split(jax.random.fold_in(key, t))
         action = policy(obs, k_act)
         nxt, reward, done = predict(params, to_members(obs), to_members(action), k_model)
         nxt, reward, ended = to_rows(nxt), to_rows(reward), to_rows(done) > 0.5
         items = {"obs": obs, "action": action, "reward": reward, "next_obs": nxt,
                  "cont": 1.0 - ended.astype(jnp.float32)}
-        return nxt, alive & ~ended, buffer.add(items, alive)
+        return (nxt, alive & ~ended, buffer.add(items, alive),
+                written + alive.sum(dtype=jnp.int32))
 
-    start = buffer.count
-    _, _, buffer = jax.lax.fori_loop(0, length, step, (starts, jnp.ones(n, bool), buffer))
-    return buffer, {"written": buffer.count - start, "steps": jnp.asarray(length, jnp.int32)}
+    _, _, buffer, written = jax.lax.fori_loop(
+        0, length, step, (starts, jnp.ones(n, bool), buffer, jnp.zeros([], jnp.int32)))
+    return buffer, {"written": written, "steps": jnp.asarray(length, jnp.int32)}

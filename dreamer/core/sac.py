@@ -20,7 +20,7 @@ import optax
 from flax import linen as nn
 
 from dreamer.core import nets
-from dreamer.core.distributions import TanhNormal
+from dreamer.core.distributions import TanhNormal, is_row_keys
 from dreamer.core.parallel import mean_over, row_keys
 
 LOG_STD = (-20.0, 2.0)  # the actor's log-std range (softlearning's)
@@ -132,7 +132,7 @@ class SAC:
         """One step of critics, actor and temperature on transitions [N, ...], then the
         targets' Polyak step. `key` is one key, or one per row [N] (a row's noise then
         follows the row wherever it sits in the minibatch)."""
-        if key.ndim == 0:  # one key: each row's from its index in the global batch
+        if not is_row_keys(key):  # one key: each row's from its index in the global batch
             key = row_keys(key, batch["reward"].shape[0], self.axis_name)
         k_next, k_new = jax.vmap(jax.random.split)(key).swapaxes(0, 1)
         alpha = jnp.exp(state.log_alpha)

@@ -69,7 +69,7 @@ def opponent_policy(env: Any, kind: str):
     return greedy
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def game_functions(game: str, opponent: str):
     """The jitted (reset(key) -> (state, obs, key), step(state, action, key) -> (state, obs,
     reward, done, key)) of one game against one opponent (each returns the key of the next
