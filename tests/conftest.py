@@ -7,6 +7,7 @@ of these tests, so each is compiled once and shared by every test file.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,11 @@ import pytest
 from dreamer.agents.dreamerv3 import DreamerV3, TrainState, behavior, world_model
 from dreamer.config import Config, load_config
 from dreamer.envs import base
+
+# The processes tests start (launch/train.py, actor processes, notebook kernels) compile with few
+# optimisations too, as this one does (`_fast_compiles`): their tiny programs run for seconds but
+# took longer to optimise. A test that wants the optimisations says so itself.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "true")
 
 # Fake CPU devices for the data-parallel tests; must be set before JAX starts its backend.
 DEVICES = 4
