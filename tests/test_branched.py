@@ -70,6 +70,7 @@ def test_buffer_keeps_the_newest_valid_rows_in_a_ring():
         buf = add(buf, items, jnp.asarray(valid))
         reference += [v for v, ok in zip(values, valid) if ok]
     assert int(buf.size()) == min(len(reference), 5)
+    assert int(buf.count) % 5 == len(reference) % 5
     held = sorted(np.asarray(buf.data["reward"])[:min(len(reference), 5)])
     assert held == sorted(reference[-5:])
     draws = np.asarray(buf.sample(jax.random.key(0), 200)["reward"])
@@ -95,3 +96,26 @@ def test_a_long_run_folds_the_count_and_keeps_the_newest_rows():
     assert float(newest) == 119.0
     draws = np.asarray(buf.sample(jax.random.key(0), 300, newest=3)["reward"])
     assert set(draws) == {117.0, 118.0, 119.0}
+
+
+def test_rollouts_count_what_they_write_into_a_full_ring():
+    starts = np.random.default_rng(1).uniform(-0.5, 0.5, (6, 2)).astype(np.float32)
+    buf, stats = rollout(predict, jnp.asarray([0.5, 1.0, 1.5], np.float32), policy,
+                         jnp.asarray(starts), 3, 4, Buffer.empty(8, 2, 2), jax.random.key(0))
+    per_row = [plain(starts[i], [0.5, 1.0, 1.5][i % 3], 4) for i in range(6)]
+    expected = [per_row[i][t] for t in range(4) for i in range(6) if t < len(per_row[i])]
+    assert len(expected) > 8 and int(stats["written"]) == len(expected)
+    newest = [row[2] for row in expected[-8:]]  # the ring keeps the last 8, in order
+    order = (int(buf.count) - 8 + np.arange(8)) % 8
+    np.testing.assert_allclose(np.asarray(buf.data["reward"])[order], newest, atol=1e-5)
+
+
+def test_one_write_of_more_rows_than_the_capacity_keeps_the_last():
+    values = np.arange(12, dtype=np.float32)
+    items = {"obs": values[:, None], "action": values[:, None], "reward": values,
+             "next_obs": values[:, None], "cont": np.ones(12, np.float32)}
+    valid = np.ones(12, bool)
+    valid[10] = False
+    buf = jax.jit(Buffer.add)(Buffer.empty(5, 1, 1), items, jnp.asarray(valid))
+    assert sorted(np.asarray(buf.data["reward"]).tolist()) == [6.0, 7.0, 8.0, 9.0, 11.0]
+    assert float(buf.data["reward"][(int(buf.count) - 1) % 5]) == 11.0

@@ -201,3 +201,5 @@ def test_discrete_actions_and_images_are_clear_errors():
     agent_of(**{"mbpo.holdout": 0.0, "mbpo.real_ratio": 1.0})  # SAC alone ranks no members
     with pytest.raises(ConfigError, match="no real transitions"):
         agent_of(**{"mbpo.sac_batch": 8, "mbpo.real_ratio": 0.05})
+    with pytest.raises(ConfigError, match="at least 1"):
+        agent_of(**{"mbpo.retain": 0})

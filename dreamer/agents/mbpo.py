@@ -119,13 +119,17 @@ class MBPO:
         if m.real_ratio < 1 and not 0 < m.holdout < 1:
             raise ConfigError(f"mbpo.holdout must be in (0, 1): the share of transitions held "
                               f"out to rank the members and choose the elites, got {m.holdout}")
-        if not 1 <= real_rows(m.sac_batch, m.real_ratio) <= m.sac_batch:
+        if real_rows(m.sac_batch, m.real_ratio) < 1:
             raise ConfigError(f"mbpo.sac_batch x mbpo.real_ratio ({m.sac_batch} x "
                               f"{m.real_ratio}) gives no real transitions per minibatch: raise "
                               f"either")
         if not 1 <= m.elites <= m.members:
             raise ConfigError(f"mbpo.elites must be in [1, mbpo.members={m.members}], "
                               f"got {m.elites}")
+        if min(m.rollouts, m.retain, m.updates, m.sac_batch) < 1:
+            raise ConfigError("mbpo.rollouts, mbpo.retain, mbpo.updates and mbpo.sac_batch must "
+                              f"be at least 1, got {m.rollouts}, {m.retain}, {m.updates}, "
+                              f"{m.sac_batch}")
         if m.rollouts % m.elites:
             raise ConfigError(f"mbpo.rollouts ({m.rollouts}) must be a multiple of mbpo.elites "
                               f"({m.elites}): each elite rolls out as many")

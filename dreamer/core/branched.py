@@ -52,12 +52,15 @@ class Buffer(flax.struct.PyTreeNode):
         return size if newest is None else jnp.minimum(size, newest)
 
     def add(self, items: dict[str, jax.Array], valid: jax.Array) -> Buffer:
-        """Writes the rows of `items` [M, ...] where `valid` [M], in order, after the newest."""
-        slot = self.count + jnp.cumsum(valid.astype(jnp.int32)) - 1
-        index = jnp.where(valid, slot % self.capacity, self.capacity)  # invalid: dropped
+        """Writes the rows of `items` [M, ...] where `valid` [M], in order, after the newest
+        (of more valid rows than the capacity, the last `capacity`)."""
+        order = jnp.cumsum(valid.astype(jnp.int32))
+        total = valid.sum(dtype=jnp.int32)
+        keep = valid & (order > total - self.capacity)  # no two rows write one slot
+        index = jnp.where(keep, (self.count + order - 1) % self.capacity, self.capacity)
         data = {k: v.at[index].set(items[k].astype(v.dtype), mode="drop")
                 for k, v in self.data.items()}
-        count = self.count + valid.sum(dtype=jnp.int32)
+        count = self.count + total
         count = jnp.where(count >= self.capacity, self.capacity + count % self.capacity, count)
         return Buffer(data=data, count=count)
 
