@@ -40,12 +40,16 @@ def test_instructions_are_attributed_to_scoped_functions_and_direction():
 
 def test_named_scopes_wrap_while_inside_and_restore_after():
     original = world_model.loss
+    before = jax.config.jax_compilation_cache_include_metadata_in_key
     with profiling.named_scopes():
         assert world_model.loss is not original and world_model.loss.__wrapped__ is original
+        # A persistent compilation cache keys the scoped program apart from the plain one.
+        assert jax.config.jax_compilation_cache_include_metadata_in_key
         text = jax.jit(lambda x: world_model.kl_losses(x, x, 1.0)[0].sum()).lower(
             jnp.zeros((2, 3, 4))).as_text(debug_info=True)
         assert "scope:world_model.kl_losses" in text
     assert world_model.loss is original
+    assert jax.config.jax_compilation_cache_include_metadata_in_key == before
 
 
 def test_profile_of_the_tiny_train_step_covers_model_and_behaviour():

@@ -40,8 +40,14 @@ CONTAINERS = ("while", "conditional", "call")
 @contextlib.contextmanager
 def named_scopes(scoped=SCOPED) -> Iterator[None]:
     """Wraps each listed module function in a named scope of its name while inside; the
-    modules call these through their module attribute, so tracing sees the wrappers."""
+    modules call these through their module attribute, so tracing sees the wrappers.
+
+    The scopes live only in the programs' metadata, which a persistent compilation cache leaves
+    out of its key by default: while inside, the key includes it, so that a program compiled
+    earlier without the scopes is not loaded in place of the scoped one."""
     saved = []
+    metadata_in_key = jax.config.jax_compilation_cache_include_metadata_in_key
+    jax.config.update("jax_compilation_cache_include_metadata_in_key", True)
     try:
         for module_name, names in scoped:
             module = importlib.import_module(module_name)
@@ -54,6 +60,7 @@ def named_scopes(scoped=SCOPED) -> Iterator[None]:
     finally:
         for module, name, fn in reversed(saved):
             setattr(module, name, fn)
+        jax.config.update("jax_compilation_cache_include_metadata_in_key", metadata_in_key)
 
 
 def _scoped(fn, tag: str):
