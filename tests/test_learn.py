@@ -103,9 +103,10 @@ def test_suite_trains_skips_finished_runs_and_resumes(tmp_path):
     root = tmp_path / "suite"
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
            # Compiling dominates these tiny runs: compile with few optimisations, and once for
-           # all runs of the test through a persistent cache.
+           # all runs of the test through a persistent cache (the suite's, where it has one).
            "JAX_DISABLE_MOST_OPTIMIZATIONS": "true",
-           "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax-cache"),
+           "JAX_COMPILATION_CACHE_DIR": os.environ.get("JAX_COMPILATION_CACHE_DIR",
+                                                       str(tmp_path / "jax-cache")),
            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
 
     def suite(steps, tasks="builtin_catch"):
