@@ -26,9 +26,9 @@ own, written every 15 minutes). OUR TRAIN ARGS go to our side only, after its se
 Then (only this with --report-only) it reads `episode/score` of both (the training episodes: the
 official `train` script has no evaluation episodes; ours from metrics.jsonl, the official from
 scores.jsonl) and writes ROOT/parity.md: per task, mean ± std over seeds of each seed's mean score
-in (budget - bin, budget] at each budget (multiples of --bin), whether ours is within the official
-seeds' range or above it, the training losses and statistics of both over the last bin both
-have reached, and each run's hours; and ROOT/parity_TASK.png, both curves with their min-max bands.
+in (budget - bin, budget] at each budget (multiples of --bin; a seed counts there once it has
+trained past the budget), whether ours is within the official seeds' range or above it, the
+training losses and statistics of both over the last bin both have reached, and each run's hours; and ROOT/parity_TASK.png, both curves with their min-max bands.
 The last line of stdout is one JSON object: root, runs, finished, failed, skipped, scores ({task:
 {side: {budget: {mean, std, n, min, max}}}}), verdicts ({task: {budget: "within" | "above" |
 "below by X" | null}}), hours ({side: {task: {seed: hours}}}) and plots.
@@ -237,6 +237,26 @@ def side_series(p: dict, side: str, task: str, key: str = KEY) -> list[tuple]:
     return [s for s in out if len(s[0])]
 
 
+def reached(side: str, run: learn.Run) -> int:
+    """The env steps a run has trained: the latest step in either of its logs, or --steps once
+    it finished (the official code's last episode of a run ends short of its budget)."""
+    steps = [state_of(run)["steps"]]
+    for name in ("metrics.jsonl", *(("scores.jsonl",) if side == "official" else ())):
+        path = run.logdir / name
+        if path.is_file():
+            steps.append(max(plotting.read_series(path, "step")[0], default=0))
+    return int(max(steps))
+
+
+def at_budgets(p: dict, side: str, task: str, budgets: list[int]) -> dict:
+    """Per budget, the scores of the runs that have trained past it (mean ± std, n, min, max):
+    a run still inside a bin is left out of it, not scored on the bin's first part."""
+    runs = [r for s, r in runs_of(p) if s == side and r.task == task]
+    pairs = [(series(side, r.logdir), reached(side, r)) for r in runs]
+    return {str(b): stats([s for s, done in pairs if done >= b and len(s[0])], b, p["bin"])
+            for b in budgets}
+
+
 def stats(runs: list[tuple], budget: int, width: int) -> dict | None:
     values = [x for x in (plotting.at_budget(r, budget, width) for r in runs) if x is not None]
     if not values:
@@ -272,8 +292,7 @@ def report(p: dict) -> tuple[str, dict]:
             hours[side].setdefault(run.task, {})[str(run.seed)] = state["seconds"] / 3600
     for task in p["tasks"]:
         by_side = {side: side_series(p, side, task) for side in p["sides"]}
-        scores[task] = {side: {str(b): stats(by_side[side], b, width) for b in budgets}
-                        for side in p["sides"]}
+        scores[task] = {side: at_budgets(p, side, task, budgets) for side in p["sides"]}
         verdicts[task] = {str(b): verdict(scores[task].get("ours", {}).get(str(b)),
                                           scores[task].get("official", {}).get(str(b)))
                           for b in budgets}

@@ -102,9 +102,10 @@ def test_report_of_fixed_logs_of_both_sides(tmp_path, capsys):
         {"step": 18000, "train/loss/position": 1.5, "train/loss/velocity": 2.0,
          "train/loss/rew": 0.5, "train/loss/dyn": 1.0, "train/ent/action": 0.25},
         {"step": 19000, "train/loss/position": 0.5, "train/loss/velocity": 1.0,
-         "train/loss/rew": 0.5, "train/loss/dyn": 1.0, "train/ent/action": 0.75}])
+         "train/loss/rew": 0.5, "train/loss/dyn": 1.0, "train/ent/action": 0.75},
+        {"step": 20020, "fps/policy": 3.0}])  # it trained past 20K; its last episode ended before
     (ours[0] / "parity.json").write_text(json.dumps({"seconds": 5400.0, "steps": 20_000}))
-    (official[1] / "parity.json").write_text(json.dumps({"seconds": 1800.0, "steps": 10_000}))
+    (official[1] / "parity.json").write_text(json.dumps({"seconds": 1800.0, "steps": 20_000}))
 
     code = parity.main(["--root", str(root), "--report-only", "--tasks", task, "--steps",
                         "20000", "--bin", "10000"])
@@ -135,6 +136,31 @@ def test_report_of_fixed_logs_of_both_sides(tmp_path, capsys):
     assert "| loss: dynamics (KL, free nats) | – | 1 |" in text
     assert "| policy entropy | – | 0.5 |" in text
     assert "ours seed 0: 1.50 h; official seed 1: 0.50 h" in text
+
+
+def test_a_run_inside_a_bin_is_left_out_of_it(tmp_path, capsys):
+    # Seed 0 of each side is at 13.7K of 20K: its episodes in (10K, 13.7K] are not a 20K score.
+    root, task = tmp_path / "parity", "dmc_walker_stand"
+    write_jsonl(root / "ours" / task / "seed_0" / "metrics.jsonl", [
+        {"step": 9_000, "episode/score": 100.0}, {"step": 12_000, "episode/score": 200.0},
+        {"step": 13_700, "train/loss/vector": 1.0}])
+    write_jsonl(root / "official" / task / "seed_0" / "scores.jsonl", [
+        {"step": 9009, "episode/score": 110.0}, {"step": 13013, "episode/score": 210.0}])
+    write_jsonl(root / "official" / task / "seed_0" / "metrics.jsonl", [
+        {"step": 13_700, "train/loss/rew": 1.0}])
+    # Seed 1 of ours finished (parity.json), its last metrics line before 20K.
+    write_jsonl(root / "ours" / task / "seed_1" / "metrics.jsonl", [
+        {"step": 10_000, "episode/score": 300.0}, {"step": 19_000, "episode/score": 500.0}])
+    (root / "ours" / task / "seed_1" / "parity.json").write_text(
+        json.dumps({"seconds": 60.0, "steps": 20_000}))
+    assert parity.main(["--root", str(root), "--report-only", "--tasks", task, "--steps",
+                        "20000", "--bin", "10000"]) == 0
+    scores = last_json(capsys.readouterr().out)["scores"][task]
+    assert scores["ours"]["10000"]["n"] == 2 and scores["official"]["10000"]["n"] == 1
+    assert scores["ours"]["20000"] == {"mean": 500.0, "std": 0.0, "n": 1, "min": 500.0,
+                                       "max": 500.0}
+    assert scores["official"]["20000"] is None
+    assert "| official | 110.0 ± 0.0 (n=1) | – |" in (root / "parity.md").read_text()
 
 
 def test_tiny_run_of_our_side_skips_when_finished(tmp_path):
