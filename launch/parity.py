@@ -3,7 +3,7 @@ same tasks, seeds and machine, their learning curves in one table and one plot p
 
   python launch/parity.py --official DIR --root ROOT [--tasks TASK[,TASK...]] [--seeds 0,1]
                           [--steps 30000] [--train-ratio 128] [--envs 1] [--jobs 2] [--bin 10000]
-                          [--sides ours,official] [--cache DIR] [--report-only]
+                          [--plot-bin 2000] [--sides ours,official] [--cache DIR] [--report-only]
                           [-- OUR TRAIN ARGS...]
 
 DIR is the official code (github.com/danijar/dreamerv3): a checkout, or a git directory whose HEAD
@@ -28,7 +28,9 @@ official `train` script has no evaluation episodes; ours from metrics.jsonl, the
 scores.jsonl) and writes ROOT/parity.md: per task, mean ± std over seeds of each seed's mean score
 in (budget - bin, budget] at each budget (multiples of --bin; a seed counts there once it has
 trained past the budget), whether ours is within the official seeds' range or above it, the
-training losses and statistics of both over the last bin both have reached, and each run's hours; and ROOT/parity_TASK.png, both curves with their min-max bands.
+training losses and statistics of both over the last bin both have reached, and each run's hours;
+and ROOT/parity_TASK.png, both curves (means over seeds of each seed's mean in bins of --plot-bin
+env steps) with their min-max bands.
 The last line of stdout is one JSON object: root, runs, finished, failed, skipped, scores ({task:
 {side: {budget: {mean, std, n, min, max}}}}), verdicts ({task: {budget: "within" | "above" |
 "below by X" | null}}), hours ({side: {task: {seed: hours}}}) and plots.
@@ -68,6 +70,7 @@ OPTIONS = (
     Option("envs", 1, integer(1), metavar="N"),
     Option("jobs", 2, integer(1), metavar="N"),
     Option("bin", 10_000, integer(1), metavar="N"),
+    Option("plot-bin", 2_000, integer(1), metavar="N"),
     Option("sides", SIDES, many=True, metavar="SIDE"),
     Option("cache", "", metavar="DIR"),
     Option("report-only", False, switch=True),
@@ -305,7 +308,8 @@ def report(p: dict) -> tuple[str, dict]:
             verdicts[task][str(b)] or "–" for b in budgets) + " |")
         lines += ["", metrics_table(p, task), "", hours_line(p, hours, task), ""]
         sections.append("\n".join(lines))
-        curves = [plotting.aggregate(side, runs, width) for side, runs in by_side.items() if runs]
+        curves = [plotting.aggregate(side, runs, p["plot-bin"])
+                  for side, runs in by_side.items() if runs]
         if curves:
             out = p["root"] / f"parity_{task}.png"
             plotting.plot(curves, KEY, out, f"{task}: ours vs official (dmc_proprio, train "

@@ -77,7 +77,11 @@ def test_wrong_command_lines_are_named(tmp_path, argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_report_of_fixed_logs_of_both_sides(tmp_path, capsys):
+def test_report_of_fixed_logs_of_both_sides(tmp_path, capsys, monkeypatch):
+    drawn = []
+    draw = parity.plotting.plot
+    monkeypatch.setattr(parity.plotting, "plot",
+                        lambda curves, *a, **k: (drawn.extend(curves), draw(curves, *a, **k)))
     root, task = tmp_path / "parity", "dmc_cartpole_balance"
     ours = [root / "ours" / task / f"seed_{s}" for s in (0, 1)]
     official = [root / "official" / task / f"seed_{s}" for s in (0, 1)]
@@ -108,7 +112,7 @@ def test_report_of_fixed_logs_of_both_sides(tmp_path, capsys):
     (official[1] / "parity.json").write_text(json.dumps({"seconds": 1800.0, "steps": 20_000}))
 
     code = parity.main(["--root", str(root), "--report-only", "--tasks", task, "--steps",
-                        "20000", "--bin", "10000"])
+                        "20000", "--bin", "10000", "--plot-bin", "5000"])
     assert code == 0
     out = capsys.readouterr().out
     result = last_json(out)
@@ -125,6 +129,13 @@ def test_report_of_fixed_logs_of_both_sides(tmp_path, capsys):
     assert result["hours"] == {"ours": {task: {"0": 1.5}}, "official": {task: {"1": 0.5}}}
     assert result["plots"] == [str(root / f"parity_{task}.png")]
     assert Path(result["plots"][0]).read_bytes()[:8] == PNG
+    # The plot's curves in bins of --plot-bin (5K), not --bin: at 15K only ours seed 1 has a score
+    # (600); at 10K ours 300 and 400, the official seeds 250 and 330.
+    curves = {c.label: c for c in drawn}
+    assert list(curves["ours"].steps) == [5_000, 10_000, 15_000, 20_000]
+    assert list(curves["ours"].mean) == [100.0, 350.0, 600.0, 750.0]
+    assert list(curves["official"].steps) == [5_000, 10_000, 20_000]
+    assert list(curves["official"].mean) == [150.0, 290.0, 925.0]
     text = (root / "parity.md").read_text()
     assert "| ours | 300.0 ± 100.0 (n=2) | 700.0 ± 0.0 (n=2) |" in text
     assert "| ours vs the official seeds | within | below by 200.0 |" in text
