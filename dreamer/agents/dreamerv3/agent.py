@@ -49,6 +49,15 @@ def compute_dtype(name: str, platform: str | None = None) -> jnp.dtype:
     return jnp.dtype(name)
 
 
+def imag_steps(imag_last: int, length: int) -> int:
+    """How many of a sequence's `length` steps imagination starts from: the last `imag_last`
+    (`ac.imag_last`, as the 2024 code's `imag_last`), every step when it is 0 or above `length`."""
+    if isinstance(imag_last, bool) or not isinstance(imag_last, int) or imag_last < 0:
+        raise ConfigError(f"ac.imag_last must be an integer >= 0 (0: imagine from every replayed "
+                          f"step), got {imag_last!r}")
+    return min(imag_last or length, length)
+
+
 def build_nets(cfg: Any, obs_space: dict, act_space: Any, platform: str | None = None
                ) -> tuple[WorldModelNets, ActorCriticNets]:
     """Module definitions from the config and the environment's spaces, computing in the dtype
@@ -199,6 +208,7 @@ class DreamerV3:
         self.act_space = act_space
         self.act_dim = act_space.n if act_space.discrete else act_space.shape[-1]
         self.wm, self.ac = build_nets(cfg, obs_space, act_space, platform)
+        imag_steps(cfg.ac.imag_last, cfg.batch_length)  # a wrong value fails here, not in jit
         self.scales = loss_scales(cfg)
         self.opt = make_optimizer(cfg.opt)
         self.axis_name = axis_name
@@ -248,18 +258,23 @@ class DreamerV3:
         terms, metrics, out = world_model.loss(self.wm, params["wm"], batch, start, prev_action,
                                                k_wm, free_nats=cfg.model.free_nats)
         wm_terms = tuple(terms)
-        starts = world_model.flat_steps(out.states)
-        k_ac = world_model.flat_steps(jnp.swapaxes(split_keys(k_ac, t), 0, 1))
-        start_cont = 1.0 - batch["is_terminal"].reshape(-1).astype(jnp.float32)
+        # Imagination starts from the last k steps of each sequence (`ac.imag_last`, 0: all);
+        # the replayed-value loss covers the same steps. Each step keeps its own key whatever k.
+        k = imag_steps(cfg.ac.imag_last, t)
+        last = lambda x: x[:, t - k:]
+        starts = world_model.flat_steps(jax.tree.map(last, out.states))
+        k_ac = world_model.flat_steps(last(jnp.swapaxes(split_keys(k_ac, t), 0, 1)))
+        start_cont = 1.0 - last(batch["is_terminal"]).reshape(-1).astype(jnp.float32)
         ac_terms, ac_metrics, retnorm, ret0 = behavior.actor_critic_loss(
             self.wm, self.ac, params, state.slow_critic, state.retnorm, starts, start_cont, k_ac,
             **self.imagination_kwargs())
         terms.update(ac_terms)
         metrics.update(ac_metrics)
         if self.scales["repval"] > 0:
+            replayed = {key: last(batch[key]) for key in ("reward", "is_last", "is_terminal")}
             terms["repval"] = behavior.repval_loss(
-                self.ac, params["critic"], state.slow_critic, out.feat, batch,
-                ret0.reshape(b, t), discount_horizon=cfg.ac.discount_horizon, lam=cfg.ac.lam,
+                self.ac, params["critic"], state.slow_critic, last(out.feat), replayed,
+                ret0.reshape(b, k), discount_horizon=cfg.ac.discount_horizon, lam=cfg.ac.lam,
                 slowreg=cfg.ac.slowreg, grad=cfg.ac.repval_grad)
         total = total_loss(terms, self.scales, wm_terms, metrics)
         return total, (metrics, retnorm, self._context_of(out.states))
