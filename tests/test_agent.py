@@ -369,22 +369,23 @@ def test_train_step_reads_only_the_first_steps_context(continuous_case):
     assert float(loss(first)) != base_loss
 
 
-def spied_loss(agent: DreamerV3, case, monkeypatch) -> dict:
-    """What `agent.loss` on the case's batch hands the actor-critic and replayed-value losses:
-    starts, start_cont, keys and returns ret0 of the imagination; feat, batch and boot of the
-    replayed value."""
+IMAGINE, REPLAYED_VALUE = behavior.actor_critic_loss, behavior.repval_loss
+
+
+def spied_loss(agent: DreamerV3, params, batch, state, monkeypatch) -> dict:
+    """What `agent.loss` hands the actor-critic and replayed-value losses: starts, start_cont,
+    keys and the returns ret0 of the imagination; feat, batch and boot of the replayed value."""
     seen = {}
-    imagine, replayed = behavior.actor_critic_loss, behavior.repval_loss
 
     def ac_spy(wm, ac, params, slow, retnorm, starts, start_cont, keys, **kw):
-        out = imagine(wm, ac, params, slow, retnorm, starts, start_cont, keys, **kw)
+        out = IMAGINE(wm, ac, params, slow, retnorm, starts, start_cont, keys, **kw)
         seen.update(starts=starts, start_cont=start_cont, keys=jax.random.key_data(keys),
                     ret0=out[3])
         return out
 
     def repval_spy(ac, critic, slow, feat, batch, boot, **kw):
         seen.update(feat=feat, batch=batch, boot=boot)
-        return replayed(ac, critic, slow, feat, batch, boot, **kw)
+        return REPLAYED_VALUE(ac, critic, slow, feat, batch, boot, **kw)
 
     monkeypatch.setattr(behavior, "actor_critic_loss", ac_spy)
     monkeypatch.setattr(behavior, "repval_loss", repval_spy)
@@ -393,44 +394,54 @@ def spied_loss(agent: DreamerV3, case, monkeypatch) -> dict:
         agent.loss(params, state, batch, key)
         return dict(seen)
 
-    return jax.device_get(jax.jit(run)(case.state.params, case.state, case.batch,
-                                       jax.random.key(5)))
+    return jax.device_get(jax.jit(run)(params, state, batch, jax.random.key(5)))
 
 
-def test_imagination_starts_from_the_last_k_steps(continuous_case, monkeypatch):
+def test_imagination_starts_from_the_last_k_steps(continuous_case, perturb_heads, monkeypatch):
     """`ac.imag_last=k` (the 2024 code's `imag_last`): the actor-critic imagines from the last k
     steps of each sequence only, each with the state, continue flag and key it has when every
     step starts one, and the replayed-value loss covers those k steps, bootstrapped from their
-    imagined returns."""
+    imagined returns. Random reward and critic heads make the returns non-zero; an episode ends
+    (terminal) inside the last k steps of one sequence."""
     case, k = continuous_case, 3
-    every = spied_loss(case.agent, case, monkeypatch)
-    last = spied_loss(DreamerV3(case.agent.cfg.update({"ac.imag_last": k}),
-                                case.agent.obs_space, case.agent.act_space), case, monkeypatch)
     b, t = case.batch["is_first"].shape[0], case.agent.cfg.batch_length
     assert case.agent.cfg.ac.imag_last == 0 and 0 < k < t
+    batch = {key: np.array(v) for key, v in case.batch.items()}
+    end = batch["is_first"].shape[1] - 2  # the second-to-last step: inside the last k
+    batch["is_last"][1, end] = batch["is_terminal"][1, end] = True
+    params = perturb_heads(case.state.params, jax.random.key(6))
+    spy = lambda imag_last: spied_loss(
+        DreamerV3(case.agent.cfg.update({"ac.imag_last": imag_last}), case.agent.obs_space,
+                  case.agent.act_space), params, batch, case.state, monkeypatch)
+    every, last = spy(0), spy(k)
     tail = lambda x: x.reshape(b, t, *x.shape[1:])[:, t - k:].reshape(b * k, *x.shape[1:])
+    assert np.abs(every["ret0"]).min() > 1e-3 and (every["start_cont"] == 0).sum() == 2
+    assert (last["start_cont"] == 0).sum() == 1 and last["starts"]["deter"].shape[0] == b * k
     for name in ("start_cont", "keys", "ret0"):
         np.testing.assert_allclose(last[name], tail(every[name]), rtol=1e-5, atol=1e-6,
                                    err_msg=name)
     chex.assert_trees_all_close(last["starts"], jax.tree.map(tail, every["starts"]), rtol=1e-5)
-    assert last["starts"]["deter"].shape[0] == b * k
     np.testing.assert_allclose(last["feat"], every["feat"][:, t - k:], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(last["boot"], every["boot"][:, t - k:], rtol=1e-5, atol=1e-6)
     for key in ("reward", "is_last", "is_terminal"):
         np.testing.assert_array_equal(last["batch"][key], every["batch"][key][:, t - k:])
-    # 0 and anything from the sequence length up start from every step.
-    whole = spied_loss(DreamerV3(case.agent.cfg.update({"ac.imag_last": t + 5}),
-                                 case.agent.obs_space, case.agent.act_space), case, monkeypatch)
+    # Anything from the sequence length up starts from every step, as 0 does.
+    whole = spy(t + 5)
     np.testing.assert_array_equal(whole["keys"], every["keys"])
     np.testing.assert_allclose(whole["ret0"], every["ret0"], rtol=1e-6)
 
 
 def test_a_wrong_imag_last_is_named(continuous_case):
-    """A negative count is refused when the agent is built (the config's types refuse a
-    non-integer before that)."""
+    """A negative count, or one replayed step left for the replayed-value loss, is refused when
+    the agent is built (the config's types refuse a non-integer before that)."""
     cfg, case = continuous_case.agent.cfg, continuous_case
+    build = lambda values: DreamerV3(cfg.update(values), case.agent.obs_space,
+                                     case.agent.act_space)
     with pytest.raises(ConfigError, match=r"ac.imag_last must be an integer >= 0.*got -1"):
-        DreamerV3(cfg.update({"ac.imag_last": -1}), case.agent.obs_space, case.agent.act_space)
+        build({"ac.imag_last": -1})
+    with pytest.raises(ConfigError, match=r"ac.imag_last=1 .* use ac.imag_last >= 2, or ac.repval=0"):
+        build({"ac.imag_last": 1})
+    build({"ac.imag_last": 1, "ac.repval": 0.0})
     with pytest.raises(ConfigError, match="imag_last"):
         cfg.update({"ac.imag_last": 1.5})
 

@@ -208,7 +208,11 @@ class DreamerV3:
         self.act_space = act_space
         self.act_dim = act_space.n if act_space.discrete else act_space.shape[-1]
         self.wm, self.ac = build_nets(cfg, obs_space, act_space, platform)
-        imag_steps(cfg.ac.imag_last, cfg.batch_length)  # a wrong value fails here, not in jit
+        if imag_steps(cfg.ac.imag_last, cfg.batch_length) < 2 and cfg.ac.repval > 0:
+            raise ConfigError(
+                f"ac.imag_last={cfg.ac.imag_last} with batch_length={cfg.batch_length} leaves one "
+                "replayed step for the replayed-value loss, whose λ-returns need two (its mean "
+                "would be NaN and every update skipped): use ac.imag_last >= 2, or ac.repval=0")
         self.scales = loss_scales(cfg)
         self.opt = make_optimizer(cfg.opt)
         self.axis_name = axis_name
