@@ -354,7 +354,8 @@ def hours_line(p: dict, hours: dict, task: str) -> str:
         h = hours[side].get(task, {})
         parts.append(f"{side} " + (", ".join(f"seed {s}: {v:.2f} h" for s, v in sorted(h.items()))
                                    or "–"))
-    return "Hours per run (wall clock, summed over launches): " + "; ".join(parts) + "."
+    return ("Hours per run (wall clock, summed over launches, including any time a run was "
+            "stopped): " + "; ".join(parts) + ".")
 
 
 def main(argv: list[str]) -> int:
