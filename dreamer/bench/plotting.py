@@ -120,7 +120,8 @@ def plot(curves: Sequence[Curve], key: str, out: str | Path, title: str = "",
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for curve, style in [*((c, "-") for c in curves), *((c, "--") for c in references)]:
-        line, = ax.plot(curve.steps, curve.mean, style, label=f"{curve.label} ({curve.runs} run{'s' * (curve.runs != 1)})")
+        runs = f"{curve.runs} run" + "s" * (curve.runs != 1)
+        line, = ax.plot(curve.steps, curve.mean, style, label=f"{curve.label} ({runs})")
         if curve.runs > 1:
             ax.fill_between(curve.steps, curve.low, curve.high, color=line.get_color(),
                             alpha=0.2, linewidth=0)

@@ -52,7 +52,7 @@ def compute_dtype(name: str, platform: str | None = None) -> jnp.dtype:
 def imag_steps(imag_last: int, length: int) -> int:
     """How many of a sequence's `length` steps imagination starts from: the last `imag_last`
     (`ac.imag_last`, as the 2024 code's `imag_last`), every step when it is 0 or above `length`."""
-    if isinstance(imag_last, bool) or not isinstance(imag_last, int) or imag_last < 0:
+    if imag_last < 0:  # the config's types have refused a non-integer already
         raise ConfigError(f"ac.imag_last must be an integer >= 0 (0: imagine from every replayed "
                           f"step), got {imag_last!r}")
     return min(imag_last or length, length)
