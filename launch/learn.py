@@ -169,12 +169,16 @@ def train(suite: Suite, runs: list[Run]) -> dict[Run, int]:
 
 
 def launch(runs: list[Run], jobs: int, command_of: Callable[[Run], list[str]],
-           on_exit: Callable[[Run, int, float], None] | None = None) -> dict[Run, int]:
+           on_exit: Callable[[Run, int, float], None] | None = None,
+           on_tick: Callable[[Run, float], None] | None = None,
+           tick: float = 60.0) -> dict[Run, int]:
     """Runs `command_of(run)` for each run, at most `jobs` at a time, its output appended to
     `train.log` in the run's logdir; returns each one's exit status. `on_exit(run, status,
-    seconds)` is called as each process ends, also when an interrupt stops it. On an interrupt
-    the running trainers are stopped (they save a checkpoint) before it propagates."""
+    seconds)` is called as each process ends, also when an interrupt stops it; `on_tick(run,
+    seconds)` every `tick` seconds while it runs (what a killed launcher leaves behind). On an
+    interrupt the running trainers are stopped (they save a checkpoint) before it propagates."""
     waiting, active, codes = list(runs), {}, {}
+    ticked: dict[Run, float] = {}
     previous = signal.signal(signal.SIGTERM, interrupt)
 
     def ended(run: Run, proc: subprocess.Popen, log, started: float) -> None:
@@ -197,6 +201,10 @@ def launch(runs: list[Run], jobs: int, command_of: Callable[[Run], list[str]],
                 say(f"training {run.logdir} (log: {run.logdir / 'train.log'})")
             for run, (proc, log, started) in list(active.items()):
                 if proc.poll() is None:
+                    now = time.time()
+                    if on_tick is not None and now - ticked.get(run, started) >= tick:
+                        ticked[run] = now
+                        on_tick(run, now - started)
                     continue
                 del active[run]
                 ended(run, proc, log, started)

@@ -18,7 +18,8 @@ train ratio lowered to --train-ratio; both count it as replayed steps per agent 
 agent steps x ratio / (16 x 64)). The flags each side gets are `ours_command` and
 `official_command`. Runs go to ROOT/ours/TASK/seed_S and ROOT/official/TASK/seed_S (output in
 train.log there), at most --jobs at a time, ours and official alternating; ROOT/.../parity.json
-holds a run's wall-clock seconds summed over launches and whether it finished. Rerunning skips
+holds a run's wall-clock seconds summed over launches (a running launch's written every minute,
+so that one whose launcher is killed outright still counts) and whether it finished. Rerunning skips
 finished runs and resumes the others (ours from its last checkpoint, the official code from its
 own, written every 15 minutes). OUR TRAIN ARGS go to our side only, after its settings (e.g.
 `-- --configs debug` for a tiny model when testing the harness; a comparison leaves them out).
@@ -190,20 +191,45 @@ def official_python(cache: Path) -> Path:
 
 # ----------------------------------------------------------------------------- bookkeeping
 def state_of(run: learn.Run) -> dict:
+    """The run's parity.json: `seconds` of its ended launches, `steps` once it reached --steps,
+    and `open`, the seconds so far of a launch not yet ended (written every minute, so that a
+    launcher killed outright still leaves its run's time)."""
     try:
         return json.loads((run.logdir / "parity.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return {"seconds": 0.0, "steps": 0}
 
 
+def write_state(run: learn.Run, state: dict) -> None:
+    run.logdir.mkdir(parents=True, exist_ok=True)
+    (run.logdir / "parity.json").write_text(json.dumps(state))
+
+
+def close_open(run: learn.Run) -> None:
+    """Counts the time of an earlier launch that was killed before it could record its end."""
+    state = state_of(run)
+    if state.get("open"):
+        state["seconds"] = state["seconds"] + state.pop("open")
+        write_state(run, state)
+
+
+def record_tick(run: learn.Run, seconds: float) -> None:
+    write_state(run, {**state_of(run), "open": seconds})
+
+
 def record_exit(p: dict, run: learn.Run, status: int, seconds: float) -> None:
     """Adds a launch's wall time to the run's parity.json; a run that exits 0 reached --steps."""
     state = state_of(run)
+    state.pop("open", None)
     state["seconds"] = state["seconds"] + seconds
     if status == 0:
         state["steps"] = max(state["steps"], p["steps"])
-    run.logdir.mkdir(parents=True, exist_ok=True)
-    (run.logdir / "parity.json").write_text(json.dumps(state))
+    write_state(run, state)
+
+
+def hours_of(run: learn.Run) -> float:
+    state = state_of(run)
+    return (state["seconds"] + state.get("open", 0.0)) / 3600
 
 
 def finished(p: dict, run: learn.Run) -> bool:
@@ -290,9 +316,8 @@ def report(p: dict) -> tuple[str, dict]:
     scores, verdicts, plots, sections = {}, {}, [], []
     hours = {side: {} for side in p["sides"]}
     for side, run in runs_of(p):
-        state = state_of(run)
-        if state["seconds"]:
-            hours[side].setdefault(run.task, {})[str(run.seed)] = state["seconds"] / 3600
+        if hours_of(run):
+            hours[side].setdefault(run.task, {})[str(run.seed)] = hours_of(run)
     for task in p["tasks"]:
         by_side = {side: side_series(p, side, task) for side in p["sides"]}
         scores[task] = {side: at_budgets(p, side, task, budgets) for side in p["sides"]}
@@ -379,10 +404,13 @@ def main(argv: list[str]) -> int:
             return 2
         python = official_python(p["cache"])
         commands["official"] = lambda run: official_command(p, run, python, src)
+    for _, run in todo:
+        close_open(run)  # one launcher per root: an open launch now is one that was killed
     try:
         codes = learn.launch([r for _, r in todo], p["jobs"],
                              lambda run: commands[side_of[run]](run),
-                             lambda run, code, seconds: record_exit(p, run, code, seconds))
+                             lambda run, code, seconds: record_exit(p, run, code, seconds),
+                             record_tick)
     except KeyboardInterrupt:
         say("stopped; rerun the same command to resume")
         return 130

@@ -174,6 +174,28 @@ def test_a_run_inside_a_bin_is_left_out_of_it(tmp_path, capsys):
     assert "| official | 110.0 ± 0.0 (n=1) | – |" in (root / "parity.md").read_text()
 
 
+def test_a_killed_launcher_keeps_its_runs_time(tmp_path):
+    # A launch writes its time so far as it runs; when its launcher dies before the run ends
+    # (no on_exit), the next launch counts that time before adding its own.
+    run = parity.learn.Run("dmc_walker_stand", 0, tmp_path / "ours" / "dmc_walker_stand" / "seed_0")
+    sleep = [sys.executable, "-c", "import time; time.sleep(1.2)"]
+    assert parity.learn.launch([run], 1, lambda r: sleep, None, parity.record_tick, 0.2) == {
+        run: 0}
+    killed = parity.state_of(run)
+    assert 0.8 < killed["open"] < 1.5 and killed["seconds"] == 0.0
+    assert parity.hours_of(run) == killed["open"] / 3600  # a report now counts it already
+
+    parity.close_open(run)
+    assert parity.state_of(run) == {"seconds": killed["open"], "steps": 0}
+    p = {"steps": 30_000}
+    parity.learn.launch([run], 1, lambda r: sleep,
+                        lambda r, code, seconds: parity.record_exit(p, r, code, seconds),
+                        parity.record_tick, 0.2)
+    state = parity.state_of(run)
+    assert "open" not in state and state["steps"] == 30_000
+    assert killed["open"] + 1.1 < state["seconds"] < killed["open"] + 2.0
+
+
 def test_tiny_run_of_our_side_skips_when_finished(tmp_path):
     root = tmp_path / "parity"
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_DISABLE_MOST_OPTIMIZATIONS": "true"}
