@@ -18,8 +18,8 @@ train ratio lowered to --train-ratio; both count it as replayed steps per agent 
 agent steps x ratio / (16 x 64)). The flags each side gets are `ours_command` and
 `official_command`. Runs go to ROOT/ours/TASK/seed_S and ROOT/official/TASK/seed_S (output in
 train.log there), at most --jobs at a time, ours and official alternating; ROOT/.../parity.json
-holds a run's wall-clock seconds summed over launches (a running launch's written every minute,
-so that one whose launcher is killed outright still counts) and whether it finished. Rerunning skips
+holds a run's wall-clock seconds summed over launches (a running launch writes its time every
+minute, so that one whose launcher is killed outright still counts) and whether it finished. Rerunning skips
 finished runs and resumes the others (ours from its last checkpoint, the official code from its
 own, written every 15 minutes). OUR TRAIN ARGS go to our side only, after its settings (e.g.
 `-- --configs debug` for a tiny model when testing the harness; a comparison leaves them out).
@@ -316,8 +316,8 @@ def report(p: dict) -> tuple[str, dict]:
     scores, verdicts, plots, sections = {}, {}, [], []
     hours = {side: {} for side in p["sides"]}
     for side, run in runs_of(p):
-        if hours_of(run):
-            hours[side].setdefault(run.task, {})[str(run.seed)] = hours_of(run)
+        if h := hours_of(run):
+            hours[side].setdefault(run.task, {})[str(run.seed)] = h
     for task in p["tasks"]:
         by_side = {side: side_series(p, side, task) for side in p["sides"]}
         scores[task] = {side: at_budgets(p, side, task, budgets) for side in p["sides"]}

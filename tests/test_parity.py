@@ -182,7 +182,9 @@ def test_a_killed_launcher_keeps_its_runs_time(tmp_path):
     assert parity.learn.launch([run], 1, lambda r: sleep, None, parity.record_tick, 0.2) == {
         run: 0}
     killed = parity.state_of(run)
-    assert 0.8 < killed["open"] < 1.5 and killed["seconds"] == 0.0
+    # The last tick comes at a poll (every 0.5 s) of a process that lives >= 1.2 s; a loaded
+    # machine only makes it later.
+    assert 0.6 < killed["open"] < 60 and killed["seconds"] == 0.0
     assert parity.hours_of(run) == killed["open"] / 3600  # a report now counts it already
 
     parity.close_open(run)
@@ -193,7 +195,7 @@ def test_a_killed_launcher_keeps_its_runs_time(tmp_path):
                         parity.record_tick, 0.2)
     state = parity.state_of(run)
     assert "open" not in state and state["steps"] == 30_000
-    assert killed["open"] + 1.1 < state["seconds"] < killed["open"] + 2.0
+    assert killed["open"] + 1.2 < state["seconds"] < killed["open"] + 60
 
 
 def test_tiny_run_of_our_side_skips_when_finished(tmp_path):
